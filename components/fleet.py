@@ -1,0 +1,362 @@
+"""RegistryFleet: the dedicated registry hosts (practices 1, 7 and 8).
+
+Creates an Auto Scaling group of single-purpose Debian 12 hosts in the private subnets of at
+least two zones: a launch template with IMDSv2 required (hop limit 1), an encrypted root
+volume, no public IP, no SSH key (operators use SSM Session Manager); an instance role that
+may touch only the registry bucket, its KMS key and the fleet's own secrets; a security group
+that admits only the load balancer. ELB health checks replace a host whose registry answers
+503, and any launch-template change rolls the fleet through an instance refresh.
+
+Secrets (the shared `http.secret`, the TLS host key, the htpasswd file, the CloudFront signing
+key) are Pulumi secrets stored in Secrets Manager; hosts read them at boot. User-data holds
+only their ARNs, never a value: it is rendered by the pure functions of
+`components.registry_config` and `components.host_boot` from resolved, non-secret outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from components.host_boot import HostBoot, SecretFile, render_cloud_init
+from components.registry_config import REGISTRY_PORT, CloudFrontSettings, RegistryConfig, render_registry_config
+
+DEBIAN_OWNER_ID = "136693071363"  # Debian's official AWS account (https://wiki.debian.org/Cloud/AmazonEC2Image)
+SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+ADMIN_USER = "admin"
+
+TLS_DIR = "/etc/docker/registry/tls"
+HOST_CERT_FILE = f"{TLS_DIR}/host.crt"
+HOST_KEY_FILE = f"{TLS_DIR}/host.key"
+CA_CERT_FILE = f"{TLS_DIR}/ca.crt"
+HTPASSWD_FILE = "/etc/docker/registry/htpasswd"
+CLOUDFRONT_KEY_FILE = "/etc/docker/registry/cloudfront.pem"
+
+
+@dataclass
+class FleetCdn:
+    base_url: pulumi.Input[str]
+    key_pair_id: pulumi.Input[str]
+    private_key_pem: pulumi.Input[str]
+    duration_seconds: int
+
+
+@dataclass
+class RegistryFleetArgs:
+    environment: str
+    region: str
+    name_prefix: str
+    public_url: str
+    instance_type: str
+    architecture: str  # "arm64" | "amd64"
+    min_size: int
+    max_size: int
+    desired_capacity: int
+    root_volume_gib: int
+    vpc_id: pulumi.Input[str]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
+    lb_security_group_id: pulumi.Input[str]
+    target_group_arn: pulumi.Input[str]
+    bucket_name: pulumi.Input[str]
+    bucket_arn: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+    chunk_size_bytes: int
+    ca_cert_pem: pulumi.Input[str]
+    host_cert_pem: pulumi.Input[str]
+    host_key_pem: pulumi.Input[str]
+    tags: dict[str, str]
+    cdn: FleetCdn | None = None
+
+
+def instance_policy(bucket_arn: str, kms_key_arn: str, secret_arns: list[str]) -> str:
+    """Only what the registry does: its bucket, its key, its own secrets."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "RegistryBucket",
+                    "Effect": "Allow",
+                    "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
+                    "Resource": bucket_arn,
+                },
+                {
+                    "Sid": "RegistryObjects",
+                    "Effect": "Allow",
+                    "Action": [
+                        "s3:GetObject",
+                        "s3:PutObject",
+                        "s3:DeleteObject",
+                        "s3:ListMultipartUploadParts",
+                        "s3:AbortMultipartUpload",
+                    ],
+                    "Resource": f"{bucket_arn}/*",
+                },
+                {
+                    "Sid": "RegistryKey",
+                    "Effect": "Allow",
+                    "Action": ["kms:GenerateDataKey", "kms:Decrypt", "kms:Encrypt"],
+                    "Resource": kms_key_arn,
+                },
+                {
+                    "Sid": "OwnSecrets",
+                    "Effect": "Allow",
+                    "Action": "secretsmanager:GetSecretValue",
+                    "Resource": secret_arns,
+                },
+            ],
+        }
+    )
+
+
+class RegistryFleet(pulumi.ComponentResource):
+    security_group_id: pulumi.Output[str]
+    asg_name: pulumi.Output[str]
+    user_data: pulumi.Output[str]
+    admin_password: pulumi.Output[str]
+    secret_arns: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: RegistryFleetArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("registry-fleet:index:RegistryFleet", name, None, opts)
+        tags = args.tags
+        child = pulumi.ResourceOptions(parent=self)
+
+        # --- secrets: generated or handed in as Pulumi secrets, stored in Secrets Manager ---
+        # One http.secret for every host: uploads hop between hosts behind the load balancer.
+        http_secret = random.RandomPassword(f"{name}-http-secret-random", length=64, special=False, opts=child)
+        admin = random.RandomPassword(f"{name}-admin-password-random", length=32, special=False, opts=child)
+        values: dict[str, pulumi.Input[str]] = {
+            "http-secret": http_secret.result,
+            "tls-key": args.host_key_pem,
+            "htpasswd": admin.bcrypt_hash.apply(lambda h: f"{ADMIN_USER}:{h}\n"),
+        }
+        if args.cdn is not None:
+            values["cloudfront-key"] = args.cdn.private_key_pem
+        secrets: dict[str, aws.secretsmanager.Secret] = {}
+        for label, value in values.items():
+            secret = aws.secretsmanager.Secret(
+                f"{name}-{label}",
+                name_prefix=f"{args.name_prefix}/{label}-",
+                description=f"registry-fleet {args.name_prefix}: {label} (read by registry hosts at boot)",
+                kms_key_id=args.kms_key_arn,
+                tags=tags,
+                opts=child,
+            )
+            aws.secretsmanager.SecretVersion(
+                f"{name}-{label}-value",
+                secret_id=secret.id,
+                secret_string=pulumi.Output.secret(value),
+                opts=child,
+            )
+            secrets[label] = secret
+        self.secret_arns = {label: s.arn for label, s in secrets.items()}
+
+        # --- network identity: only the load balancer gets in ---
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            vpc_id=args.vpc_id,
+            description="registry hosts: registry port from the load balancer only",
+            tags={**tags, "Name": f"{name}-sg"},
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-in-from-lb",
+            security_group_id=sg.id,
+            referenced_security_group_id=args.lb_security_group_id,
+            ip_protocol="tcp",
+            from_port=REGISTRY_PORT,
+            to_port=REGISTRY_PORT,
+            description="registry (HTTPS) from the load balancer",
+            tags=tags,
+            opts=child,
+        )
+        # HTTPS out only: S3 (gateway endpoint), Secrets Manager, SSM and Debian's mirrors over https.
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-out-https",
+            security_group_id=sg.id,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            cidr_ipv4="0.0.0.0/0",
+            description="HTTPS to AWS APIs and Debian mirrors",
+            tags=tags,
+            opts=child,
+        )
+
+        # --- instance role: least privilege ---
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            tags=tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-role-policy",
+            role=role.id,
+            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn, *[s.arn for s in secrets.values()]).apply(
+                lambda a: instance_policy(a[0], a[1], list(a[2:]))
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY, opts=child)
+        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
+
+        # --- what runs on a host: rendered once, from resolved non-secret values ---
+        cdn = args.cdn
+        self.user_data = pulumi.Output.all(
+            bucket=args.bucket_name,
+            key=args.kms_key_arn,
+            ca=args.ca_cert_pem,
+            cert=args.host_cert_pem,
+            arns={label: s.arn for label, s in secrets.items()},
+            cdn_url=cdn.base_url if cdn else "",
+            cdn_key_id=cdn.key_pair_id if cdn else "",
+        ).apply(lambda v: self._render(args, v))
+
+        arch = "arm64" if args.architecture == "arm64" else "x86_64"
+        ami = aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=[DEBIAN_OWNER_ID],
+            filters=[
+                {"name": "name", "values": [f"debian-12-{args.architecture}-*"]},
+                {"name": "architecture", "values": [arch]},
+                {"name": "virtualization-type", "values": ["hvm"]},
+            ],
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-lt",
+            name_prefix=f"{args.name_prefix}-registry-",
+            description="registry-fleet registry host",
+            image_id=ami.id,
+            instance_type=args.instance_type,
+            iam_instance_profile={"arn": profile.arn},
+            ebs_optimized="true",
+            metadata_options={
+                "http_endpoint": "enabled",
+                "http_tokens": "required",
+                "http_put_response_hop_limit": 1,
+                "instance_metadata_tags": "disabled",
+            },
+            block_device_mappings=[
+                {
+                    "device_name": "/dev/xvda",
+                    "ebs": {
+                        "volume_size": args.root_volume_gib,
+                        "volume_type": "gp3",
+                        "encrypted": "true",
+                        "delete_on_termination": "true",
+                    },
+                }
+            ],
+            network_interfaces=[
+                {
+                    "associate_public_ip_address": "false",
+                    "security_groups": [sg.id],
+                    "delete_on_termination": "true",
+                }
+            ],
+            monitoring={"enabled": True},
+            user_data=self.user_data.apply(lambda text: base64.b64encode(text.encode()).decode()),
+            update_default_version=True,
+            tag_specifications=[
+                {"resource_type": "instance", "tags": {**tags, "Name": f"{args.name_prefix}-registry"}},
+                {"resource_type": "volume", "tags": tags},
+            ],
+            tags=tags,
+            opts=child,
+        )
+        refresh: Any = {
+            "strategy": "Rolling",
+            "preferences": {
+                # Launch before terminate: never below desired capacity during a roll.
+                "min_healthy_percentage": 100,
+                "max_healthy_percentage": 200,
+                "instance_warmup": "120",
+                "auto_rollback": True,
+            },
+        }
+        group_tags: Any = [{"key": k, "value": v, "propagate_at_launch": True} for k, v in tags.items()]
+        # The template's current version, not "$Latest": a new version then starts a refresh.
+        launch_template: Any = {"id": template.id, "version": template.latest_version.apply(str)}
+        metrics: Any = ["GroupInServiceInstances", "GroupDesiredCapacity", "GroupTotalInstances"]
+        group = aws.autoscaling.Group(
+            f"{name}-asg",
+            name_prefix=f"{args.name_prefix}-registry-",
+            vpc_zone_identifiers=args.private_subnet_ids,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            desired_capacity=args.desired_capacity,
+            health_check_type="ELB",
+            health_check_grace_period=300,
+            default_instance_warmup=120,
+            target_group_arns=[args.target_group_arn],
+            launch_template=launch_template,
+            instance_refresh=refresh,
+            capacity_rebalance=True,
+            enabled_metrics=metrics,
+            tags=group_tags,
+            opts=child,
+        )
+
+        self.security_group_id = sg.id
+        self.asg_name = group.name
+        self.admin_password = pulumi.Output.secret(admin.result)
+        self.register_outputs({"asgName": group.name, "securityGroupId": sg.id})
+
+    @staticmethod
+    def _render(args: RegistryFleetArgs, v: dict[str, Any]) -> str:
+        arns: dict[str, str] = v["arns"]
+        cloudfront = None
+        if args.cdn is not None:
+            cloudfront = CloudFrontSettings(
+                base_url=v["cdn_url"],
+                private_key_file=CLOUDFRONT_KEY_FILE,
+                key_pair_id=v["cdn_key_id"],
+                duration_seconds=args.cdn.duration_seconds,
+            )
+        config = RegistryConfig(
+            environment=args.environment,
+            public_url=args.public_url,
+            bucket=v["bucket"],
+            region=args.region,
+            tls_cert_file=HOST_CERT_FILE,
+            tls_key_file=HOST_KEY_FILE,
+            kms_key_id=v["key"],
+            chunk_size_bytes=args.chunk_size_bytes,
+            htpasswd_file=HTPASSWD_FILE,
+            cloudfront=cloudfront,
+        )
+        secret_files = [
+            SecretFile(arns["tls-key"], HOST_KEY_FILE, mode="0640"),
+            SecretFile(arns["htpasswd"], HTPASSWD_FILE, mode="0640"),
+        ]
+        if "cloudfront-key" in arns:
+            secret_files.append(SecretFile(arns["cloudfront-key"], CLOUDFRONT_KEY_FILE, mode="0640"))
+        boot = HostBoot(
+            region=args.region,
+            registry_config_yaml=render_registry_config(config),
+            http_secret_arn=arns["http-secret"],
+            secret_files=tuple(secret_files),
+            public_files=((HOST_CERT_FILE, v["cert"]), (CA_CERT_FILE, v["ca"])),
+            architecture=args.architecture,
+        )
+        return render_cloud_init(boot)

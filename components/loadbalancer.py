@@ -1,0 +1,263 @@
+"""RegistryLoadBalancer: the only way in (practices 2, TLS everywhere, and 7, private registry).
+
+Creates an Application Load Balancer (internal or internet-facing per settings) with
+deletion protection, access logs, invalid-header dropping; a security group that admits only
+the allowed client ranges on 443 (and 80, which only redirects); an HTTPS listener with the
+validated ACM certificate and a TLS 1.3 policy; HTTP answering 301 to HTTPS; an HTTPS target
+group health-checking the registry's `/` (503 when its storage or drain check fails).
+The hosts' security group (in the fleet) admits only this load balancer's group.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from components.registry_config import REGISTRY_PORT
+
+# Elastic Load Balancing's log-writer accounts for regions opened before August 2022; newer
+# regions use the logdelivery.elasticloadbalancing.amazonaws.com service principal (both are
+# granted, so the policy works in every region).
+ELB_LOG_ACCOUNTS = {
+    "us-east-1": "127311923021",
+    "us-east-2": "033677994240",
+    "us-west-1": "027434742980",
+    "us-west-2": "797873946194",
+    "af-south-1": "098369216593",
+    "ap-east-1": "754344448648",
+    "ap-south-1": "718504428378",
+    "ap-northeast-1": "582318560864",
+    "ap-northeast-2": "600734575887",
+    "ap-northeast-3": "383597477331",
+    "ap-southeast-1": "114774131450",
+    "ap-southeast-2": "783225319266",
+    "ca-central-1": "985666609251",
+    "eu-central-1": "054676820928",
+    "eu-west-1": "156460612806",
+    "eu-west-2": "652711504416",
+    "eu-west-3": "009996457667",
+    "eu-south-1": "635631232127",
+    "eu-north-1": "897822967062",
+    "me-south-1": "076674570225",
+    "sa-east-1": "507241528517",
+}
+ACCESS_LOG_PREFIX = "alb"
+
+
+def access_log_bucket_policy(bucket_arn: str, account_id: str, region: str) -> str:
+    target = f"{bucket_arn}/{ACCESS_LOG_PREFIX}/AWSLogs/{account_id}/*"
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn, f"{bucket_arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+        {
+            "Sid": "LogDeliveryWrites",
+            "Effect": "Allow",
+            "Principal": {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"},
+            "Action": "s3:PutObject",
+            "Resource": target,
+        },
+    ]
+    if region in ELB_LOG_ACCOUNTS:
+        statements.append(
+            {
+                "Sid": "LegacyRegionLogDeliveryWrites",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ELB_LOG_ACCOUNTS[region]}:root"},
+                "Action": "s3:PutObject",
+                "Resource": target,
+            }
+        )
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+@dataclass
+class RegistryLoadBalancerArgs:
+    region: str
+    account_id: pulumi.Input[str]
+    vpc_id: pulumi.Input[str]
+    internal: bool
+    # Internet-facing: the public subnets; internal: the private ones.
+    subnet_ids: Sequence[pulumi.Input[str]]
+    allowed_cidrs: list[str]
+    # Hosts live here: the load balancer may only talk to these ranges, on the registry port.
+    host_cidrs: list[str]
+    certificate_arn: pulumi.Input[str]
+    tls_policy: str
+    tags: dict[str, str]
+    deletion_protection: bool = True
+    access_log_days: int = 90
+    # Large layer uploads stream through one request: keep idle connections open long enough.
+    idle_timeout_seconds: int = 300
+
+
+class RegistryLoadBalancer(pulumi.ComponentResource):
+    security_group_id: pulumi.Output[str]
+    target_group_arn: pulumi.Output[str]
+    dns_name: pulumi.Output[str]
+    zone_id: pulumi.Output[str]
+    arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: RegistryLoadBalancerArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("registry-fleet:index:RegistryLoadBalancer", name, None, opts)
+        tags = args.tags
+        child = pulumi.ResourceOptions(parent=self)
+
+        logs = aws.s3.Bucket(f"{name}-access-logs", tags=tags, opts=child)
+        # ALB log delivery supports SSE-S3 only, not SSE-KMS.
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-access-logs-encryption",
+            bucket=logs.id,
+            rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}],
+            opts=child,
+        )
+        aws.s3.BucketPublicAccessBlock(
+            f"{name}-access-logs-public-access",
+            bucket=logs.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketOwnershipControls(
+            f"{name}-access-logs-ownership",
+            bucket=logs.id,
+            rule={"object_ownership": "BucketOwnerEnforced"},
+            opts=child,
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-access-logs-lifecycle",
+            bucket=logs.id,
+            rules=[
+                {
+                    "id": "expire-access-logs",
+                    "status": "Enabled",
+                    "filter": {},
+                    "expiration": {"days": args.access_log_days},
+                    "abort_incomplete_multipart_upload": {"days_after_initiation": 1},
+                }
+            ],
+            opts=child,
+        )
+        logs_policy = aws.s3.BucketPolicy(
+            f"{name}-access-logs-policy",
+            bucket=logs.id,
+            policy=pulumi.Output.all(logs.arn, args.account_id).apply(
+                lambda a: access_log_bucket_policy(a[0], a[1], args.region)
+            ),
+            opts=child,
+        )
+
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            vpc_id=args.vpc_id,
+            description="registry load balancer: clients in, registry hosts out",
+            tags={**tags, "Name": f"{name}-sg"},
+            opts=child,
+        )
+        for i, cidr in enumerate(args.allowed_cidrs):
+            family = "cidr_ipv6" if ":" in cidr else "cidr_ipv4"
+            for port in (443, 80):
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-in-{port}-{i}",
+                    security_group_id=sg.id,
+                    ip_protocol="tcp",
+                    from_port=port,
+                    to_port=port,
+                    description=f"clients ({cidr}) on {port}" + (" (redirected to 443)" if port == 80 else ""),
+                    tags=tags,
+                    opts=child,
+                    **{family: cidr},
+                )
+        for i, cidr in enumerate(args.host_cidrs):
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-out-hosts-{i}",
+                security_group_id=sg.id,
+                ip_protocol="tcp",
+                from_port=REGISTRY_PORT,
+                to_port=REGISTRY_PORT,
+                cidr_ipv4=cidr,
+                description="registry hosts (HTTPS)",
+                tags=tags,
+                opts=child,
+            )
+
+        lb = aws.lb.LoadBalancer(
+            f"{name}-alb",
+            load_balancer_type="application",
+            internal=args.internal,
+            subnets=args.subnet_ids,
+            security_groups=[sg.id],
+            enable_deletion_protection=args.deletion_protection,
+            drop_invalid_header_fields=True,
+            enable_http2=True,
+            idle_timeout=args.idle_timeout_seconds,
+            access_logs={"bucket": logs.bucket, "prefix": ACCESS_LOG_PREFIX, "enabled": True},
+            tags=tags,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[logs_policy]),
+        )
+        tg = aws.lb.TargetGroup(
+            f"{name}-tg",
+            vpc_id=args.vpc_id,
+            port=REGISTRY_PORT,
+            protocol="HTTPS",
+            target_type="instance",
+            # The registry's draintimeout is 60s: let in-flight requests finish before deregistering.
+            deregistration_delay=60,
+            health_check={
+                "enabled": True,
+                "protocol": "HTTPS",
+                "path": "/",
+                "port": "traffic-port",
+                "matcher": "200",
+                "interval": 15,
+                "timeout": 5,
+                "healthy_threshold": 2,
+                "unhealthy_threshold": 3,
+            },
+            tags=tags,
+            opts=child,
+        )
+        aws.lb.Listener(
+            f"{name}-https",
+            load_balancer_arn=lb.arn,
+            port=443,
+            protocol="HTTPS",
+            ssl_policy=args.tls_policy,
+            certificate_arn=args.certificate_arn,
+            default_actions=[{"type": "forward", "target_group_arn": tg.arn}],
+            tags=tags,
+            opts=child,
+        )
+        aws.lb.Listener(
+            f"{name}-http",
+            load_balancer_arn=lb.arn,
+            port=80,
+            protocol="HTTP",
+            default_actions=[
+                {
+                    "type": "redirect",
+                    "redirect": {"protocol": "HTTPS", "port": "443", "status_code": "HTTP_301"},
+                }
+            ],
+            tags=tags,
+            opts=child,
+        )
+
+        self.security_group_id = sg.id
+        self.target_group_arn = tg.arn
+        self.dns_name = lb.dns_name
+        self.zone_id = lb.zone_id
+        self.arn = lb.arn
+        self.register_outputs({"dnsName": lb.dns_name, "targetGroupArn": tg.arn, "securityGroupId": sg.id})

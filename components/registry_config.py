@@ -1,0 +1,189 @@
+"""Render the registry's `config.yml` (CNCF distribution 2.8, Debian package `docker-registry`).
+
+A pure, deterministic renderer: plain values in, YAML text out, no Pulumi import. The fleet
+component feeds it resolved outputs inside one `apply`; the lab feeds it local values (loopback
+addresses, a moto S3 endpoint). Every environment-specific value is therefore a field of
+:class:`RegistryConfig`, the "effective config" in which every value is already resolved.
+
+Practices served: TLS everywhere (2: the hosts listen with TLS 1.2+), private registry (7: no
+credential or secret in the file; S3 access comes from the instance role, `http.secret` from the
+REGISTRY_HTTP_SECRET environment variable, key material from files written at boot), replicated
+across servers (8: the same config on every host, a storage health check and a drain file so the
+load balancer takes a host out of rotation) and CDN for blobs (9: the `cloudfront` storage
+middleware redirects blob GETs to signed CloudFront URLs).
+
+Option names were checked against the distribution 2.8 configuration reference
+(`docs/configuration.md`) and `configuration/configuration.go`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+REGISTRY_PORT = 5000  # registry HTTPS listener on hosts (the ALB target port)
+DEBUG_PORT = 5001  # http.debug.addr: /debug/health and /metrics (prometheus)
+BLOB_PREFIX = (
+    "docker/registry/v2/blobs/"  # S3 key prefix of blobs when rootdirectory is unset (CloudFront reads only this)
+)
+CONFIG_PATH = "/etc/docker/registry/config.yml"  # the Debian package's config path
+STATE_DIR = "/var/lib/docker-registry"  # the Debian package's state directory (home of user docker-registry)
+
+MIN_CHUNK_SIZE_BYTES = 5 * 1024 * 1024  # the S3 driver refuses a chunksize below the S3 multipart minimum
+LOG_LEVELS = ("error", "warn", "info", "debug")  # what the registry accepts for log.level
+
+
+@dataclass(frozen=True)
+class CloudFrontSettings:
+    """The `cloudfront` storage middleware: blob GETs become redirects to signed CloudFront URLs."""
+
+    base_url: str  # e.g. "https://d111111abcdef8.cloudfront.net/" (must end with "/")
+    private_key_file: str  # path of a PKCS#1 PEM on disk (never the key itself)
+    key_pair_id: str  # CloudFront public key id
+    duration_seconds: int  # lifetime of a signed URL
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """The effective registry config: every value already resolved, secure defaults for the rest."""
+
+    environment: str
+    public_url: str  # "https://registry.dev.example.com" -> http.host
+    bucket: str
+    region: str
+    listen_addr: str = f":{REGISTRY_PORT}"
+    debug_addr: str = f"127.0.0.1:{DEBUG_PORT}"  # loopback: the debug server exposes metrics and health details
+    tls_cert_file: str = "/etc/docker/registry/tls/host.crt"
+    tls_key_file: str = "/etc/docker/registry/tls/host.key"
+    kms_key_id: str | None = None  # set -> s3 `encrypt: true` + `keyid`
+    s3_endpoint: str | None = None  # lab only: sets `regionendpoint` AND `forcepathstyle: true`
+    chunk_size_bytes: int = 16 * 1024 * 1024
+    htpasswd_file: str = "/etc/docker/registry/htpasswd"
+    htpasswd_realm: str = "registry"
+    drain_file: str = f"{STATE_DIR}/drain"  # `health.file`: while it exists `/` answers 503 and the LB drains the host
+    cloudfront: CloudFrontSettings | None = None
+    log_level: str = "info"
+
+
+def validate_registry_config(cfg: RegistryConfig) -> None:
+    """Raise ValueError naming the field, the bad value and the fix, before anything is rendered."""
+    for name in ("environment", "public_url", "bucket", "region", "listen_addr", "debug_addr"):
+        if not getattr(cfg, name):
+            raise ValueError(f"RegistryConfig.{name} must not be empty.")
+    for name in ("kms_key_id", "s3_endpoint"):
+        if getattr(cfg, name) == "":
+            raise ValueError(f"RegistryConfig.{name} must be None (unset) or a non-empty string, not ''.")
+    url = urlparse(cfg.public_url)
+    if url.scheme != "https" or not url.netloc:
+        raise ValueError(
+            f"RegistryConfig.public_url must be an https:// URL (it becomes http.host, the address clients use); "
+            f"got {cfg.public_url!r}. Use e.g. 'https://registry.dev.example.com'."
+        )
+    if cfg.chunk_size_bytes < MIN_CHUNK_SIZE_BYTES:
+        raise ValueError(
+            f"RegistryConfig.chunk_size_bytes must be at least {MIN_CHUNK_SIZE_BYTES} (5 MiB, the S3 multipart "
+            f"minimum); got {cfg.chunk_size_bytes}."
+        )
+    if cfg.log_level not in LOG_LEVELS:
+        raise ValueError(f"RegistryConfig.log_level must be one of {', '.join(LOG_LEVELS)}; got {cfg.log_level!r}.")
+    if cfg.cloudfront is not None:
+        if not cfg.cloudfront.base_url.endswith("/"):
+            raise ValueError(
+                f"RegistryConfig.cloudfront.base_url must end with '/' (the middleware appends the S3 key to it); "
+                f"got {cfg.cloudfront.base_url!r}. Use {cfg.cloudfront.base_url + '/'!r}."
+            )
+        key_file = cfg.cloudfront.private_key_file
+        if not key_file.startswith("/") or "\n" in key_file or "PRIVATE KEY" in key_file:
+            raise ValueError(
+                "RegistryConfig.cloudfront.private_key_file must be the absolute path of the PEM on the host; "
+                "the key itself never goes into config.yml (write it from Secrets Manager at boot)."
+            )
+        if cfg.cloudfront.duration_seconds <= 0:
+            raise ValueError(
+                f"RegistryConfig.cloudfront.duration_seconds must be a positive number of seconds; "
+                f"got {cfg.cloudfront.duration_seconds}."
+            )
+
+
+def registry_config_dict(cfg: RegistryConfig) -> dict[str, Any]:
+    """Return the registry config as a dict (what `render_registry_config` dumps). Validates first."""
+    validate_registry_config(cfg)
+
+    # No accesskey/secretkey: the S3 driver falls back to the instance role (or the lab's environment).
+    s3: dict[str, Any] = {
+        "region": cfg.region,
+        "bucket": cfg.bucket,
+        "secure": True,
+        "v4auth": True,
+        "chunksize": cfg.chunk_size_bytes,
+    }
+    if cfg.kms_key_id is not None:
+        s3["encrypt"] = True
+        s3["keyid"] = cfg.kms_key_id
+    if cfg.s3_endpoint is not None:
+        # 2.8 forces path style whenever regionendpoint is set; 3.x needs forcepathstyle said explicitly.
+        s3["regionendpoint"] = cfg.s3_endpoint
+        s3["forcepathstyle"] = True
+
+    storage: dict[str, Any] = {
+        "s3": s3,
+        "delete": {"enabled": True},
+        "maintenance": {"uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False}},
+        "cache": {"blobdescriptor": "inmemory"},
+    }
+
+    config: dict[str, Any] = {
+        "version": 0.1,
+        "log": {
+            "level": cfg.log_level,
+            "formatter": "json",
+            "fields": {"service": "registry", "environment": cfg.environment},
+        },
+        "storage": storage,
+    }
+
+    # Without the CDN the registry streams blobs itself: a redirect would send clients to a
+    # presigned S3 URL, outside the load balancer (and outside a private network).
+    storage["redirect"] = {"disable": cfg.cloudfront is None}
+    if cfg.cloudfront is not None:
+        config["middleware"] = {
+            "storage": [
+                {
+                    "name": "cloudfront",
+                    "options": {
+                        "baseurl": cfg.cloudfront.base_url,
+                        "privatekey": cfg.cloudfront.private_key_file,  # a path: the key itself never enters this file
+                        "keypairid": cfg.cloudfront.key_pair_id,
+                        "duration": f"{cfg.cloudfront.duration_seconds}s",
+                    },
+                }
+            ]
+        }
+
+    # No `secret` key: every host gets the same one from REGISTRY_HTTP_SECRET, so this file holds no secret.
+    config["http"] = {
+        "addr": cfg.listen_addr,
+        "host": cfg.public_url,
+        "relativeurls": False,
+        "draintimeout": "60s",
+        "tls": {"certificate": cfg.tls_cert_file, "key": cfg.tls_key_file, "minimumtls": "tls1.2"},
+        "headers": {
+            "X-Content-Type-Options": ["nosniff"],
+            "Strict-Transport-Security": ["max-age=63072000"],
+        },
+        "debug": {"addr": cfg.debug_addr, "prometheus": {"enabled": True, "path": "/metrics"}},
+    }
+    config["auth"] = {"htpasswd": {"realm": cfg.htpasswd_realm, "path": cfg.htpasswd_file}}
+    config["health"] = {
+        "storagedriver": {"enabled": True, "interval": "10s", "threshold": 3},
+        "file": [{"file": cfg.drain_file, "interval": "10s"}],
+    }
+    return config
+
+
+def render_registry_config(cfg: RegistryConfig) -> str:
+    """Return the text of `config.yml` for `cfg`. Raises ValueError if `cfg` breaks a rule."""
+    return yaml.safe_dump(registry_config_dict(cfg), sort_keys=False)

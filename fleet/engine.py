@@ -1,0 +1,326 @@
+"""The recording engine: run the real program for a stack under Pulumi mocks.
+
+No Pulumi CLI or provider plugin runs here, so `plan`, the tests (and later the audit) run
+`infra.program.build(settings)` against an in-process mock monitor that records every
+registered resource: its type, logical name, parent, provider and inputs exactly as the
+engine would receive them. Providers' computed outputs (ARNs, DNS names, generated keys)
+are faked deterministically, and any data-source lookup the program was not expected to
+make fails loudly instead of returning an empty answer.
+
+What this proves and what it does not: the resource graph and every input the program
+sends are real; nothing here checks that AWS accepts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
+
+from infra.settings import PROJECT, Settings
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+SECRET_VALUE_SIG = "1b47061264138c4ac30d75fd1eb44270"
+ACCOUNT_ID = "123456789012"
+REDACTED = "[secret]"
+
+# Zones the mock reports per region: enough for every stack, and few enough that asking for
+# more zones than a region has is caught.
+_ZONES = {"us-east-1": "abcdef"}
+
+
+class UnexpectedInvokeError(Exception):
+    """The program made a data-source lookup that the recording engine does not know."""
+
+
+@dataclass
+class Resource:
+    type: str
+    name: str
+    urn: str
+    parent: str | None
+    provider: str | None
+    custom: bool
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+    @property
+    def parent_name(self) -> str | None:
+        return self.parent.rsplit("::", 1)[-1] if self.parent else None
+
+
+@dataclass
+class Recording:
+    """What one run of the program registered, in registration order, and its stack outputs."""
+
+    stack: str
+    resources: list[Resource]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> Resource:
+        found = [r for r in self.resources if r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} resources named {name!r} (expected exactly one)")
+        return found[0]
+
+    def by_urn(self, urn: str) -> Resource | None:
+        return next((r for r in self.resources if r.urn == urn), None)
+
+    def component_of(self, res: Resource) -> Resource | None:
+        """The nearest enclosing component resource."""
+        parent = self.by_urn(res.parent) if res.parent else None
+        while parent is not None and parent.custom:
+            parent = self.by_urn(parent.parent) if parent.parent else None
+        return parent
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, Mapping) and value.get(SECRET_SIG) == SECRET_VALUE_SIG
+
+
+def unwrap(value: Any) -> Any:
+    """Inputs with secret wrappers removed (for assertions that look at values)."""
+    if is_secret(value):
+        return unwrap(value.get("value"))
+    if isinstance(value, Mapping):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def redact(value: Any) -> Any:
+    """Inputs with every secret shown as "[secret]" (for anything printed)."""
+    if is_secret(value):
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def _digest(*parts: str, n: int = 8) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:n]
+
+
+def fake_pem(kind: str, name: str) -> str:
+    return f"-----BEGIN {kind}-----\nMOCK{_digest(kind, name, n=40)}\n-----END {kind}-----\n"
+
+
+def fake_secret(name: str) -> str:
+    """The value the mock gives a generated secret: tests search for it where it must not be."""
+    return f"mocksecret{_digest('secret', name, n=24)}"
+
+
+class RecordingMocks(Mocks):
+    """Fakes providers' computed outputs; answers only the lookups the program is known to make."""
+
+    def __init__(self, default_region: str):
+        self.default_region = default_region
+        self.provider_regions: dict[str, str] = {}
+
+    def region_of(self, provider_ref: str | None) -> str:
+        if not provider_ref:
+            return self.default_region
+        urn = provider_ref.rsplit("::", 1)[0]
+        return self.provider_regions.get(urn, self.default_region)
+
+    def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        region = self.region_of(args.provider)
+        token = args.token
+        if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            letters = _ZONES.get(region, "abc")
+            names = [f"{region}{c}" for c in letters]
+            return {"names": names, "zoneIds": [f"{region[:3]}-az{i + 1}" for i in range(len(names))], "id": region}, []
+        if token == "aws:ec2/getAmi:getAmi":
+            arch = next(
+                (f["values"][0] for f in args.args.get("filters", []) if f.get("name") == "architecture"), "x86_64"
+            )
+            return {
+                "id": f"ami-{_digest(region, arch, n=17)}",
+                "name": f"debian-12-{'arm64' if arch == 'arm64' else 'amd64'}-20261101-1234",
+                "architecture": arch,
+                "ownerId": "136693071363",
+            }, []
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {
+                "accountId": ACCOUNT_ID,
+                "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/mock",
+                "userId": "AIDAMOCK",
+                "id": ACCOUNT_ID,
+            }, []
+        if token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
+        if token == "aws:elb/getServiceAccount:getServiceAccount":
+            return {"arn": "arn:aws:iam::156460612806:root", "id": "156460612806"}, []
+        raise UnexpectedInvokeError(
+            f"unexpected lookup {token} (args {args.args}): add it to fleet/engine.py only if the program must make it"
+        )
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        inputs = dict(args.inputs)
+        name = args.name
+        typ = args.typ
+        if typ.startswith("pulumi:providers:"):
+            return f"{name}-provider-id", inputs
+        region = self.region_of(args.provider)
+        service = typ.split(":")[1].split("/")[0] if typ.startswith("aws:") else ""
+        rid = f"{name}-{_digest(typ, name)}"
+        out = dict(inputs)
+        if typ.startswith("aws:"):
+            out.setdefault("arn", f"arn:aws:{service}:{region}:{ACCOUNT_ID}:{name}")
+        if "namePrefix" in inputs and "name" not in inputs:
+            out["name"] = f"{inputs['namePrefix']}{_digest(name, n=12)}"
+        out.update(self._computed(typ, name, rid, region, inputs))
+        return out.pop("__id__", rid), out
+
+    def _computed(self, typ: str, name: str, rid: str, region: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        if typ == "aws:s3/bucket:Bucket":
+            bucket = inputs.get("bucket") or f"{inputs.get('bucketPrefix', name + '-')}{_digest(name)}"
+            return {
+                "__id__": bucket,
+                "bucket": bucket,
+                "arn": f"arn:aws:s3:::{bucket}",
+                "bucketRegionalDomainName": f"{bucket}.s3.{region}.amazonaws.com",
+                "region": region,
+            }
+        if typ == "aws:kms/key:Key":
+            key_id = f"{_digest(name, n=8)}-0000-4000-8000-{_digest(name, 'k', n=12)}"
+            return {"__id__": key_id, "keyId": key_id, "arn": f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/{key_id}"}
+        if typ == "aws:iam/role:Role":
+            return {"arn": f"arn:aws:iam::{ACCOUNT_ID}:role/{name}", "name": inputs.get("name", name)}
+        if typ == "aws:iam/instanceProfile:InstanceProfile":
+            return {"arn": f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{name}", "name": name}
+        if typ == "aws:secretsmanager/secret:Secret":
+            arn = f"arn:aws:secretsmanager:{region}:{ACCOUNT_ID}:secret:{name}-{_digest(name, n=6)}"
+            return {"__id__": arn, "arn": arn}
+        if typ == "aws:lb/loadBalancer:LoadBalancer":
+            return {
+                "dnsName": f"{name}-{_digest(name)}.{region}.elb.amazonaws.com",
+                "zoneId": "Z32O12XQLNTSW2",
+                "arnSuffix": f"app/{name}/{_digest(name, n=16)}",
+            }
+        if typ == "aws:lb/targetGroup:TargetGroup":
+            return {"arnSuffix": f"targetgroup/{name}/{_digest(name, n=16)}"}
+        if typ == "aws:acm/certificate:Certificate":
+            domains = [inputs.get("domainName", ""), *(inputs.get("subjectAlternativeNames") or [])]
+            return {
+                "domainValidationOptions": [
+                    {
+                        "domainName": d,
+                        "resourceRecordName": f"_{_digest(d)}.{d}.",
+                        "resourceRecordType": "CNAME",
+                        "resourceRecordValue": f"_{_digest(d, 'v')}.acm-validations.aws.",
+                    }
+                    for d in domains
+                ]
+            }
+        if typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            return {"__id__": f"lt-{_digest(name, n=17)}", "latestVersion": 1}
+        if typ == "aws:cloudfront/distribution:Distribution":
+            dist = f"E{_digest(name, n=13).upper()}"
+            return {
+                "__id__": dist,
+                "domainName": f"d{_digest(name, n=13)}.cloudfront.net",
+                "hostedZoneId": "Z2FDTNDATAQYW2",
+                "arn": f"arn:aws:cloudfront::{ACCOUNT_ID}:distribution/{dist}",
+            }
+        if typ == "aws:cloudfront/publicKey:PublicKey":
+            return {"__id__": f"K{_digest(name, n=13).upper()}"}
+        if typ.startswith("aws:ec2/") and typ.split("/")[1].split(":")[0] in {"vpc", "subnet", "securityGroup"}:
+            prefix = {"vpc": "vpc", "subnet": "subnet", "securityGroup": "sg"}[typ.split("/")[1].split(":")[0]]
+            return {"__id__": f"{prefix}-{_digest(name, n=17)}"}
+        if typ == "tls:index/privateKey:PrivateKey":
+            algo = inputs.get("algorithm", "RSA")
+            kind = "RSA PRIVATE KEY" if algo == "RSA" else "EC PRIVATE KEY"
+            return {
+                "privateKeyPem": fake_pem(kind, name),
+                "privateKeyPemPkcs8": fake_pem("PRIVATE KEY", name),
+                "publicKeyPem": fake_pem("PUBLIC KEY", name),
+                "publicKeyOpenssh": f"ssh-rsa MOCK{_digest(name)}",
+            }
+        if typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+            return {"certPem": fake_pem("CERTIFICATE", name)}
+        if typ == "tls:index/certRequest:CertRequest":
+            return {"certRequestPem": fake_pem("CERTIFICATE REQUEST", name)}
+        if typ == "random:index/randomPassword:RandomPassword":
+            value = fake_secret(name)
+            return {"result": value, "bcryptHash": f"$2a$10${_digest('bcrypt', name, n=53)}"}
+        return {}
+
+
+class RecordingMonitor(MockMonitor):
+    """The mock monitor, also keeping each registration's parent and provider."""
+
+    def __init__(self, mocks: RecordingMocks):
+        super().__init__(mocks)
+        self.recording_mocks = mocks
+        self.recorded: list[Resource] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        urn = response.urn
+        registration = self.resources[urn]
+        state = registration.state
+        inputs = pulumi.runtime.rpc.deserialize_properties(request.object)
+        if request.type == "pulumi:providers:aws":
+            self.recording_mocks.provider_regions[urn] = str(unwrap(inputs.get("region", "")))
+        self.recorded.append(
+            Resource(
+                type=request.type,
+                name=request.name,
+                urn=urn,
+                # Top-level resources have the stack as parent; record them as parentless.
+                parent=(request.parent or None) if "::pulumi:pulumi:Stack::" not in request.parent else None,
+                provider=request.provider.rsplit("::", 1)[0] if request.provider else None,
+                custom=bool(request.custom),
+                inputs=dict(inputs),
+                outputs=dict(state),
+                id=str(registration.id or ""),
+            )
+        )
+        return response
+
+
+def record(settings: Settings, build: Callable[[Settings], Mapping[str, Any]] | None = None) -> Recording:
+    """Run the program for `settings` under mocks and return everything it registered."""
+    if build is None:
+        from infra.program import build as program_build
+
+        build = program_build
+
+    mocks = RecordingMocks(settings.region)
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=settings.stack, preview=False, monitor=monitor)
+    outputs: dict[str, Any] = {}
+    secret_outputs: set[str] = set()
+
+    async def collect(exports: Mapping[str, Any]) -> None:
+        for key, value in exports.items():
+            out = pulumi.Output.from_input(value)
+            outputs[key] = await out.future()
+            if await out.is_secret():
+                secret_outputs.add(key)
+
+    def run() -> Any:
+        assert build is not None
+        exports = build(settings)
+        return pulumi.Output.from_input(asyncio.ensure_future(collect(exports)))
+
+    pulumi.runtime.test(run)()
+    if not monitor.recorded:
+        raise RuntimeError("the program registered no resource: the mocks checked nothing")
+    return Recording(settings.stack, list(monitor.recorded), outputs, secret_outputs)

@@ -1,0 +1,221 @@
+"""The registry-fleet program: one `build(settings)` composing the components.
+
+Order follows the data: storage (buckets, keys, backups) -> network (its S3 endpoint admits
+the registry bucket) -> internal TLS -> the registry's public certificate -> load balancer ->
+CDN -> the primary bucket's policies (they name the distribution) -> fleet -> DNS.
+Components never read config: everything comes from the typed settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from components.cdn import BlobCdn, BlobCdnArgs
+from components.certificates import DnsValidatedCertificate, DnsValidatedCertificateArgs
+from components.dns import RegistryDns, RegistryDnsArgs
+from components.fleet import FleetCdn, RegistryFleet, RegistryFleetArgs
+from components.internal_tls import InternalTls, InternalTlsArgs
+from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
+from components.network import RegistryNetwork, RegistryNetworkArgs
+from components.storage import (
+    ObjectLock,
+    RegistryBucketPolicies,
+    RegistryBucketPoliciesArgs,
+    RegistryStorage,
+    RegistryStorageArgs,
+)
+from infra.settings import Settings
+
+# CloudFront reads certificates for its aliases from us-east-1 only, whatever the stack's region.
+CLOUDFRONT_CERT_REGION = "us-east-1"
+
+
+def name_prefix(settings: Settings) -> str:
+    """A short physical-name prefix unique per stack (AWS names must not collide in an account)."""
+    return f"reg-{settings.stack}"[:24].rstrip("-")
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """Create every resource of one stack; return the stack outputs."""
+    s = settings
+    tags = s.tags
+    prefix = name_prefix(s)
+    protect = s.environment != "dev"
+
+    default_tags: Any = {"tags": tags}
+    primary = aws.Provider("aws-primary", region=s.region, default_tags=default_tags)
+    replica = aws.Provider("aws-replica", region=s.replica_region, default_tags=default_tags)
+    in_primary = pulumi.ResourceOptions(providers={"aws": primary})
+    identity = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=primary))
+
+    storage = RegistryStorage(
+        "storage",
+        RegistryStorageArgs(
+            region=s.region,
+            replica_region=s.replica_region,
+            replica_provider=replica,
+            bucket_prefix=f"{prefix}-blobs",
+            noncurrent_version_days=s.storage.noncurrent_version_days,
+            abort_incomplete_upload_days=s.storage.abort_incomplete_upload_days,
+            replication_time_control=s.storage.replication_time_control,
+            backup_schedule=s.backup.schedule,
+            backup_retention_days=s.backup.retention_days,
+            continuous_backup=s.backup.continuous,
+            continuous_retention_days=s.backup.continuous_retention_days,
+            vault_lock_mode=s.backup.vault_lock_mode,
+            replica_object_lock=(
+                ObjectLock(s.storage.object_lock.mode, s.storage.object_lock.days)
+                if s.storage.object_lock.enabled
+                else None
+            ),
+            protect=protect,
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
+    network = RegistryNetwork(
+        "network",
+        RegistryNetworkArgs(
+            region=s.region,
+            cidr=s.network.cidr,
+            az_count=s.network.az_count,
+            nat_gateways=s.network.nat_gateways,
+            registry_bucket_arns=[storage.bucket.arn],
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
+    internal_tls = InternalTls(
+        "internal-tls",
+        InternalTlsArgs(organization=f"registry-fleet {s.stack}", dns_names=[s.registry_host, "registry.internal"]),
+    )
+
+    certificate = DnsValidatedCertificate(
+        "registry-cert",
+        DnsValidatedCertificateArgs(domain_name=s.registry_host, zone_id=s.cloudflare.zone_id, tags=tags),
+        opts=in_primary,
+    )
+
+    internal = s.network.load_balancer_scheme == "internal"
+    lb = RegistryLoadBalancer(
+        "lb",
+        RegistryLoadBalancerArgs(
+            region=s.region,
+            account_id=identity.account_id,
+            vpc_id=network.vpc_id,
+            internal=internal,
+            subnet_ids=network.private_subnet_ids if internal else network.public_subnet_ids,
+            allowed_cidrs=list(s.network.allowed_cidrs),
+            host_cidrs=network.private_cidrs,
+            certificate_arn=certificate.certificate_arn,
+            tls_policy=s.tls.policy,
+            deletion_protection=protect,
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
+    cdn = None
+    if s.cdn.enabled:
+        alias_cert = None
+        if s.cdn_alias_host is not None:
+            us_east_1 = aws.Provider("aws-us-east-1", region=CLOUDFRONT_CERT_REGION, default_tags=default_tags)
+            alias_cert = DnsValidatedCertificate(
+                "blobs-cert",
+                DnsValidatedCertificateArgs(
+                    domain_name=s.cdn_alias_host, zone_id=s.cloudflare.zone_id, tags=tags, provider=us_east_1
+                ),
+                opts=in_primary,
+            )
+        cdn = BlobCdn(
+            "cdn",
+            BlobCdnArgs(
+                bucket_regional_domain_name=storage.bucket.bucket_regional_domain_name,
+                name_prefix=prefix,
+                price_class=s.cdn.price_class,
+                alias=s.cdn_alias_host,
+                alias_certificate_arn=alias_cert.certificate_arn if alias_cert else None,
+                tags=tags,
+            ),
+            opts=in_primary,
+        )
+
+    RegistryBucketPolicies(
+        "storage-policies",
+        RegistryBucketPoliciesArgs(
+            bucket_id=storage.bucket.id,
+            bucket_arn=storage.bucket.arn,
+            key_id=storage.key.key_id,
+            account_id=identity.account_id,
+            distribution_arn=cdn.distribution_arn if cdn else None,
+        ),
+        opts=in_primary,
+    )
+
+    fleet = RegistryFleet(
+        "fleet",
+        RegistryFleetArgs(
+            environment=s.environment,
+            region=s.region,
+            name_prefix=prefix,
+            public_url=f"https://{s.registry_host}",
+            instance_type=s.fleet.instance_type,
+            architecture=s.fleet.architecture,
+            min_size=s.fleet.min_size,
+            max_size=s.fleet.max_size,
+            desired_capacity=s.fleet.desired_capacity,
+            root_volume_gib=s.fleet.root_volume_gib,
+            vpc_id=network.vpc_id,
+            private_subnet_ids=network.private_subnet_ids,
+            lb_security_group_id=lb.security_group_id,
+            target_group_arn=lb.target_group_arn,
+            bucket_name=storage.bucket.bucket,
+            bucket_arn=storage.bucket.arn,
+            kms_key_arn=storage.key.arn,
+            chunk_size_bytes=s.storage.chunk_size_mib * 1024 * 1024,
+            ca_cert_pem=internal_tls.ca_cert_pem,
+            host_cert_pem=internal_tls.host_cert_pem,
+            host_key_pem=internal_tls.host_key_pem,
+            cdn=(
+                FleetCdn(
+                    base_url=cdn.base_url,
+                    key_pair_id=cdn.key_pair_id,
+                    private_key_pem=cdn.private_key_pem,
+                    duration_seconds=s.cdn.signed_url_seconds,
+                )
+                if cdn
+                else None
+            ),
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
+    RegistryDns(
+        "dns",
+        RegistryDnsArgs(
+            zone_id=s.cloudflare.zone_id,
+            registry_host=s.registry_host,
+            load_balancer_dns_name=lb.dns_name,
+            cdn_alias_host=s.cdn_alias_host,
+            cdn_domain=cdn.distribution_domain if cdn and s.cdn_alias_host else None,
+        ),
+    )
+
+    return {
+        "registryUrl": f"https://{s.registry_host}",
+        "registryHost": s.registry_host,
+        "loadBalancerDnsName": lb.dns_name,
+        "cdnDomain": (cdn.base_url.apply(lambda u: u.removeprefix("https://").rstrip("/")) if cdn else None),
+        "bucketName": storage.bucket.bucket,
+        "replicaBucketName": storage.replica_bucket.bucket,
+        "caCertificate": internal_tls.ca_cert_pem,
+        "adminUser": "admin",
+        "adminPassword": fleet.admin_password,
+        "autoScalingGroup": fleet.asg_name,
+    }

@@ -1,0 +1,101 @@
+"""The operator CLI: validate and plan, their exit codes and what they print."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fleet import cli
+from fleet.engine import fake_secret
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def prod_plan() -> dict[str, object]:
+    code, out, err = run("plan", "prod", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_validate_accepts_a_good_stack() -> None:
+    code, out, _ = run("validate", "prod")
+    assert code == 0 and "stack prod: valid" in out
+
+
+def test_validate_rejects_a_broken_stack_with_exit_2_naming_the_key(tmp_path: Path) -> None:
+    stacks = tmp_path / "stacks"
+    shutil.copytree("stacks", stacks)
+    broken = stacks / "Pulumi.dev.yaml"
+    broken.write_text(
+        broken.read_text().replace("instanceType: t4g.medium", "instanceType: t4g.medium\n    minSize: 1")
+    )
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["validate", "dev"], out=out, err=err, stacks_dir=stacks)
+    assert code == 2
+    assert "fleet.minSize: 1 is below 2: a registry fleet needs two hosts in two zones" in err.getvalue()
+    assert "Traceback" not in err.getvalue() and out.getvalue() == ""
+
+
+def test_unknown_stack_exits_2() -> None:
+    code, _, err = run("validate", "nope")
+    assert code == 2 and "known stacks:" in err
+
+
+def test_bad_arguments_exit_2_without_traceback() -> None:
+    code, _, err = run("plan")
+    assert code == 2 and "Traceback" not in err and "stack" in err
+
+
+def test_plan_json_lists_every_resource_with_type_name_parent_provider_inputs(prod_plan: dict[str, object]) -> None:
+    resources = prod_plan["resources"]
+    assert isinstance(resources, list) and len(resources) > 100
+    assert all(set(r) == {"type", "name", "parent", "provider", "inputs"} for r in resources)
+    assert prod_plan["stack"] == "prod"
+
+
+def test_plan_json_covers_every_component_of_the_issue(prod_plan: dict[str, object]) -> None:
+    types = {r["type"] for r in prod_plan["resources"]}  # type: ignore[attr-defined]
+    for component in (
+        "RegistryNetwork",
+        "RegistryStorage",
+        "RegistryFleet",
+        "InternalTls",
+        "RegistryLoadBalancer",
+        "BlobCdn",
+        "RegistryDns",
+        "DnsValidatedCertificate",
+    ):
+        assert f"registry-fleet:index:{component}" in types, component
+
+
+def test_plan_json_shows_no_secret_value(prod_plan: dict[str, object]) -> None:
+    text = json.dumps(prod_plan)
+    assert fake_secret("fleet-http-secret-random") not in text
+    assert fake_secret("fleet-admin-password-random") not in text
+    assert "PRIVATE KEY" not in text
+    assert '"[secret]"' in text  # secrets are shown, redacted
+
+
+def test_plan_json_secret_outputs_are_redacted(prod_plan: dict[str, object]) -> None:
+    outputs = prod_plan["outputs"]
+    assert isinstance(outputs, dict)
+    assert outputs["adminPassword"] == "[secret]"
+    assert outputs["registryUrl"] == "https://registry.example.com"
+
+
+def test_plan_text_groups_by_component_with_counts() -> None:
+    code, out, _ = run("plan", "dev")
+    assert code == 0
+    assert out.startswith("stack dev: pulumi up would create ")
+    assert "RegistryStorage 'storage':" in out and "aws:s3/bucket:Bucket" in out

@@ -1,0 +1,499 @@
+"""The fleet, the load balancer, secrets, tags and names, over every stack's recorded graph.
+
+Each guard is a function returning the violations it finds (naming the resource); each has a
+test over every stack that finds none, and a test that breaks the practice (a settings
+variant or a transform of the recorded inputs) and checks that the guard catches it.
+What mocks cannot prove (that AWS accepts these inputs, that hosts boot) is not claimed here.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import importlib
+import inspect
+import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from fleet.engine import Recording, Resource, fake_secret, is_secret, record, unwrap
+from infra.settings import load_stack_settings
+from tests.conftest import STACKS, recording
+
+REQUIRED_TAGS = {"environment", "team", "owner", "stack", "managed-by"}
+SECRET_NAMES = ("fleet-http-secret-random", "fleet-admin-password-random")
+# What a registry host may install: the registry, and what boots it (AWS CLI for secrets, curl for SSM).
+HOST_PACKAGES = {"docker-registry", "awscli", "ca-certificates", "curl"}
+
+
+def one(rec: Recording, type_: str, name: str | None = None) -> Resource:
+    found = [r for r in rec.of_type(type_) if name is None or r.name == name]
+    assert len(found) == 1, f"{rec.stack}: expected one {type_} {name or ''}, found {[r.name for r in found]}"
+    return found[0]
+
+
+def user_data(rec: Recording) -> str:
+    lt = one(rec, "aws:ec2/launchTemplate:LaunchTemplate")
+    raw = lt.inputs["userData"]
+    assert not is_secret(raw), "user-data is a secret output: a secret value flowed into it"
+    return base64.b64decode(raw).decode()
+
+
+def cloud_init(rec: Recording) -> dict[str, Any]:
+    text = user_data(rec)
+    assert text.startswith("#cloud-config\n")
+    doc = yaml.safe_load(text)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def registry_config(rec: Recording) -> dict[str, Any]:
+    files = {f["path"]: f["content"] for f in cloud_init(rec)["write_files"]}
+    doc = yaml.safe_load(files["/etc/docker/registry/config.yml"])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def transformed(rec: Recording, name: str, change: Callable[[dict[str, Any]], None]) -> Recording:
+    """A copy of the recording with one resource's inputs changed (a broken variant)."""
+    broken = copy.deepcopy(rec)
+    target = broken.named(name)
+    change(target.inputs)
+    return broken
+
+
+# --- guards ---------------------------------------------------------------------------------
+
+
+def dedicated_host_violations(rec: Recording) -> list[str]:
+    """Practice 1: hosts run the registry and nothing else."""
+    doc = cloud_init(rec)
+    out = [f"fleet-lt: installs {p}" for p in sorted(set(doc.get("packages", [])) - HOST_PACKAGES)]
+    for cmd in doc.get("runcmd", []):
+        text = " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+        if "systemctl enable" in text and not any(s in text for s in ("docker-registry", "amazon-ssm-agent")):
+            out.append(f"fleet-lt: enables another service: {text}")
+    return out
+
+
+def launch_template_violations(rec: Recording) -> list[str]:
+    """Practice 7: IMDSv2 only, encrypted disk, no public IP, no SSH key."""
+    lt = one(rec, "aws:ec2/launchTemplate:LaunchTemplate")
+    i = unwrap(lt.inputs)
+    out = []
+    meta = i.get("metadataOptions", {})
+    if meta.get("httpTokens") != "required" or meta.get("httpPutResponseHopLimit") != 1:
+        out.append(f"{lt.name}: IMDSv2 not required with hop limit 1 ({meta})")
+    if "keyName" in i:
+        out.append(f"{lt.name}: has an SSH key pair")
+    for bdm in i.get("blockDeviceMappings", []):
+        if str(bdm.get("ebs", {}).get("encrypted")).lower() != "true":
+            out.append(f"{lt.name}: volume {bdm.get('deviceName')} not encrypted")
+    if not i.get("blockDeviceMappings"):
+        out.append(f"{lt.name}: root volume not declared (so not known to be encrypted)")
+    for nic in i.get("networkInterfaces", []):
+        if str(nic.get("associatePublicIpAddress")).lower() != "false":
+            out.append(f"{lt.name}: network interface may get a public IP")
+    if not i.get("iamInstanceProfile"):
+        out.append(f"{lt.name}: no instance profile (SSM needs one)")
+    return out
+
+
+def asg_violations(rec: Recording) -> list[str]:
+    """Practice 8: at least two zones (three in prod), ELB health, refresh on template change."""
+    settings = load_stack_settings(rec.stack)
+    asg = one(rec, "aws:autoscaling/group:Group")
+    lt = one(rec, "aws:ec2/launchTemplate:LaunchTemplate")
+    i = asg.inputs
+    out = []
+    private = {r.id for r in rec.of_type("aws:ec2/subnet:Subnet") if "private" in r.name}
+    subnets = set(i.get("vpcZoneIdentifiers", []))
+    zones_needed = 3 if settings.environment == "prod" else 2
+    if len(subnets) < zones_needed:
+        out.append(f"{asg.name}: spans {len(subnets)} subnets, needs {zones_needed} zones")
+    if not subnets <= private:
+        out.append(f"{asg.name}: uses subnets that are not private")
+    if i.get("minSize", 0) < 2:
+        out.append(f"{asg.name}: minSize {i.get('minSize')} below 2")
+    if i.get("healthCheckType") != "ELB":
+        out.append(f"{asg.name}: health check {i.get('healthCheckType')}, not ELB")
+    version = i.get("launchTemplate", {}).get("version")
+    if version in ("$Latest", "$Default") or version != str(lt.outputs.get("latestVersion")):
+        out.append(f"{asg.name}: launch template version {version!r} is not the template's latest_version")
+    if not i.get("instanceRefresh"):
+        out.append(f"{asg.name}: no instance refresh")
+    if not i.get("targetGroupArns"):
+        out.append(f"{asg.name}: not registered with the load balancer")
+    return out
+
+
+def host_ingress_violations(rec: Recording) -> list[str]:
+    """Practice 7: only the load balancer's security group reaches the hosts."""
+    host_sg = one(rec, "aws:ec2/securityGroup:SecurityGroup", "fleet-sg")
+    lb_sg = one(rec, "aws:ec2/securityGroup:SecurityGroup", "lb-sg")
+    out = []
+    for rule in rec.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
+        if rule.inputs.get("securityGroupId") != sg_id(host_sg):
+            continue
+        if rule.inputs.get("referencedSecurityGroupId") != sg_id(lb_sg) or rule.inputs.get("cidrIpv4"):
+            out.append(
+                f"{rule.name}: admits {rule.inputs.get('cidrIpv4') or rule.inputs.get('referencedSecurityGroupId')}"
+            )
+    if host_sg.inputs.get("ingress"):
+        out.append(f"{host_sg.name}: inline ingress rules")
+    return out
+
+
+def sg_id(sg: Resource) -> str:
+    return sg.id
+
+
+def instance_policy_violations(rec: Recording) -> list[str]:
+    """Practice 7: the host role touches only its bucket, its key and its own secrets."""
+    policy = json.loads(one(rec, "aws:iam/rolePolicy:RolePolicy", "fleet-role-policy").inputs["policy"])
+    bucket = one(rec, "aws:s3/bucket:Bucket", "storage-primary").outputs["arn"]
+    secrets = {r.outputs["arn"] for r in rec.of_type("aws:secretsmanager/secret:Secret")}
+    out = []
+    for st in policy["Statement"]:
+        resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        for res in resources:
+            if res == "*" or res.endswith(":*"):
+                out.append(f"fleet-role-policy: {st.get('Sid')} on every resource")
+            if any(a.startswith("s3:") for a in actions) and res not in (bucket, f"{bucket}/*"):
+                out.append(f"fleet-role-policy: S3 access to {res}")
+            if any(a.startswith("secretsmanager:") for a in actions) and res not in secrets:
+                out.append(f"fleet-role-policy: secret {res} is not the fleet's")
+        if any(a.endswith("*") for a in actions):
+            out.append(f"fleet-role-policy: wildcard action in {st.get('Sid')}")
+    return out
+
+
+def secret_leak_violations(rec: Recording) -> list[str]:
+    """No secret value in user-data, in any plain (non-secret) input, or in a plain output."""
+    values = [fake_secret(n) for n in SECRET_NAMES]
+    values += [r.outputs["privateKeyPem"] for r in rec.of_type("tls:index/privateKey:PrivateKey")]
+    out = []
+
+    def plain_strings(value: Any) -> list[str]:
+        if is_secret(value):
+            return []
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in plain_strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in plain_strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for r in rec.resources:
+        texts = plain_strings(r.inputs)
+        if r.type == "aws:ec2/launchTemplate:LaunchTemplate" and isinstance(r.inputs.get("userData"), str):
+            texts.append(base64.b64decode(r.inputs["userData"]).decode())
+        for text in texts:
+            if any(v in text for v in values) or "PRIVATE KEY-----" in text:
+                out.append(f"{r.name}: a secret value in a plain input")
+                break
+    for key, value in rec.outputs.items():
+        if key not in rec.secret_outputs and any(v in json.dumps(value) for v in values):
+            out.append(f"output {key}: a secret value in a plain output")
+    return out
+
+
+def load_balancer_violations(rec: Recording) -> list[str]:
+    """Practice 2: HTTPS with a TLS 1.3 policy and a validated certificate, HTTP redirects, HTTPS to hosts."""
+    out = []
+    https = one(rec, "aws:lb/listener:Listener", "lb-https").inputs
+    if https.get("protocol") != "HTTPS" or not str(https.get("sslPolicy", "")).startswith("ELBSecurityPolicy-TLS13"):
+        out.append(f"lb-https: protocol {https.get('protocol')} policy {https.get('sslPolicy')}")
+    validation = one(rec, "aws:acm/certificateValidation:CertificateValidation", "registry-cert-validation")
+    if https.get("certificateArn") != validation.outputs.get("certificateArn"):
+        out.append("lb-https: certificate is not the DNS-validated one")
+    http = one(rec, "aws:lb/listener:Listener", "lb-http").inputs
+    actions = http.get("defaultActions", [])
+    if [a.get("type") for a in actions] != ["redirect"] or actions[0]["redirect"].get("statusCode") != "HTTP_301":
+        out.append("lb-http: does not answer 301 to HTTPS")
+    elif actions[0]["redirect"].get("protocol") != "HTTPS":
+        out.append("lb-http: redirects to something other than HTTPS")
+    tg = one(rec, "aws:lb/targetGroup:TargetGroup").inputs
+    if tg.get("protocol") != "HTTPS" or tg.get("healthCheck", {}).get("protocol") != "HTTPS":
+        out.append(f"lb-tg: backend protocol {tg.get('protocol')}")
+    if tg.get("healthCheck", {}).get("path") != "/":
+        out.append("lb-tg: health check is not the registry's /")
+    alb = one(rec, "aws:lb/loadBalancer:LoadBalancer").inputs
+    if not alb.get("dropInvalidHeaderFields"):
+        out.append("lb-alb: keeps invalid headers")
+    if not alb.get("accessLogs", {}).get("enabled"):
+        out.append("lb-alb: no access logs")
+    return out
+
+
+def tag_violations(rec: Recording) -> list[str]:
+    out = []
+    for r in rec.resources:
+        if not r.custom or not taggable(r.type):
+            continue
+        tags = r.inputs.get("tags")
+        if r.type == "aws:autoscaling/group:Group":
+            keys = {t["key"] for t in tags or [] if t.get("propagateAtLaunch")}
+        else:
+            keys = set(tags or {})
+        if not keys >= REQUIRED_TAGS:
+            out.append(f"{r.name} ({r.type}): missing tags {sorted(REQUIRED_TAGS - keys)}")
+    return out
+
+
+@functools.cache
+def taggable(type_: str) -> bool:
+    """Whether the provider's resource accepts `tags` (read from the SDK, not a hand list)."""
+    package, module_path, _ = type_.split(":")
+    if package != "aws":
+        return False
+    module, cls = module_path.split("/")
+    try:
+        resource = getattr(importlib.import_module(f"pulumi_aws.{module.replace('-', '_')}"), cls[0].upper() + cls[1:])
+    except (ImportError, AttributeError):
+        return False
+    return "tags" in inspect.signature(resource._internal_init).parameters
+
+
+def name_violations(rec: Recording) -> list[str]:
+    counts = Counter(r.name for r in rec.resources)
+    return [f"{name}: used by {n} resources" for name, n in counts.items() if n > 1]
+
+
+def parent_violations(rec: Recording) -> list[str]:
+    """Every resource below a component except providers (parent=self everywhere)."""
+    out = []
+    for r in rec.resources:
+        if r.type.startswith("pulumi:providers:") or (r.type.startswith("registry-fleet:") and r.parent is None):
+            continue
+        parent = rec.by_urn(r.parent) if r.parent else None
+        if parent is None or not parent.type.startswith("registry-fleet:"):
+            out.append(f"{r.name}: not a child of a registry-fleet component")
+    return out
+
+
+GUARDS: dict[str, Callable[[Recording], list[str]]] = {
+    "dedicated hosts": dedicated_host_violations,
+    "launch template": launch_template_violations,
+    "auto scaling group": asg_violations,
+    "host ingress": host_ingress_violations,
+    "instance policy": instance_policy_violations,
+    "secrets": secret_leak_violations,
+    "load balancer": load_balancer_violations,
+    "tags": tag_violations,
+    "unique names": name_violations,
+    "parents": parent_violations,
+}
+
+
+# --- every stack passes every guard ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("guard", list(GUARDS))
+def test_stack_passes_guard(stack: str, guard: str) -> None:
+    assert GUARDS[guard](recording(stack)) == []
+
+
+# --- each guard catches its broken variant --------------------------------------------------
+
+
+def test_extra_package_on_hosts_is_caught() -> None:
+    rec = recording("dev")
+
+    def add_package(inputs: dict[str, Any]) -> None:
+        text = base64.b64decode(inputs["userData"]).decode()
+        doc = yaml.safe_load(text)
+        doc["packages"].append("postgresql")
+        inputs["userData"] = base64.b64encode(("#cloud-config\n" + yaml.safe_dump(doc)).encode()).decode()
+
+    assert dedicated_host_violations(transformed(rec, "fleet-lt", add_package)) == ["fleet-lt: installs postgresql"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda i: i["metadataOptions"].update(httpTokens="optional"), "IMDSv2 not required"),
+        (lambda i: i["metadataOptions"].update(httpPutResponseHopLimit=2.0), "IMDSv2 not required"),
+        (lambda i: i.update(keyName="ops"), "has an SSH key pair"),
+        (lambda i: i["blockDeviceMappings"][0]["ebs"].update(encrypted="false"), "not encrypted"),
+        (lambda i: i["networkInterfaces"][0].update(associatePublicIpAddress="true"), "public IP"),
+    ],
+)
+def test_launch_template_weakness_is_caught(change: Callable[[dict[str, Any]], None], expected: str) -> None:
+    found = launch_template_violations(transformed(recording("dev"), "fleet-lt", change))
+    assert any(expected in v and v.startswith("fleet-lt") for v in found), found
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda i: i["launchTemplate"].update(version="$Latest"), "not the template's latest_version"),
+        (lambda i: i.update(healthCheckType="EC2"), "not ELB"),
+        (lambda i: i.update(vpcZoneIdentifiers=i["vpcZoneIdentifiers"][:1]), "needs 2 zones"),
+        (lambda i: i.pop("instanceRefresh"), "no instance refresh"),
+    ],
+)
+def test_fleet_weakness_is_caught(change: Callable[[dict[str, Any]], None], expected: str) -> None:
+    found = asg_violations(transformed(recording("dev"), "fleet-asg", change))
+    assert any(expected in v and v.startswith("fleet-asg") for v in found), found
+
+
+def test_prod_fleet_needs_three_zones() -> None:
+    def two_zones(i: dict[str, Any]) -> None:
+        i["vpcZoneIdentifiers"] = i["vpcZoneIdentifiers"][:2]
+
+    assert any("needs 3 zones" in v for v in asg_violations(transformed(recording("prod"), "fleet-asg", two_zones)))
+
+
+def test_host_ingress_from_anywhere_is_caught() -> None:
+    def open_to_world(i: dict[str, Any]) -> None:
+        i.pop("referencedSecurityGroupId")
+        i["cidrIpv4"] = "0.0.0.0/0"
+
+    found = host_ingress_violations(transformed(recording("dev"), "fleet-in-from-lb", open_to_world))
+    assert found == ["fleet-in-from-lb: admits 0.0.0.0/0"]
+
+
+def test_broad_instance_policy_is_caught() -> None:
+    def widen(i: dict[str, Any]) -> None:
+        policy = json.loads(i["policy"])
+        policy["Statement"][1]["Resource"] = "arn:aws:s3:::*/*"
+        i["policy"] = json.dumps(policy)
+
+    found = instance_policy_violations(transformed(recording("dev"), "fleet-role-policy", widen))
+    assert found == ["fleet-role-policy: S3 access to arn:aws:s3:::*/*"]
+
+
+def test_secret_in_user_data_is_caught() -> None:
+    def leak(i: dict[str, Any]) -> None:
+        text = base64.b64decode(i["userData"]).decode() + f"\n# {fake_secret('fleet-http-secret-random')}\n"
+        i["userData"] = base64.b64encode(text.encode()).decode()
+
+    assert secret_leak_violations(transformed(recording("dev"), "fleet-lt", leak)) == [
+        "fleet-lt: a secret value in a plain input"
+    ]
+
+
+def test_unwrapped_secret_version_is_caught() -> None:
+    def unwrap_value(i: dict[str, Any]) -> None:
+        i["secretString"] = unwrap(i["secretString"])
+
+    found = secret_leak_violations(transformed(recording("dev"), "fleet-http-secret-value", unwrap_value))
+    assert found == ["fleet-http-secret-value: a secret value in a plain input"]
+
+
+def test_secret_values_are_wrapped_as_secrets_in_secrets_manager() -> None:
+    versions = recording("prod").of_type("aws:secretsmanager/secretVersion:SecretVersion")
+    assert {v.name for v in versions} >= {
+        "fleet-http-secret-value",
+        "fleet-tls-key-value",
+        "fleet-cloudfront-key-value",
+    }
+    assert all(is_secret(v.inputs["secretString"]) for v in versions)
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "expected"),
+    [
+        ("lb-https", lambda i: i.update(sslPolicy="ELBSecurityPolicy-2016-08"), "lb-https: protocol HTTPS policy"),
+        ("lb-http", lambda i: i["defaultActions"][0].update(type="forward"), "lb-http: does not answer 301"),
+        ("lb-tg", lambda i: i.update(protocol="HTTP"), "lb-tg: backend protocol HTTP"),
+        ("lb-tg", lambda i: i["healthCheck"].update(path="/v2/"), "lb-tg: health check"),
+        ("lb-alb", lambda i: i.update(dropInvalidHeaderFields=False), "lb-alb: keeps invalid headers"),
+        ("lb-https", lambda i: i.update(certificateArn="arn:aws:acm:x"), "lb-https: certificate is not"),
+    ],
+)
+def test_load_balancer_weakness_is_caught(name: str, change: Callable[[dict[str, Any]], None], expected: str) -> None:
+    found = load_balancer_violations(transformed(recording("dev"), name, change))
+    assert any(v.startswith(expected) for v in found), found
+
+
+def test_missing_tags_are_caught() -> None:
+    found = tag_violations(transformed(recording("dev"), "storage-key", lambda i: i["tags"].pop("team")))
+    assert found == ["storage-key (aws:kms/key:Key): missing tags ['team']"]
+
+
+def test_taggable_is_read_from_the_sdk() -> None:
+    assert taggable("aws:s3/bucket:Bucket") and taggable("aws:kms/key:Key")
+    assert not taggable("aws:s3/bucketPolicy:BucketPolicy") and not taggable("tls:index/privateKey:PrivateKey")
+
+
+def test_duplicate_names_are_caught() -> None:
+    rec = copy.deepcopy(recording("dev"))
+    rec.resources.append(copy.deepcopy(rec.named("storage-key")))
+    assert name_violations(rec) == ["storage-key: used by 2 resources"]
+
+
+def test_orphan_resource_is_caught() -> None:
+    rec = copy.deepcopy(recording("dev"))
+    rec.named("fleet-sg").parent = None
+    assert parent_violations(rec) == ["fleet-sg: not a child of a registry-fleet component"]
+
+
+# --- properties read straight off the graph ---------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_providers_target_the_configured_regions(stack: str) -> None:
+    rec, s = recording(stack), load_stack_settings(stack)
+    regions = {r.name: r.inputs.get("region") for r in rec.of_type("pulumi:providers:aws")}
+    assert regions["aws-primary"] == s.region and regions["aws-replica"] == s.replica_region
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_registry_config_has_s3_tls_auth_and_health(stack: str) -> None:
+    config = registry_config(recording(stack))
+    s3 = config["storage"]["s3"]
+    assert s3["encrypt"] is True and s3["keyid"].startswith("arn:aws:kms:") and "accesskey" not in s3
+    assert config["http"]["tls"]["certificate"] and config["http"]["tls"]["key"]
+    assert "secret" not in config["http"]
+    assert config["auth"]["htpasswd"]["path"]
+    assert config["health"]["storagedriver"]["enabled"] is True and config["health"]["file"]
+    assert config["http"]["host"] == f"https://{load_stack_settings(stack).registry_host}"
+
+
+def test_registry_config_gets_the_cloudfront_middleware_from_the_cdn() -> None:
+    rec = recording("prod")
+    (middleware,) = registry_config(rec)["middleware"]["storage"]
+    assert middleware["name"] == "cloudfront"
+    options = middleware["options"]
+    assert options["keypairid"] == one(rec, "aws:cloudfront/publicKey:PublicKey").id
+    assert options["baseurl"] == "https://blobs.example.com/"
+    assert options["duration"] == f"{load_stack_settings('prod').cdn.signed_url_seconds}s"
+    assert not options["privatekey"].startswith("-----"), "the key is a file path, never the PEM"
+
+
+def test_internet_facing_variant_uses_public_subnets(record_variant: Callable[..., Recording]) -> None:
+    rec = record_variant(
+        "staging", {"network": {"loadBalancerScheme": "internet-facing", "allowedCidrs": ["0.0.0.0/0"]}}
+    )
+    alb = one(rec, "aws:lb/loadBalancer:LoadBalancer").inputs
+    public = {r.id for r in rec.of_type("aws:ec2/subnet:Subnet") if "public" in r.name}
+    assert alb["internal"] is False and set(alb["subnets"]) == public
+    assert host_ingress_violations(rec) == [], "hosts stay reachable from the load balancer only"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_load_balancer_admits_only_allowed_cidrs(stack: str) -> None:
+    rec, s = recording(stack), load_stack_settings(stack)
+    lb_sg = sg_id(one(rec, "aws:ec2/securityGroup:SecurityGroup", "lb-sg"))
+    rules = [r for r in rec.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")]
+    admitted = {r.inputs.get("cidrIpv4") for r in rules if r.inputs["securityGroupId"] == lb_sg}
+    assert admitted == set(s.network.allowed_cidrs)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stateful_resources_are_protected_outside_dev(stack: str) -> None:
+    alb = one(recording(stack), "aws:lb/loadBalancer:LoadBalancer").inputs
+    assert alb["enableDeletionProtection"] is (load_stack_settings(stack).environment != "dev")
+
+
+def test_an_empty_program_fails_instead_of_passing_silently() -> None:
+    with pytest.raises(RuntimeError, match="registered no resource"):
+        record(load_stack_settings("dev"), build=lambda _s: {})

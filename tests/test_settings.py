@@ -1,0 +1,164 @@
+"""Settings: every stack file is valid, and bad settings fail clearly before any resource exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.settings import (
+    SettingsError,
+    available_stacks,
+    deep_merge,
+    load_stack_settings,
+    project_defaults,
+    settings_from_config,
+    stack_overrides,
+)
+from tests.conftest import STACKS, stack_config
+
+
+def problems(stack: str, overrides: dict[str, object]) -> list[str]:
+    with pytest.raises(SettingsError) as info:
+        settings_from_config(stack, deep_merge(stack_config(stack), overrides))
+    return [str(p) for p in info.value.problems]
+
+
+def test_the_four_stacks_exist() -> None:
+    assert set(available_stacks()) >= {"dev", "staging", "prod", "payments-prod"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_file_is_valid(stack: str) -> None:
+    settings = load_stack_settings(stack)
+    assert settings.stack == stack
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_files_hold_only_what_differs_from_the_defaults(stack: str) -> None:
+    """A key a stack repeats with the default's value belongs in Pulumi.yaml only."""
+    defaults = project_defaults()
+
+    def repeated(over: dict[str, object], base: dict[str, object], path: str) -> list[str]:
+        out = []
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                out += repeated(value, base[key], f"{path}{key}.")  # type: ignore[arg-type]
+            elif key in base and base[key] == value:
+                out.append(f"{path}{key}")
+        return out
+
+    assert repeated(stack_overrides(Path("stacks") / f"Pulumi.{stack}.yaml"), defaults, "") == []
+
+
+def test_prod_runs_three_zones_and_three_hosts() -> None:
+    for stack in ("prod", "payments-prod"):
+        s = load_stack_settings(stack)
+        assert s.network.az_count >= 3 and s.fleet.min_size >= 3, stack
+
+
+def test_min_size_below_two_names_key_value_and_reason() -> None:
+    assert "fleet.minSize: 1 is below 2: a registry fleet needs two hosts in two zones" in problems(
+        "dev", {"fleet": {"minSize": 1}}
+    )
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    found = problems(
+        "dev",
+        {"fleet": {"minSize": 1}, "region": "mars", "network": {"cidr": "8.8.8.0/24"}, "cdn": {"priceClass": "x"}},
+    )
+    paths = {p.split(":")[0] for p in found}
+    assert paths == {"fleet.minSize", "region", "network.cidr", "cdn.priceClass"}, found
+
+
+def test_unknown_key_is_rejected_with_the_allowed_keys() -> None:
+    (msg,) = problems("dev", {"fleet": {"minSzie": 3}})
+    assert msg.startswith("fleet.minSzie: 3: unknown key; allowed here:") and "minSize" in msg
+
+
+def test_missing_key_says_where_to_set_it() -> None:
+    config = stack_config("dev")
+    del config["domain"]
+    with pytest.raises(SettingsError) as info:
+        settings_from_config("dev", config)
+    assert [str(p) for p in info.value.problems] == [
+        "domain: (missing): required; set it in the stack file or as a default in Pulumi.yaml"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"fleet": {"maxSize": 1}}, "fleet.maxSize: 1 is below fleet.minSize (2)"),
+        ({"fleet": {"desiredCapacity": 9}}, "fleet.desiredCapacity: 9 must lie within"),
+        ({"replicaRegion": "eu-west-1"}, 'replicaRegion: "eu-west-1" equals region'),
+        ({"domain": "dev.example.org"}, 'domain: "dev.example.org" is not inside the Cloudflare zone'),
+        ({"network": {"azCount": 1}}, "network.azCount: 1 is below 2"),
+        ({"network": {"cidr": "10.0.0.0/8"}}, 'network.cidr: "10.0.0.0/8": prefix must be /16 to /22'),
+        ({"network": {"allowedCidrs": []}}, "network.allowedCidrs: []: empty"),
+        (
+            {"network": {"allowedCidrs": ["10.0.0.1/8"]}},
+            'network.allowedCidrs: ["10.0.0.1/8"]: not CIDR ranges: 10.0.0.1/8',
+        ),
+        ({"tls": {"policy": "ELBSecurityPolicy-2016-08"}}, 'tls.policy: "ELBSecurityPolicy-2016-08": not a TLS'),
+        ({"backup": {"continuousRetentionDays": 36}}, "backup.continuousRetentionDays: 36 is outside 1..35"),
+        ({"backup": {"schedule": "daily"}}, 'backup.schedule: "daily": not an AWS Backup schedule'),
+        ({"cdn": {"signedUrlSeconds": 86400}}, "cdn.signedUrlSeconds: 86400 is outside 60..3600"),
+        ({"storage": {"chunkSizeMiB": 1}}, "storage.chunkSizeMiB: 1 is outside 5..512"),
+        ({"cloudflare": {"zoneId": "abc"}}, 'cloudflare.zoneId: "abc": a Cloudflare zone id'),
+        ({"team": "Payments Team"}, 'team: "Payments Team": a team is a lowercase slug'),
+    ],
+)
+def test_bad_values_are_named(overrides: dict[str, object], expected: str) -> None:
+    found = problems("dev", overrides)
+    assert any(p.startswith(expected) for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"network": {"azCount": 2}}, "network.azCount: 2 is below 3: prod runs in three zones"),
+        ({"network": {"natGateways": "single"}}, 'network.natGateways: "single": prod needs per-az'),
+        ({"cdn": {"alias": False}}, "cdn.alias: false: prod needs true"),
+    ],
+)
+def test_prod_only_rules(overrides: dict[str, object], expected: str) -> None:
+    found = problems("prod", overrides)
+    assert any(p.startswith(expected) for p in found), found
+    # The same values are fine outside prod.
+    settings_from_config("staging", deep_merge(stack_config("staging"), overrides))
+
+
+def test_stack_name_cannot_be_set_in_config() -> None:
+    config = {**stack_config("dev"), "stack": "prod"}
+    with pytest.raises(SettingsError, match="set by Pulumi from the stack name"):
+        settings_from_config("dev", config)
+
+
+def test_settings_are_frozen() -> None:
+    s = load_stack_settings("dev")
+    with pytest.raises(Exception, match="frozen"):
+        s.fleet.min_size = 1  # type: ignore[misc]
+
+
+def test_objects_merge_key_by_key_and_lists_replace() -> None:
+    base = {"network": {"cidr": "a", "allowedCidrs": ["x", "y"]}}
+    assert deep_merge(base, {"network": {"allowedCidrs": ["z"]}}) == {"network": {"cidr": "a", "allowedCidrs": ["z"]}}
+
+
+def test_unknown_stack_lists_known_stacks() -> None:
+    with pytest.raises(SettingsError, match="known stacks: dev"):
+        load_stack_settings("nope")
+
+
+def test_malformed_yaml_is_a_settings_error(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.bad.yaml").write_text("config: [unclosed\n")
+    with pytest.raises(SettingsError, match="not valid YAML"):
+        load_stack_settings("bad", stacks_dir=tmp_path)
+
+
+def test_graviton_instance_types_are_arm64() -> None:
+    assert load_stack_settings("prod").fleet.architecture == "arm64"
+    s = settings_from_config("dev", deep_merge(stack_config("dev"), {"fleet": {"instanceType": "m7i.large"}}))
+    assert s.fleet.architecture == "amd64"
