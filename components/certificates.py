@@ -37,8 +37,7 @@ class DnsValidatedCertificate(pulumi.ComponentResource):
             validation_method="DNS",
             key_algorithm="EC_prime256v1",
             tags=args.tags,
-            # A new certificate must exist before the listener lets go of the old one.
-            opts=pulumi.ResourceOptions.merge(aws_opts, pulumi.ResourceOptions(delete_before_replace=False)),
+            opts=aws_opts,
         )
 
         def option(attr: str) -> pulumi.Output[str]:

@@ -3,7 +3,7 @@
 Creates an Application Load Balancer (internal or internet-facing per settings) with
 deletion protection, access logs, invalid-header dropping; a security group that admits only
 the allowed client ranges on 443 (and 80, which only redirects); an HTTPS listener with the
-validated ACM certificate and a TLS 1.3 policy; HTTP answering 301 to HTTPS; an HTTPS target
+validated ACM certificate and a TLS 1.2+/1.3 security policy; HTTP answering 301 to HTTPS; an HTTPS target
 group health-checking the registry's `/` (503 when its storage or drain check fails).
 The hosts' security group (in the fleet) admits only this load balancer's group.
 """
@@ -167,7 +167,6 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
             opts=child,
         )
         for i, cidr in enumerate(args.allowed_cidrs):
-            family = "cidr_ipv6" if ":" in cidr else "cidr_ipv4"
             for port in (443, 80):
                 aws.vpc.SecurityGroupIngressRule(
                     f"{name}-in-{port}-{i}",
@@ -177,8 +176,8 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                     to_port=port,
                     description=f"clients ({cidr}) on {port}" + (" (redirected to 443)" if port == 80 else ""),
                     tags=tags,
+                    cidr_ipv4=cidr,
                     opts=child,
-                    **{family: cidr},
                 )
         for i, cidr in enumerate(args.host_cidrs):
             aws.vpc.SecurityGroupEgressRule(

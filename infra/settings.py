@@ -41,6 +41,7 @@ TLS_POLICIES = (
     "ELBSecurityPolicy-TLS13-1-3-FIPS-2023-04",
 )
 
+_STACK = re.compile(r"^[a-z][a-z0-9-]{0,16}[a-z0-9]$")
 _SLUG = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _HOSTNAME = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -122,11 +123,14 @@ class NetworkSettings(_Model):
         bad = []
         for cidr in v:
             try:
-                ipaddress.ip_network(cidr)
+                ipaddress.IPv4Network(cidr)
             except ValueError:
                 bad.append(cidr)
         if bad:
-            raise _rule(f"not CIDR ranges: {', '.join(bad)} (host bits must be zero, e.g. 203.0.113.0/24)")
+            raise _rule(
+                f"not IPv4 CIDR ranges: {', '.join(bad)} (host bits must be zero, e.g. 203.0.113.0/24; "
+                "the load balancer is IPv4 only)"
+            )
         return v
 
 
@@ -278,6 +282,16 @@ class Settings(_Model):
     storage: StorageSettings
     backup: BackupSettings
     cdn: CdnSettings
+
+    @field_validator("stack")
+    @classmethod
+    def _stack(cls, v: str) -> str:
+        if not _STACK.match(v):
+            raise _rule(
+                "a stack name here is lowercase letters, digits and dashes, at most 18 characters: "
+                "it prefixes bucket names, which S3 limits"
+            )
+        return v
 
     @field_validator("team")
     @classmethod

@@ -204,7 +204,7 @@ def secret_leak_violations(rec: Recording) -> list[str]:
 
 
 def load_balancer_violations(rec: Recording) -> list[str]:
-    """Practice 2: HTTPS with a TLS 1.3 policy and a validated certificate, HTTP redirects, HTTPS to hosts."""
+    """Practice 2: HTTPS with a TLS 1.2+/1.3 policy and a validated certificate, HTTP redirects, HTTPS to hosts."""
     out = []
     https = one(rec, "aws:lb/listener:Listener", "lb-https").inputs
     if https.get("protocol") != "HTTPS" or not str(https.get("sslPolicy", "")).startswith("ELBSecurityPolicy-TLS13"):

@@ -99,7 +99,7 @@ def test_missing_key_says_where_to_set_it() -> None:
         ({"network": {"allowedCidrs": []}}, "network.allowedCidrs: []: empty"),
         (
             {"network": {"allowedCidrs": ["10.0.0.1/8"]}},
-            'network.allowedCidrs: ["10.0.0.1/8"]: not CIDR ranges: 10.0.0.1/8',
+            'network.allowedCidrs: ["10.0.0.1/8"]: not IPv4 CIDR ranges: 10.0.0.1/8',
         ),
         ({"tls": {"policy": "ELBSecurityPolicy-2016-08"}}, 'tls.policy: "ELBSecurityPolicy-2016-08": not a TLS'),
         ({"backup": {"continuousRetentionDays": 36}}, "backup.continuousRetentionDays: 36 is outside 1..35"),
@@ -128,6 +128,18 @@ def test_prod_only_rules(overrides: dict[str, object], expected: str) -> None:
     assert any(p.startswith(expected) for p in found), found
     # The same values are fine outside prod.
     settings_from_config("staging", deep_merge(stack_config("staging"), overrides))
+
+
+def test_stack_names_that_would_break_bucket_names_are_rejected() -> None:
+    with pytest.raises(SettingsError, match="at most 18 characters"):
+        settings_from_config("payments-production-eu", stack_config("dev"))
+    with pytest.raises(SettingsError, match="lowercase"):
+        settings_from_config("Dev", stack_config("dev"))
+
+
+def test_ipv6_client_ranges_are_rejected() -> None:
+    found = problems("dev", {"network": {"allowedCidrs": ["2001:db8::/32"]}})
+    assert any("the load balancer is IPv4 only" in p for p in found), found
 
 
 def test_stack_name_cannot_be_set_in_config() -> None:
