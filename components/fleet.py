@@ -73,6 +73,8 @@ class RegistryFleetArgs:
     host_key_pem: pulumi.Input[str]
     tags: dict[str, str]
     cdn: FleetCdn | None = None
+    # A pinned AMI; None: the newest Debian 12 image for the architecture (looked up at each up).
+    image_id: str | None = None
 
 
 def instance_policy(bucket_arn: str, kms_key_arn: str, secret_arns: list[str]) -> str:
@@ -231,22 +233,12 @@ class RegistryFleet(pulumi.ComponentResource):
             cdn_key_id=cdn.key_pair_id if cdn else "",
         ).apply(lambda v: self._render(args, v))
 
-        arch = "arm64" if args.architecture == "arm64" else "x86_64"
-        ami = aws.ec2.get_ami_output(
-            most_recent=True,
-            owners=[DEBIAN_OWNER_ID],
-            filters=[
-                {"name": "name", "values": [f"debian-12-{args.architecture}-*"]},
-                {"name": "architecture", "values": [arch]},
-                {"name": "virtualization-type", "values": ["hvm"]},
-            ],
-            opts=pulumi.InvokeOutputOptions(parent=self),
-        )
+        image_id: pulumi.Input[str] = args.image_id or self._newest_debian(args.architecture)
         template = aws.ec2.LaunchTemplate(
             f"{name}-lt",
             name_prefix=f"{args.name_prefix}-registry-",
             description="registry-fleet registry host",
-            image_id=ami.id,
+            image_id=image_id,
             instance_type=args.instance_type,
             iam_instance_profile={"arn": profile.arn},
             ebs_optimized="true",
@@ -321,6 +313,20 @@ class RegistryFleet(pulumi.ComponentResource):
         self.asg_name = group.name
         self.admin_password = pulumi.Output.secret(admin.result)
         self.register_outputs({"asgName": group.name, "securityGroupId": sg.id})
+
+    def _newest_debian(self, architecture: str) -> pulumi.Output[str]:
+        arch = "arm64" if architecture == "arm64" else "x86_64"
+        ami = aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=[DEBIAN_OWNER_ID],
+            filters=[
+                {"name": "name", "values": [f"debian-12-{architecture}-*"]},
+                {"name": "architecture", "values": [arch]},
+                {"name": "virtualization-type", "values": ["hvm"]},
+            ],
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
+        return ami.id
 
     @staticmethod
     def _render(args: RegistryFleetArgs, v: dict[str, Any]) -> str:

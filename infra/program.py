@@ -45,9 +45,14 @@ def build(settings: Settings) -> dict[str, Any]:
     prefix = name_prefix(s)
     protect = s.environment != "dev"
 
-    default_tags: Any = {"tags": tags}
-    primary = aws.Provider("aws-primary", region=s.region, default_tags=default_tags)
-    replica = aws.Provider("aws-replica", region=s.replica_region, default_tags=default_tags)
+    # Explicit providers: regions come from the settings (stack files set no aws:region), and a
+    # stack pinned to an account refuses to run with another account's credentials.
+    provider_args: Any = {
+        "default_tags": {"tags": tags},
+        "allowed_account_ids": [s.account_id] if s.account_id else None,
+    }
+    primary = aws.Provider("aws-primary", region=s.region, **provider_args)
+    replica = aws.Provider("aws-replica", region=s.replica_region, **provider_args)
     in_primary = pulumi.ResourceOptions(providers={"aws": primary})
     identity = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=primary))
 
@@ -124,7 +129,7 @@ def build(settings: Settings) -> dict[str, Any]:
     if s.cdn.enabled:
         alias_cert = None
         if s.cdn_alias_host is not None:
-            us_east_1 = aws.Provider("aws-us-east-1", region=CLOUDFRONT_CERT_REGION, default_tags=default_tags)
+            us_east_1 = aws.Provider("aws-us-east-1", region=CLOUDFRONT_CERT_REGION, **provider_args)
             alias_cert = DnsValidatedCertificate(
                 "blobs-cert",
                 DnsValidatedCertificateArgs(
@@ -170,6 +175,7 @@ def build(settings: Settings) -> dict[str, Any]:
             max_size=s.fleet.max_size,
             desired_capacity=s.fleet.desired_capacity,
             root_volume_gib=s.fleet.root_volume_gib,
+            image_id=s.fleet.image_id,
             vpc_id=network.vpc_id,
             private_subnet_ids=network.private_subnet_ids,
             lb_security_group_id=lb.security_group_id,

@@ -42,6 +42,8 @@ TLS_POLICIES = (
 )
 
 _STACK = re.compile(r"^[a-z][a-z0-9-]{0,16}[a-z0-9]$")
+_AMI = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
+_ACCOUNT = re.compile(r"^\d{12}$")
 _SLUG = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _HOSTNAME = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -140,6 +142,16 @@ class FleetSettings(_Model):
     max_size: int
     desired_capacity: int
     root_volume_gib: int = Field(alias="rootVolumeGiB")
+    # Pin the host image. Unset: the newest Debian 12 image at each `pulumi up`, which rolls the
+    # fleet whenever Debian publishes one.
+    image_id: str | None = None
+
+    @field_validator("image_id")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and not _AMI.match(v):
+            raise _rule("not an AMI id like ami-0123456789abcdef0")
+        return v
 
     @field_validator("instance_type")
     @classmethod
@@ -276,6 +288,8 @@ class Settings(_Model):
     cloudflare: CloudflareSettings
     region: str
     replica_region: str
+    # The AWS account this stack must deploy into: the providers refuse any other credentials.
+    account_id: str | None = None
     network: NetworkSettings
     fleet: FleetSettings
     tls: TlsSettings
@@ -312,6 +326,13 @@ class Settings(_Model):
     def _domain(cls, v: str) -> str:
         if not _HOSTNAME.match(v):
             raise _rule("not a DNS name like registry.example.com's parent, e.g. dev.example.com")
+        return v
+
+    @field_validator("account_id")
+    @classmethod
+    def _account(cls, v: str | None) -> str | None:
+        if v is not None and not _ACCOUNT.match(v):
+            raise _rule("an AWS account id is 12 digits, quoted in YAML so it stays a string")
         return v
 
     @field_validator("region", "replica_region")

@@ -497,3 +497,23 @@ def test_stateful_resources_are_protected_outside_dev(stack: str) -> None:
 def test_an_empty_program_fails_instead_of_passing_silently() -> None:
     with pytest.raises(RuntimeError, match="registered no resource"):
         record(load_stack_settings("dev"), build=lambda _s: {})
+
+
+def test_a_stack_pinned_to_an_account_refuses_other_credentials() -> None:
+    pinned = {
+        r.name: r.inputs.get("allowedAccountIds") for r in recording("payments-prod").of_type("pulumi:providers:aws")
+    }
+    # Provider configuration reaches the engine JSON-encoded.
+    assert pinned and all(json.loads(ids) == ["111122223333"] for ids in pinned.values()), pinned
+    free = [r.inputs.get("allowedAccountIds") for r in recording("dev").of_type("pulumi:providers:aws")]
+    assert free == [None, None]
+
+
+def test_a_pinned_image_is_used_as_is(record_variant: Callable[..., Recording]) -> None:
+    rec = record_variant("dev", {"fleet": {"imageId": "ami-0123456789abcdef0"}})
+    assert one(rec, "aws:ec2/launchTemplate:LaunchTemplate").inputs["imageId"] == "ami-0123456789abcdef0"
+
+
+def test_without_a_pin_the_newest_debian_12_image_for_the_architecture_is_used() -> None:
+    image = one(recording("dev"), "aws:ec2/launchTemplate:LaunchTemplate").inputs["imageId"]
+    assert image.startswith("ami-") and image != "ami-0123456789abcdef0"

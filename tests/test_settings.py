@@ -174,3 +174,27 @@ def test_graviton_instance_types_are_arm64() -> None:
     assert load_stack_settings("prod").fleet.architecture == "arm64"
     s = settings_from_config("dev", deep_merge(stack_config("dev"), {"fleet": {"instanceType": "m7i.large"}}))
     assert s.fleet.architecture == "amd64"
+
+
+def test_pulumi_run_reads_engine_config_over_project_defaults() -> None:
+    """The path `pulumi up` takes (infra/__main__.py): engine config, JSON objects, defaults merged."""
+    import json
+
+    import pulumi
+
+    from fleet.engine import RecordingMocks
+    from infra.settings import PROJECT, load_from_pulumi
+
+    pulumi.runtime.set_mocks(RecordingMocks("eu-west-1"), project=PROJECT, stack="dev")
+    # What the engine hands the program: strings, structured values as JSON, no project defaults
+    # (here deliberately left out to prove the loader merges Pulumi.yaml's itself).
+    engine = {
+        f"{PROJECT}:{key}": value if isinstance(value, str) else json.dumps(value)
+        for key, value in stack_overrides(Path("stacks") / "Pulumi.dev.yaml").items()
+    }
+    pulumi.runtime.set_all_config(engine)
+    try:
+        settings = load_from_pulumi()
+    finally:
+        pulumi.runtime.set_all_config({})
+    assert settings == load_stack_settings("dev")
