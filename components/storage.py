@@ -191,7 +191,8 @@ class RegistryStorage(pulumi.ComponentResource):
         self.replica_bucket = aws.s3.Bucket(
             f"{name}-replica",
             bucket_prefix=f"{args.bucket_prefix}-replica-",
-            object_lock_enabled=args.replica_object_lock is not None,
+            # Object Lock is switched on by BucketObjectLockConfiguration below, not here: the
+            # bucket's own flag would force a new bucket when a stack turns it on later.
             tags=tags,
             opts=replica_keep,
         )
@@ -279,7 +280,9 @@ class RegistryStorage(pulumi.ComponentResource):
                         "days": args.replica_object_lock.days,
                     }
                 },
-                opts=replica,
+                object_lock_enabled="Enabled",
+                # Object Lock needs versioning on first.
+                opts=pulumi.ResourceOptions.merge(replica, pulumi.ResourceOptions(depends_on=[versionings[1]])),
             )
 
         replication_role = aws.iam.Role(

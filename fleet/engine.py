@@ -180,8 +180,9 @@ class RecordingMocks(Mocks):
         out = dict(inputs)
         if typ.startswith("aws:"):
             out.setdefault("arn", f"arn:aws:{service}:{region}:{ACCOUNT_ID}:{name}")
-        if "namePrefix" in inputs and "name" not in inputs:
-            out["name"] = f"{inputs['namePrefix']}{_digest(name, n=12)}"
+        if "name" not in inputs:
+            # Autonaming: the engine would make a physical name from the prefix or logical name.
+            out["name"] = f"{inputs.get('namePrefix', name + '-')}{_digest(name, n=7)}"
         out.update(self._computed(typ, name, rid, region, inputs))
         return out.pop("__id__", rid), out
 
