@@ -3,7 +3,11 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
 
-.PHONY: plan test lint unit bench clean
+.PHONY: lab lab-packages plan test lint unit bench bench-lab clean
+
+# The lab's data plane: the same Debian packages the fleet's hosts run.
+LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd
+LAB_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils
 
 .venv/.installed: requirements.txt requirements-dev.txt
 	command -v python3 >/dev/null || (apt-get update && apt-get install -y python3)
@@ -13,17 +17,27 @@ STACK ?= dev
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-# Main job (until the local lab lands): what `pulumi up` would create for a stack, offline.
+lab-packages:
+	@for b in $(LAB_BINARIES); do [ -x $$b ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(LAB_PACKAGES); \
+	fi
+
+# Main job: the local lab for a stack (default dev) until Ctrl-C.
+lab: .venv/.installed lab-packages
+	$(PY) -m fleet lab up $(STACK)
+
+# What `pulumi up` would create for a stack, offline.
 plan: .venv/.installed
 	$(PY) -m fleet validate $(STACK)
 	$(PY) -m fleet plan $(STACK)
 
 lint: .venv/.installed
-	$(PY) -m ruff check infra components fleet tests
-	$(PY) -m ruff format --check infra components fleet tests
-	$(PY) -m mypy infra components fleet
+	$(PY) -m ruff check infra components fleet lab tests
+	$(PY) -m ruff format --check infra components fleet lab tests
+	$(PY) -m mypy infra components fleet lab
 
-unit: .venv/.installed
+unit: .venv/.installed lab-packages
 	$(PY) -m pytest -q
 
 # All tests: linters, type checks, the whole suite.
@@ -32,6 +46,10 @@ test: lint unit
 # Wall time and peak memory of `plan` for every stack (a benchmark, not a test).
 bench: .venv/.installed
 	$(PY) tests/bench_plan.py
+
+# Push and pull a 200 MB image through the lab; throughput, S3 baseline, edge share, memory.
+bench-lab: .venv/.installed lab-packages
+	$(PY) tests/bench_lab.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

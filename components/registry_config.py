@@ -47,6 +47,22 @@ class CloudFrontSettings:
 
 
 @dataclass(frozen=True)
+class NotificationEndpoint:
+    """A receiver of push/pull/delete events (the scanner's bridge).
+
+    distribution reads endpoint headers only from config.yml, so a config with an endpoint
+    holds its bearer token: such a file must stay readable by the registry alone (0600).
+    """
+
+    name: str
+    url: str
+    bearer_token: str
+    timeout: str = "5s"
+    threshold: int = 5
+    backoff: str = "1s"
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     """The effective registry config: every value already resolved, secure defaults for the rest."""
 
@@ -66,6 +82,7 @@ class RegistryConfig:
     drain_file: str = f"{STATE_DIR}/drain"  # `health.file`: while it exists `/` answers 503 and the LB drains the host
     cloudfront: CloudFrontSettings | None = None
     log_level: str = "info"
+    notifications: tuple[NotificationEndpoint, ...] = ()
 
 
 def validate_registry_config(cfg: RegistryConfig) -> None:
@@ -87,6 +104,12 @@ def validate_registry_config(cfg: RegistryConfig) -> None:
             f"RegistryConfig.chunk_size_bytes must be at least {MIN_CHUNK_SIZE_BYTES} (5 MiB, the S3 multipart "
             f"minimum); got {cfg.chunk_size_bytes}."
         )
+    for endpoint in cfg.notifications:
+        if urlparse(endpoint.url).scheme != "https" or not endpoint.bearer_token:
+            raise ValueError(
+                f"RegistryConfig.notifications[{endpoint.name}] needs an https:// url and a bearer token: "
+                "events name every repository and user"
+            )
     if cfg.log_level not in LOG_LEVELS:
         raise ValueError(f"RegistryConfig.log_level must be one of {', '.join(LOG_LEVELS)}; got {cfg.log_level!r}.")
     if cfg.cloudfront is not None:
@@ -177,6 +200,21 @@ def registry_config_dict(cfg: RegistryConfig) -> dict[str, Any]:
         "debug": {"addr": cfg.debug_addr, "prometheus": {"enabled": True, "path": "/metrics"}},
     }
     config["auth"] = {"htpasswd": {"realm": cfg.htpasswd_realm, "path": cfg.htpasswd_file}}
+    if cfg.notifications:
+        config["notifications"] = {
+            "events": {"includereferences": True},
+            "endpoints": [
+                {
+                    "name": e.name,
+                    "url": e.url,
+                    "headers": {"Authorization": [f"Bearer {e.bearer_token}"]},
+                    "timeout": e.timeout,
+                    "threshold": e.threshold,
+                    "backoff": e.backoff,
+                }
+                for e in cfg.notifications
+            ],
+        }
     config["health"] = {
         "storagedriver": {"enabled": True, "interval": "10s", "threshold": 3},
         "file": [{"file": cfg.drain_file, "interval": "10s"}],

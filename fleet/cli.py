@@ -107,6 +107,99 @@ def plan(stack: str, as_json: bool, out: TextIO, stacks_dir: Path = STACKS_DIR) 
     out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n" if as_json else plan_text(doc) + "\n")
 
 
+# --- lab --------------------------------------------------------------------------------
+
+LAB_ROOT = Path(__file__).resolve().parent.parent / ".lab"
+
+
+def lab_dir(stack: str, state_dir: str | None) -> Path:
+    return Path(state_dir) if state_dir else LAB_ROOT / stack
+
+
+def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
+    import signal
+    import time
+
+    from lab import supervisor
+    from lab.demo import push_and_pull
+    from lab.lab import Lab, LabError
+
+    settings = load_stack_settings(stack, stacks_dir=stacks_dir)
+    directory = lab_dir(stack, state_dir)
+    started = time.monotonic()
+    try:
+        state = Lab(settings, directory).up()
+    except LabError as e:
+        raise UserError(str(e)) from None
+    took = time.monotonic() - started
+    try:
+        demo = push_and_pull(state)
+    except BaseException:
+        Lab.down(directory)
+        raise
+    host = state.registry_url.removeprefix("https://")
+    print(
+        f"""lab for stack {stack} is up ({took:.1f}s); state in {state.state_dir}
+  registry   {state.registry_url}   (nginx as the load balancer, two registry instances behind it)
+  CA file    {state.ca_file}
+  login      {state.username} / {state.password}   (lab only)
+  CDN edge   {state.edge_url}   key pair id {state.key_pair_id}
+  sample     {demo.image}  {demo.digest}  ({demo.layers} layers; pulled back through the edge: {demo.edge_bytes} bytes)
+try:
+  skopeo copy --src-cert-dir {state.cert_dir} --src-creds {state.username}:{state.password} \\
+    docker://{host}/lab/sample:1 oci:/tmp/sample:1""",
+        file=out,
+        flush=True,
+    )
+    if detach:
+        print(f"detached: stop it with python -m fleet lab down {stack}", file=out)
+        return
+    print("press Ctrl-C to stop the lab", file=out, flush=True)
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop:
+            for name, svc in state.services.items():
+                if not supervisor.pid_alive(int(svc["pid"])):
+                    raise UserError(f"lab process {name} died; last log lines:\n{supervisor.log_tail(svc['log'])}")
+            time.sleep(1)
+    finally:
+        stopped = Lab.down(directory)
+        print(f"lab stopped ({', '.join(stopped)})", file=out)
+
+
+def lab_status(stack: str, as_json: bool, state_dir: str | None, out: TextIO) -> None:
+    from lab.lab import Lab, LabError
+
+    try:
+        status = Lab.status(lab_dir(stack, state_dir))
+    except LabError as e:
+        raise UserError(str(e)) from None
+    if as_json:
+        out.write(json.dumps(status, indent=2) + "\n")
+        return
+    print(f"lab {status['stack']}: {status['registry_url']} (CA {status['ca_file']})", file=out)
+    for proc in status["processes"]:
+        ports = ", ".join(f"{k} {v}" for k, v in proc["ports"].items())
+        print(f"  {proc['name']:11} pid {proc['pid']:<7} {ports:28} {proc['health']}", file=out)
+
+
+def lab_down(stack: str, state_dir: str | None, out: TextIO) -> None:
+    from lab.lab import Lab, LabError
+
+    try:
+        stopped = Lab.down(lab_dir(stack, state_dir))
+    except LabError as e:
+        raise UserError(str(e)) from None
+    print(f"lab {stack} stopped ({', '.join(stopped)})", file=out)
+
+
 # --- entry point ------------------------------------------------------------------------
 
 
@@ -125,6 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="what `pulumi up` would create, from the real program under mocks")
     p.add_argument("stack", help=f"stack name ({stacks})")
     p.add_argument("--json", action="store_true", help="machine-readable: every resource with its inputs")
+
+    lab = sub.add_parser("lab", help="the local lab: the fleet's registry, S3, load balancer and CDN on loopback")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
+    for name, text in (
+        ("up", "start a lab (foreground until Ctrl-C, or --detach)"),
+        ("status", "what runs, where, and whether it is healthy"),
+        ("down", "stop every process of a lab"),
+    ):
+        lp = lab_sub.add_parser(name, help=text)
+        lp.add_argument("stack", nargs="?", default="dev", help=f"stack name ({stacks}); default dev")
+        lp.add_argument("--state-dir", help="where the lab keeps its files (default .lab/STACK)")
+        if name == "up":
+            lp.add_argument("--detach", action="store_true", help="leave the lab running and return")
+        if name == "status":
+            lp.add_argument("--json", action="store_true", help="for scripts")
     return parser
 
 
@@ -142,6 +250,12 @@ def main(
             validate(args.stack, out, stacks_dir=stacks_dir)
         elif args.command == "plan":
             plan(args.stack, args.json, out, stacks_dir=stacks_dir)
+        elif args.command == "lab" and args.lab_command == "up":
+            lab_up(args.stack, args.detach, args.state_dir, out, stacks_dir=stacks_dir)
+        elif args.command == "lab" and args.lab_command == "status":
+            lab_status(args.stack, args.json, args.state_dir, out)
+        elif args.command == "lab" and args.lab_command == "down":
+            lab_down(args.stack, args.state_dir, out)
     except SettingsError as e:
         print(f"error: {e}", file=err)
         return EXIT_USER_ERROR

@@ -367,3 +367,22 @@ def test_user_data_over_16_kb_raises() -> None:
     boot = base_boot(public_files=(("/etc/docker/registry/tls/ca.crt", big_cert),))
     with pytest.raises(ValueError, match="16384"):
         render_cloud_init(boot)
+
+
+def test_notifications_are_rendered_only_when_asked_with_the_bearer_header() -> None:
+    from components.registry_config import NotificationEndpoint
+
+    assert "notifications" not in parsed(base_config())
+    endpoint = NotificationEndpoint("events", "https://127.0.0.1:9000/events", "tok")
+    config = parsed(dataclasses.replace(base_config(), notifications=(endpoint,)))
+    (rendered,) = config["notifications"]["endpoints"]
+    assert rendered["url"] == "https://127.0.0.1:9000/events"
+    assert rendered["headers"] == {"Authorization": ["Bearer tok"]}
+
+
+def test_notifications_over_plain_http_are_refused() -> None:
+    from components.registry_config import NotificationEndpoint
+
+    endpoint = NotificationEndpoint("events", "http://127.0.0.1:9000/events", "tok")
+    with pytest.raises(ValueError, match=r"notifications\[events\] needs an https:// url"):
+        render_registry_config(dataclasses.replace(base_config(), notifications=(endpoint,)))

@@ -1,0 +1,1 @@
+"""The local lab: real registry, S3 (moto), CDN edge and PKI on loopback."""

@@ -1,0 +1,446 @@
+"""The local lab: the registry the fleet runs, on one machine, for real.
+
+`Lab(settings, state_dir).up()` starts, on free loopback ports:
+  - moto as S3 (over TLS), with the registry bucket made with the stack's versioning,
+    SSE-KMS and lifecycle settings;
+  - two instances of Debian's `docker-registry` sharing that bucket and one `http.secret`,
+    each serving HTTPS with a certificate from the lab CA, notifying the event receiver;
+  - nginx standing in for the ALB (TLS 1.2+, HTTP -> 301, HTTPS to the registries, verified);
+  - the CDN edge standing in for CloudFront (signed URLs checked as CloudFront does);
+  - the event receiver.
+Each registry's config.yml comes from the stack's settings through the fleet's own renderer;
+only endpoints, ports, paths and credentials differ (lab/overrides.py). `down()` stops them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.registry_config import render_registry_config
+from infra.settings import Settings
+from lab import supervisor
+from lab.nginx import NginxSite, render_nginx_conf
+from lab.overrides import LAB_BUCKET, LAB_USER, S3_ACCESS_KEY, S3_SECRET_KEY, LabEndpoints, lab_registry_config
+from lab.pki import create_pki
+from lab.supervisor import Service
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+NGINX_BINARY = "/usr/sbin/nginx"
+REQUIRED_BINARIES = (REGISTRY_BINARY, NGINX_BINARY, "/usr/bin/htpasswd")
+INSTANCES = ("registry-a", "registry-b")
+STATE_FILE = "state.json"
+
+
+class LabError(Exception):
+    """The lab cannot start or is not running; the message says what to do."""
+
+
+def missing_binaries() -> list[str]:
+    return [b for b in REQUIRED_BINARIES if not Path(b).exists()]
+
+
+@dataclass
+class LabState:
+    stack: str
+    state_dir: str
+    registry_url: str
+    http_url: str
+    ca_file: str
+    cert_dir: str
+    username: str
+    password: str
+    key_pair_id: str
+    cdn_public_key: str
+    edge_url: str
+    edge_stats_file: str
+    events_file: str
+    s3_endpoint: str
+    bucket: str
+    services: dict[str, dict[str, Any]]
+    started_at: float
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2))
+        tmp.chmod(0o600)  # holds the lab-only password
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> LabState:
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            raise LabError(f"no lab running from {state_dir} (no {STATE_FILE}); start one with: lab up")
+        return cls(**json.loads(path.read_text()))
+
+    def service(self, name: str) -> Service:
+        d = self.services[name]
+        return Service(name=d["name"], argv=d["argv"], log=d["log"], ports=d["ports"], pid=d["pid"])
+
+
+def s3_client(endpoint: str, ca_file: str, region: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        verify=ca_file,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+    )
+
+
+def create_bucket(settings: Settings, endpoint: str, ca_file: str) -> str:
+    """The registry bucket as the stack makes it: versioned, SSE-KMS (bucket key), lifecycle, private."""
+    import boto3
+
+    kms = boto3.client(
+        "kms",
+        endpoint_url=endpoint,
+        region_name=settings.region,
+        verify=ca_file,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+    )
+    key_arn = str(kms.create_key(Description="registry-fleet lab: registry blobs")["KeyMetadata"]["Arn"])
+    s3 = s3_client(endpoint, ca_file, settings.region)
+    s3.create_bucket(Bucket=LAB_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.region})
+    s3.put_bucket_versioning(Bucket=LAB_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_encryption(
+        Bucket=LAB_BUCKET,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn},
+                    "BucketKeyEnabled": True,
+                }
+            ]
+        },
+    )
+    s3.put_public_access_block(
+        Bucket=LAB_BUCKET,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=LAB_BUCKET,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "expire-noncurrent-versions",
+                    "Status": "Enabled",
+                    "Filter": {},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": settings.storage.noncurrent_version_days},
+                },
+                {
+                    "ID": "abort-incomplete-multipart-uploads",
+                    "Status": "Enabled",
+                    "Filter": {},
+                    "AbortIncompleteMultipartUpload": {
+                        "DaysAfterInitiation": settings.storage.abort_incomplete_upload_days
+                    },
+                },
+            ]
+        },
+    )
+    return key_arn
+
+
+def https_get(url: str, ca_file: str, timeout: float = 2.0) -> int:
+    context = ssl.create_default_context(cafile=ca_file)
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+class Lab:
+    """One lab, in one state directory. Two labs in two directories run side by side."""
+
+    def __init__(self, settings: Settings, state_dir: Path, http_secrets: tuple[str, str] | None = None):
+        self.settings = settings
+        self.state_dir = state_dir.resolve()
+        # Tests may give each instance its own secret, to show why the fleet shares one.
+        self.http_secrets = http_secrets
+
+    # --- up ---------------------------------------------------------------------------------
+
+    def up(self) -> LabState:
+        missing = missing_binaries()
+        if missing:
+            raise LabError(
+                f"missing {', '.join(missing)}: install with "
+                "apt-get install -y docker-registry nginx-light skopeo umoci apache2-utils"
+            )
+        if (self.state_dir / STATE_FILE).exists():
+            raise LabError(f"a lab already runs from {self.state_dir}: stop it with lab down, or use another state dir")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.state_dir / sub).chmod(0o777)  # nginx workers run as an unprivileged user
+        started: list[Service] = []
+        try:
+            return self._start(started)
+        except BaseException:
+            for service in reversed(started):
+                supervisor.stop(service)
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+            raise
+
+    def _start(self, started: list[Service]) -> LabState:
+        s, d = self.settings, self.state_dir
+        (d / "settings.json").write_text(s.model_dump_json(by_alias=True))
+        pki = create_pki(d / "pki", ["127.0.0.1", "localhost", s.registry_host])
+        cert_dir = d / "certs"  # skopeo's --cert-dir: the CA a client trusts
+        cert_dir.mkdir(exist_ok=True)
+        shutil.copy(pki.ca_cert, cert_dir / "ca.crt")
+        key_pair_id = "K" + hashlib.sha256(pki.cdn_public_key.read_bytes()).hexdigest()[:13].upper()
+
+        ports = {
+            name: supervisor.free_port()
+            for name in ("s3", "edge", "events", "https", "http", "a", "a-debug", "b", "b-debug")
+        }
+        s3_url = f"https://127.0.0.1:{ports['s3']}"
+        trust = {"SSL_CERT_FILE": str(pki.ca_cert)}
+        creds = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+        python = sys.executable
+        repo = Path(__file__).resolve().parent.parent
+
+        def launch(name: str, argv: list[str], env: dict[str, str], service_ports: dict[str, int]) -> Service:
+            service = Service(name, argv, str(d / f"{name}.log"), service_ports, env=supervisor.clean_env(env))
+            supervisor.start(service, cwd=repo)
+            started.append(service)
+            save_env(d, service)
+            return service
+
+        moto_bin = str(Path(python).with_name("moto_server"))
+        s3 = launch(
+            "s3",
+            [
+                moto_bin,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(ports["s3"]),
+                "-c",
+                str(pki.server_cert),
+                "-k",
+                str(pki.server_key),
+            ],
+            creds,
+            {"https": ports["s3"]},
+        )
+        supervisor.wait_ready(s3, lambda: supervisor.port_open(ports["s3"]), timeout=30)
+        kms_key = create_bucket(s, s3_url, str(pki.ca_cert))
+
+        token = secrets.token_urlsafe(24)
+        (d / "events.token").write_text(token)
+        (d / "events.token").chmod(0o600)
+        events_file = d / "events.jsonl"
+        events_file.touch()
+        events = launch(
+            "events",
+            [
+                python, "-m", "lab.receiver", "--port", str(ports["events"]), "--cert", str(pki.server_cert),
+                "--key", str(pki.server_key), "--token-file", str(d / "events.token"),
+                "--events-file", str(events_file),
+            ],
+            {},
+            {"https": ports["events"]},
+        )  # fmt: skip
+
+        stats_file = d / "edge-stats.json"
+        edge = launch(
+            "edge",
+            [
+                python, "-m", "lab.edge", "--host", "127.0.0.1", "--port", str(ports["edge"]),
+                "--cert", str(pki.server_cert), "--key", str(pki.server_key), "--s3-endpoint", s3_url,
+                "--s3-ca-file", str(pki.ca_cert), "--bucket", LAB_BUCKET, "--region", s.region,
+                "--key-pair-id", key_pair_id, "--public-key", str(pki.cdn_public_key), "--stats-file", str(stats_file),
+            ],
+            creds,
+            {"https": ports["edge"]},
+        )  # fmt: skip
+
+        password = secrets.token_urlsafe(18)
+        htpasswd = d / "htpasswd"
+        subprocess.run(["htpasswd", "-cbB", str(htpasswd), LAB_USER, password], check=True, capture_output=True)
+        htpasswd.chmod(0o600)
+
+        endpoints = LabEndpoints(
+            public_url=f"https://127.0.0.1:{ports['https']}",
+            s3_endpoint=s3_url,
+            edge_url=f"https://127.0.0.1:{ports['edge']}/",
+            events_url=f"https://127.0.0.1:{ports['events']}/events",
+            events_token=token,
+            kms_key_id=kms_key,
+            key_pair_id=key_pair_id,
+            cert_file=pki.server_cert,
+            key_file=pki.server_key,
+            htpasswd_file=htpasswd,
+            cdn_private_key_file=pki.cdn_private_key,
+        )
+        shared = secrets.token_urlsafe(48)
+        instance_secrets = self.http_secrets or (shared, shared)
+        registries = []
+        for (name, port_key), http_secret in zip(
+            ((INSTANCES[0], "a"), (INSTANCES[1], "b")), instance_secrets, strict=True
+        ):
+            config = lab_registry_config(
+                s, endpoints, ports[port_key], ports[f"{port_key}-debug"], drain_file=d / f"{name}.drain"
+            )
+            config_file = d / f"{name}.yml"
+            config_file.write_text(render_registry_config(config))
+            config_file.chmod(0o600)  # holds the events token
+            env = {**creds, **trust, "REGISTRY_HTTP_SECRET": http_secret}
+            registries.append(
+                launch(
+                    name,
+                    [REGISTRY_BINARY, "serve", str(config_file)],
+                    env,
+                    {"https": ports[port_key], "debug": ports[f"{port_key}-debug"]},
+                )
+            )
+
+        conf = d / "nginx.conf"
+        conf.write_text(
+            render_nginx_conf(
+                NginxSite(
+                    https_port=ports["https"],
+                    http_port=ports["http"],
+                    upstreams=(ports["a"], ports["b"]),
+                    cert_file=pki.server_cert,
+                    key_file=pki.server_key,
+                    ca_file=pki.ca_cert,
+                    state_dir=d,
+                )
+            )
+        )
+        nginx = launch(
+            "lb",
+            [NGINX_BINARY, "-p", str(d), "-c", str(conf), "-e", str(d / "nginx-error.log"), "-g", "daemon off;"],
+            {},
+            {"https": ports["https"], "http": ports["http"]},
+        )
+
+        ca = str(pki.ca_cert)
+
+        def answers_200(port: int) -> Callable[[], bool]:
+            return lambda: https_get(f"https://127.0.0.1:{port}/", ca) == 200
+
+        for service in (events, *registries):
+            supervisor.wait_ready(service, answers_200(service.ports["https"]))
+        # The edge, like CloudFront, answers 403 to anything unsigned: any TLS answer means ready.
+        supervisor.wait_ready(edge, lambda: https_get(f"https://127.0.0.1:{ports['edge']}/", ca) != 0)
+        supervisor.wait_ready(nginx, lambda: https_get(f"{endpoints.public_url}/", ca) == 200)
+
+        state = LabState(
+            stack=s.stack,
+            state_dir=str(d),
+            registry_url=endpoints.public_url,
+            http_url=f"http://127.0.0.1:{ports['http']}",
+            ca_file=ca,
+            cert_dir=str(cert_dir),
+            username=LAB_USER,
+            password=password,
+            key_pair_id=key_pair_id,
+            cdn_public_key=str(pki.cdn_public_key),
+            edge_url=endpoints.edge_url,
+            edge_stats_file=str(stats_file),
+            events_file=str(events_file),
+            s3_endpoint=s3_url,
+            bucket=LAB_BUCKET,
+            services={svc.name: svc.describe() for svc in started},
+            started_at=time.time(),
+        )
+        state.save()
+        return state
+
+    # --- status and down ----------------------------------------------------------------------
+
+    @staticmethod
+    def status(state_dir: Path) -> dict[str, Any]:
+        state = LabState.load(state_dir.resolve())
+        processes = []
+        for name in state.services:
+            svc = state.service(name)
+            alive = supervisor.pid_alive(svc.pid)
+            port = svc.ports.get("https", 0)
+            if not alive:
+                health = "dead"
+            elif name in (*INSTANCES, "lb", "events", "edge"):
+                code = https_get(f"https://127.0.0.1:{port}/", state.ca_file)
+                expected = 403 if name == "edge" else 200  # the edge refuses unsigned requests
+                health = "healthy" if code == expected else f"unhealthy (HTTP {code or 'no answer'})"
+            else:
+                health = "healthy" if supervisor.port_open(port) else "not listening"
+            entry: dict[str, Any] = {"name": name, "pid": svc.pid, "ports": svc.ports, "health": health}
+            if not alive:
+                entry["log_tail"] = supervisor.log_tail(svc.log)
+            processes.append(entry)
+        return {
+            "stack": state.stack,
+            "state_dir": state.state_dir,
+            "registry_url": state.registry_url,
+            "ca_file": state.ca_file,
+            "cert_dir": state.cert_dir,
+            "credentials": {"username": state.username, "password": state.password},
+            "cdn": {"edge_url": state.edge_url, "key_pair_id": state.key_pair_id},
+            "processes": processes,
+        }
+
+    @staticmethod
+    def down(state_dir: Path) -> list[str]:
+        """Stop every process of the lab; returns their names. Ports are free afterwards."""
+        state = LabState.load(state_dir.resolve())
+        stopped = []
+        for name in reversed(list(state.services)):
+            svc = state.service(name)
+            supervisor.stop(svc)
+            stopped.append(name)
+        (Path(state.state_dir) / STATE_FILE).unlink()
+        return stopped
+
+    @staticmethod
+    def restart(state_dir: Path, name: str) -> None:
+        """Start one stopped or killed process again, on the same ports (tests and drills)."""
+        state = LabState.load(state_dir.resolve())
+        d = state.services[name]
+        env: dict[str, str] = json.loads((Path(state.state_dir) / f"{name}.env.json").read_text())
+        svc = Service(d["name"], d["argv"], d["log"], d["ports"], env=env)
+        supervisor.stop(state.service(name))
+        supervisor.start(svc, cwd=Path(__file__).resolve().parent.parent)
+        state.services[name] = svc.describe()
+        state.save()
+        if name == "s3":
+            # moto keeps everything in memory: a new one needs the bucket made again.
+            settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
+            supervisor.wait_ready(svc, lambda: supervisor.port_open(svc.ports["https"]), timeout=30)
+            create_bucket(settings, state.s3_endpoint, state.ca_file)
+
+
+def save_env(state_dir: Path, service: Service) -> None:
+    path = state_dir / f"{service.name}.env.json"
+    path.write_text(json.dumps(service.env))
+    path.chmod(0o600)

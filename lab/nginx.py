@@ -1,0 +1,79 @@
+"""nginx standing in for the ALB: TLS 1.2+ only, HTTP -> 301, HTTPS to the registries, verified."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class NginxSite:
+    https_port: int
+    http_port: int
+    upstreams: tuple[int, ...]  # registry instances on 127.0.0.1
+    cert_file: Path
+    key_file: Path
+    ca_file: Path  # the lab CA: nginx verifies the registries' certificates (an ALB would not)
+    state_dir: Path  # pid, logs, temp files
+    # nginx checks DNS names only (not IP SANs): verify the registries as "localhost".
+    upstream_name: str = "localhost"
+
+
+def render_nginx_conf(site: NginxSite) -> str:
+    d = site.state_dir
+    servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in site.upstreams)
+    return f"""# Rendered by lab/nginx.py: the lab's load balancer.
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log {d}/nginx-access.log;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+
+  upstream registry {{
+{servers}
+  }}
+
+  server {{
+    listen 127.0.0.1:{site.http_port};
+    return 301 https://$host:{site.https_port}$request_uri;
+  }}
+
+  server {{
+    listen 127.0.0.1:{site.https_port} ssl http2;
+    ssl_certificate {site.cert_file};
+    ssl_certificate_key {site.key_file};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers off;
+
+    # Layers are streamed, not buffered, and may be gigabytes.
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    chunked_transfer_encoding on;
+    proxy_read_timeout 900s;
+    proxy_send_timeout 900s;
+
+    location / {{
+      proxy_pass https://registry;
+      proxy_http_version 1.1;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate {site.ca_file};
+      proxy_ssl_name {site.upstream_name};
+      proxy_ssl_server_name on;
+      proxy_ssl_protocols TLSv1.2 TLSv1.3;
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      # A dead instance: try the other one (before a request is sent, also for PATCH/POST).
+      proxy_next_upstream error timeout http_502 http_503;
+      proxy_connect_timeout 2s;
+    }}
+  }}
+}}
+"""

@@ -1,0 +1,152 @@
+"""Starting, watching and stopping the lab's processes.
+
+Each process runs in its own session (so a detached lab outlives the command that started
+it, and stopping it stops its children too), logs to a file in the lab's state directory, and
+is described in `state.json` so that `lab status` and `lab down` find it later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# What a lab process inherits: never the caller's CA bundles (the registry panics on
+# AWS_CA_BUNDLE; REQUESTS_CA_BUNDLE would override our own trust), nor their AWS identity.
+_KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still "exists": reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class ProcessDied(RuntimeError):  # noqa: N818 (reads as a sentence: raise ProcessDied)
+    """A lab process exited; the message carries the tail of its log."""
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    log: str
+    ports: dict[str, int] = field(default_factory=dict)
+    pid: int = 0
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def describe(self) -> dict[str, object]:
+        d = asdict(self)
+        d.pop("env")  # environments may hold lab credentials; state.json lists them elsewhere
+        return d
+
+
+def log_tail(path: str | Path, lines: int = 20) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start(service: Service, cwd: Path) -> Service:
+    with open(service.log, "ab") as log:
+        proc = subprocess.Popen(
+            service.argv,
+            cwd=cwd,
+            env=service.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service.pid = proc.pid
+    return service
+
+
+def wait_ready(service: Service, check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(service.pid):
+            raise ProcessDied(f"{service.name} exited during start; last log lines:\n{log_tail(service.log)}")
+        if check():
+            return
+        time.sleep(0.05)
+    raise ProcessDied(f"{service.name} not ready after {timeout:.0f}s; last log lines:\n{log_tail(service.log)}")
+
+
+def stop(service: Service, timeout: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left; returns once nothing is left."""
+    if not service.pid:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(service.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline and _group_alive(service.pid):
+            time.sleep(0.05)
+        if not _group_alive(service.pid):
+            break
+    if service.pid:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(service.pid, os.WNOHANG)
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(") ", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
+    return False

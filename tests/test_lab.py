@@ -1,0 +1,319 @@
+"""The lab, for real: Debian's docker-registry, nginx, moto (S3), the CDN edge, skopeo, on loopback.
+
+One lab (two registry instances behind nginx) serves the whole module; a second lab with two
+different `http.secret`s runs beside it for one test. Tests run in file order: the one that
+kills an instance restarts it, and the one that stops S3 runs last. A missing binary fails the
+lab's start (it never skips): CI installs the Debian packages first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import supervisor
+from lab.cloudfront import sign_url, verify_signed_url
+from lab.demo import SAMPLE_REPO, edge_bytes, push_and_pull
+from lab.image import build_image, layer_digests, skopeo_copy
+from lab.lab import INSTANCES, Lab, LabState, https_get
+from tests.conftest import settings_with
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
+    directory = tmp_path_factory.mktemp("lab")
+    state = Lab(settings_with("dev", {}), directory).up()
+    try:
+        yield state
+    finally:
+        services = [state.service(name) for name in state.services]
+        Lab.down(directory)
+        # lab down leaves no process and no port behind.
+        assert [s.name for s in services if supervisor.pid_alive(s.pid)] == []
+        open_ports = [p for s in services for p in s.ports.values() if supervisor.port_open(p)]
+        assert open_ports == []
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].rstrip("/"))
+
+
+def call(
+    state: LabState,
+    method: str,
+    url: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+    port: int | None = None,
+) -> Response:
+    """One HTTPS request trusting only the lab CA; redirects are returned, not followed."""
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context(cafile=state.ca_file)
+    conn = http.client.HTTPSConnection("127.0.0.1", port or parts.port, context=context, timeout=30)
+    hdrs = dict(headers or {})
+    if auth:
+        import base64
+
+        hdrs["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    conn.request(method, path, body=body, headers=hdrs)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+
+def creds(state: LabState) -> tuple[str, str]:
+    return (state.username, state.password)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not seen within {timeout:.0f}s")
+
+
+# --- push, pull, CDN --------------------------------------------------------------------------
+
+
+def test_push_and_pull_a_multi_layer_image_through_the_load_balancer(lab: LabState) -> None:
+    result = push_and_pull(lab)  # raises if the pulled digests differ from the pushed ones
+    assert result.layers >= 2
+    assert result.edge_bytes > 2 * 1024 * 1024, "the pull's blob bytes came through the CDN edge"
+
+
+def test_blob_get_redirects_to_the_edge_with_a_url_signed_for_the_stack_key(lab: LabState) -> None:
+    layer = first_layer(lab)
+    status, headers, _ = call(lab, "GET", f"{lab.registry_url}/v2/{SAMPLE_REPO}/blobs/{layer}", auth=creds(lab))
+    assert status == 307
+    location = headers["location"]
+    assert location.startswith(lab.edge_url)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+    assert query["Key-Pair-Id"] == [lab.key_pair_id]
+    public_key = Path(lab.cdn_public_key).read_bytes()
+    verdict = verify_signed_url(location, lab.key_pair_id, public_key, int(time.time()))
+    assert verdict.ok, verdict.reason
+    status, _, body = call(lab, "GET", location)
+    assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == layer
+
+
+def test_edge_refuses_tampered_and_expired_urls(lab: LabState) -> None:
+    layer = first_layer(lab)
+    _, headers, _ = call(lab, "GET", f"{lab.registry_url}/v2/{SAMPLE_REPO}/blobs/{layer}", auth=creds(lab))
+    location = headers["location"]
+    tampered = location.replace("/data?", "/dat4?") if "/data?" in location else location + "x"
+    assert call(lab, "GET", tampered)[0] == 403
+    bad_signature = location.replace("Signature=", "Signature=AAAA")
+    assert call(lab, "GET", bad_signature)[0] == 403
+    private_key = (Path(lab.state_dir) / "pki" / "cdn-signing.pem").read_bytes()
+    resource = location.split("?", 1)[0]
+    expired = sign_url(resource, lab.key_pair_id, private_key, expires=int(time.time()) - 5)
+    status, _, body = call(lab, "GET", expired)
+    assert status == 403, body
+    fresh = sign_url(resource, lab.key_pair_id, private_key, expires=int(time.time()) + 60)
+    assert call(lab, "GET", fresh)[0] == 200, "the same key signing a live URL is accepted"
+
+
+def first_layer(state: LabState) -> str:
+    status, _, body = call(
+        state,
+        "GET",
+        f"{state.registry_url}/v2/{SAMPLE_REPO}/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        auth=creds(state),
+    )
+    assert status == 200, body
+    return str(json.loads(body)["layers"][-1]["digest"])
+
+
+# --- TLS and access -----------------------------------------------------------------------------
+
+
+def test_tls_1_1_is_refused_and_tls_1_2_accepted(lab: LabState) -> None:
+    port = port_of(lab.registry_url)
+
+    def handshake(version: ssl.TLSVersion) -> str:
+        context = ssl.create_default_context(cafile=lab.ca_file)
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer TLS 1.1: the server must refuse it
+        context.minimum_version = context.maximum_version = version
+        with (
+            socket.create_connection(("127.0.0.1", port)) as sock,
+            context.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+        ):
+            return str(tls.version())
+
+    with pytest.raises(ssl.SSLError, match=r"PROTOCOL_VERSION|protocol version"), pytest.warns(DeprecationWarning):
+        handshake(ssl.TLSVersion.TLSv1_1)
+    assert handshake(ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+
+
+def test_plain_http_is_redirected_to_https(lab: LabState) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(lab.http_url), timeout=10)
+    conn.request("GET", "/v2/", headers={"Host": "127.0.0.1"})
+    resp = conn.getresponse()
+    assert resp.status == 301
+    assert resp.getheader("Location") == f"https://127.0.0.1:{port_of(lab.registry_url)}/v2/"
+
+
+def test_anonymous_push_is_refused(lab: LabState) -> None:
+    status, headers, _ = call(lab, "POST", f"{lab.registry_url}/v2/lab/anon/blobs/uploads/")
+    assert status == 401 and "basic" in headers.get("www-authenticate", "").lower()
+
+
+def test_wrong_password_is_refused(lab: LabState) -> None:
+    status, _, _ = call(lab, "POST", f"{lab.registry_url}/v2/lab/x/blobs/uploads/", auth=(lab.username, "wrong"))
+    assert status == 401
+
+
+# --- two instances, one secret ------------------------------------------------------------------
+
+
+def chunked_upload_across_instances(state: LabState, repo: str) -> tuple[int, bytes]:
+    """POST on instance A, PATCH chunk 1 on A, PATCH chunk 2 on B, PUT on A. Returns (status, body)."""
+    a = state.service(INSTANCES[0]).ports["https"]
+    b = state.service(INSTANCES[1]).ports["https"]
+    blob = os.urandom(3 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    status, headers, body = call(
+        state, "POST", f"{state.registry_url}/v2/{repo}/blobs/uploads/", auth=creds(state), port=a
+    )
+    assert status == 202, body
+    location = headers["location"]
+    half = len(blob) // 2
+    for port, chunk, start in ((a, blob[:half], 0), (b, blob[half:], half)):
+        status, headers, body = call(
+            state,
+            "PATCH",
+            location,
+            body=chunk,
+            headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{start + len(chunk) - 1}"},
+            auth=creds(state),
+            port=port,
+        )
+        if status != 202:
+            return status, body
+        location = headers["location"]
+    sep = "&" if "?" in location else "?"
+    status, _, body = call(state, "PUT", f"{location}{sep}digest={digest}", auth=creds(state), port=a)
+    if status == 201:
+        got = call(state, "GET", f"{state.registry_url}/v2/{repo}/blobs/{digest}", auth=creds(state))
+        assert got[0] in (200, 307)
+    return status, body
+
+
+def test_chunked_upload_alternating_between_instances_completes(lab: LabState) -> None:
+    status, body = chunked_upload_across_instances(lab, "lab/chunked")
+    assert status == 201, body
+
+
+def test_the_same_upload_fails_when_instances_have_different_secrets(tmp_path: Path) -> None:
+    """Why the fleet shares one http.secret: a second lab beside the first, one secret per instance."""
+    directory = tmp_path / "two-secrets"
+    state = Lab(settings_with("dev", {}), directory, http_secrets=("a" * 64, "b" * 64)).up()
+    try:
+        status, body = chunked_upload_across_instances(state, "lab/chunked")
+    finally:
+        Lab.down(directory)
+    assert status in (400, 404), (status, body)
+    assert b"BLOB_UPLOAD_INVALID" in body or b"BLOB_UPLOAD_UNKNOWN" in body
+
+
+def test_pushes_and_pulls_go_on_when_an_instance_dies(lab: LabState, tmp_path: Path) -> None:
+    victim = lab.service(INSTANCES[0])
+    user = f"{lab.username}:{lab.password}"
+    host = lab.registry_url.removeprefix("https://")
+    layout = tmp_path / "series"
+    pushed = {}
+    for i in range(4):
+        tag = f"s{i}"
+        source = build_image(layout, tag, [{"f.bin": 256 * 1024 + i}])
+        if i == 2:
+            os.killpg(victim.pid, signal.SIGKILL)
+            wait_for(lambda: not supervisor.pid_alive(victim.pid), 10, "the killed instance exiting")
+        skopeo_copy(source, f"docker://{host}/lab/series:{tag}", lab.cert_dir, user)
+        pushed[tag] = layer_digests(layout, tag)
+    for tag, layers in pushed.items():
+        back = tmp_path / f"back-{tag}"
+        skopeo_copy(f"docker://{host}/lab/series:{tag}", f"oci:{back}:{tag}", lab.cert_dir, user)
+        assert layer_digests(back, tag) == layers
+    Lab.restart(Path(lab.state_dir), INSTANCES[0])
+    restarted = LabState.load(Path(lab.state_dir)).service(INSTANCES[0])
+    wait_for(lambda: https_get(f"https://127.0.0.1:{restarted.ports['https']}/", lab.ca_file) == 200, 20, "restart")
+    lab.services[INSTANCES[0]] = restarted.describe()
+
+
+# --- notifications ------------------------------------------------------------------------------
+
+
+def events(state: LabState) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(state.events_file).read_text().splitlines() if line]
+
+
+def test_push_and_delete_events_reach_the_receiver_with_the_token(lab: LabState) -> None:
+    wait_for(
+        lambda: any(e["action"] == "push" and e["target"]["repository"] == SAMPLE_REPO for e in events(lab)),
+        15,
+        "a push event",
+    )
+    status, headers, _ = call(
+        lab,
+        "HEAD",
+        f"{lab.registry_url}/v2/{SAMPLE_REPO}/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        auth=creds(lab),
+    )
+    assert status == 200
+    digest = headers["docker-content-digest"]
+    status, _, body = call(lab, "DELETE", f"{lab.registry_url}/v2/{SAMPLE_REPO}/manifests/{digest}", auth=creds(lab))
+    assert status == 202, body
+    wait_for(
+        lambda: any(e["action"] == "delete" and e["target"].get("digest") == digest for e in events(lab)),
+        15,
+        "the delete event",
+    )
+
+
+def test_the_receiver_refuses_events_without_the_token(lab: LabState) -> None:
+    url = f"https://127.0.0.1:{lab.service('events').ports['https']}/events"
+    forged = b'{"events": [{"id": "forged-event", "action": "push"}]}'
+    status, _, _ = call(lab, "POST", url, body=forged, headers={"Authorization": "Bearer not-the-token"})
+    assert status == 401
+    assert all(e.get("id") != "forged-event" for e in events(lab))
+    assert Path(lab.events_file + ".rejected").read_text().count("1") >= 1
+
+
+# --- health (last: it stops S3) -----------------------------------------------------------------
+
+
+def test_registry_health_fails_without_s3_and_recovers(lab: LabState) -> None:
+    instance = lab.service(INSTANCES[1])
+    root = f"https://127.0.0.1:{instance.ports['https']}/"
+    assert https_get(root, lab.ca_file) == 200
+    supervisor.stop(lab.service("s3"))
+    # The storage check runs every 10s and trips after 3 failures (the stack's config).
+    wait_for(lambda: https_get(root, lab.ca_file) == 503, 60, "503 on / with S3 down")
+    Lab.restart(Path(lab.state_dir), "s3")
+    wait_for(lambda: https_get(root, lab.ca_file) == 200, 60, "200 on / once S3 is back")
+    lab.services["s3"] = LabState.load(Path(lab.state_dir)).services["s3"]
+
+
+def test_edge_served_the_blob_bytes(lab: LabState) -> None:
+    assert edge_bytes(lab) > 0
