@@ -99,3 +99,13 @@ def test_plan_text_groups_by_component_with_counts() -> None:
     assert code == 0
     assert out.startswith("stack dev: pulumi up would create ")
     assert "RegistryStorage 'storage':" in out and "aws:s3/bucket:Bucket" in out
+
+
+def test_lab_status_without_a_lab_exits_2_with_what_to_do(tmp_path: Path) -> None:
+    code, _, err = run("lab", "status", "dev", "--state-dir", str(tmp_path / "none"))
+    assert code == 2 and "no lab running" in err and "lab up" in err
+
+
+def test_lab_down_without_a_lab_exits_2(tmp_path: Path) -> None:
+    code, _, err = run("lab", "down", "--state-dir", str(tmp_path / "none"))
+    assert code == 2 and "no lab running" in err

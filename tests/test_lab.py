@@ -94,6 +94,26 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 # --- push, pull, CDN --------------------------------------------------------------------------
 
 
+def test_status_lists_url_ca_credentials_and_every_healthy_process(lab: LabState) -> None:
+    status = Lab.status(Path(lab.state_dir))
+    assert status["registry_url"] == lab.registry_url and Path(status["ca_file"]).exists()
+    assert status["credentials"] == {"username": lab.username, "password": lab.password}
+    names = {p["name"]: p["health"] for p in status["processes"]}
+    assert names == {n: "healthy" for n in ("s3", "events", "edge", *INSTANCES, "lb")}
+    assert all(p["pid"] > 0 and p["ports"] for p in status["processes"])
+
+
+def test_registry_config_is_the_fleets_renderer_with_lab_endpoints(lab: LabState) -> None:
+    import yaml
+
+    config = yaml.safe_load((Path(lab.state_dir) / f"{INSTANCES[0]}.yml").read_text())
+    assert config["storage"]["s3"]["encrypt"] is True and config["storage"]["s3"]["keyid"].startswith("arn:aws:kms:")
+    assert config["storage"]["s3"]["regionendpoint"] == lab.s3_endpoint
+    assert config["middleware"]["storage"][0]["options"]["keypairid"] == lab.key_pair_id
+    assert config["http"]["host"] == lab.registry_url and "secret" not in config["http"]
+    assert (Path(lab.state_dir) / f"{INSTANCES[0]}.yml").stat().st_mode & 0o077 == 0, "holds the events token"
+
+
 def test_push_and_pull_a_multi_layer_image_through_the_load_balancer(lab: LabState) -> None:
     result = push_and_pull(lab)  # raises if the pulled digests differ from the pushed ones
     assert result.layers >= 2
@@ -250,6 +270,10 @@ def test_pushes_and_pulls_go_on_when_an_instance_dies(lab: LabState, tmp_path: P
             wait_for(lambda: not supervisor.pid_alive(victim.pid), 10, "the killed instance exiting")
         skopeo_copy(source, f"docker://{host}/lab/series:{tag}", lab.cert_dir, user)
         pushed[tag] = layer_digests(layout, tag)
+    # The supervisor reports the dead instance, with the tail of its log.
+    status = {p["name"]: p for p in Lab.status(Path(lab.state_dir))["processes"]}
+    assert status[INSTANCES[0]]["health"] == "dead" and "log_tail" in status[INSTANCES[0]]
+    assert status[INSTANCES[1]]["health"] == "healthy"
     for tag, layers in pushed.items():
         back = tmp_path / f"back-{tag}"
         skopeo_copy(f"docker://{host}/lab/series:{tag}", f"oci:{back}:{tag}", lab.cert_dir, user)
