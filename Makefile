@@ -33,9 +33,9 @@ plan: .venv/.installed
 	$(PY) -m fleet plan $(STACK)
 
 lint: .venv/.installed
-	$(PY) -m ruff check infra components fleet lab tests
-	$(PY) -m ruff format --check infra components fleet lab tests
-	$(PY) -m mypy infra components fleet lab
+	$(PY) -m ruff check infra components fleet lab policy tests
+	$(PY) -m ruff format --check infra components fleet lab policy tests
+	$(PY) -m mypy infra components fleet lab policy
 
 unit: .venv/.installed lab-packages
 	$(PY) -m pytest -q

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from infra.settings import STACKS_DIR, SettingsError, available_stacks, load_stack_settings
 
+EXIT_FAILED = 1  # the command ran and found a problem (an audit failure)
 EXIT_USER_ERROR = 2
 
 
@@ -105,6 +106,95 @@ def plan_text(doc: dict[str, Any]) -> str:
 def plan(stack: str, as_json: bool, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
     doc = plan_document(stack, stacks_dir=stacks_dir)
     out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n" if as_json else plan_text(doc) + "\n")
+
+
+# --- bootstrap and stack new ----------------------------------------------------------------
+
+
+def bootstrap_backend(region: str, name: str, out: TextIO) -> bool:
+    """Create (or check) the Pulumi state bucket and secrets key; False when an existing one is weaker."""
+    from fleet.bootstrap import BootstrapInputError, bootstrap, login_lines, validate_name, validate_region
+
+    try:
+        validate_name(name)
+        validate_region(region)
+        import boto3
+
+        result = bootstrap(
+            name, region, boto3.client("s3", region_name=region), boto3.client("kms", region_name=region)
+        )
+    except BootstrapInputError as e:
+        raise UserError(str(e)) from None
+    for line in result.created:
+        print(f"created: {line}", file=out)
+    for line in result.unchanged:
+        print(f"unchanged: {line}", file=out)
+    if result.weaker:
+        print(f"bucket {result.bucket} exists with weaker settings; nothing was changed:", file=out)
+        for line in result.weaker:
+            print(f"  - {line}", file=out)
+        return False
+    if not result.created:
+        print("nothing to do: the backend is already in place", file=out)
+    print("next:", file=out)
+    for line in login_lines(result, region):
+        print(f"  {line}", file=out)
+    return True
+
+
+def stack_new(team: str, env: str, template: str | None, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
+    from fleet.stacknew import StackNewError, new_stack
+    from infra.settings import PROJECT_FILE
+
+    try:
+        path, commands = new_stack(team, env, template, stacks_dir=stacks_dir, project_file=PROJECT_FILE)
+    except StackNewError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {path}", file=out)
+    print("next:", file=out)
+    for command in commands:
+        print(f"  {command}", file=out)
+
+
+# --- promote ----------------------------------------------------------------------------
+
+
+def promote_stack(args: argparse.Namespace, out: TextIO, err: TextIO, stacks_dir: Path) -> bool:
+    """Run the promotion gates, then `up` through the Automation API; False when `up` failed."""
+    from fleet.audit import audit_stack
+    from fleet.promote import PromotionFailed, PromotionRefused, promote
+    from fleet.runner import AutomationRunner, RunnerError
+
+    try:
+        promote(
+            to_env=args.to_env,
+            from_env=args.from_env,
+            stack=args.stack,
+            commit=args.commit,
+            allow_replace=args.allow_replace,
+            runner=AutomationRunner(policy_packs=["policy"]),
+            audit=lambda s: audit_stack(s, stacks_dir=stacks_dir).passed,
+            validate=lambda s: load_stack_settings(s, stacks_dir=stacks_dir),
+            out=lambda line: print(line, file=out, flush=True),
+        )
+    except (PromotionRefused, RunnerError) as e:
+        raise UserError(str(e)) from None
+    except PromotionFailed as e:
+        print(f"error: {e}", file=err)
+        return False
+    return True
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+def audit(stacks: list[str], fmt: str, out: TextIO, stacks_dir: Path = STACKS_DIR) -> bool:
+    """Print the scorecard of each stack; True when every stack passed."""
+    from fleet.audit import audit_stack, render
+
+    cards = [audit_stack(stack, stacks_dir=stacks_dir) for stack in stacks]
+    out.write(render(cards, fmt) + "\n")
+    return all(card.passed for card in cards)
 
 
 # --- lab --------------------------------------------------------------------------------
@@ -219,6 +309,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stack", help=f"stack name ({stacks})")
     p.add_argument("--json", action="store_true", help="machine-readable: every resource with its inputs")
 
+    p = sub.add_parser("bootstrap", help="create the S3 state bucket and KMS secrets key for a Pulumi backend")
+    p.add_argument("--region", required=True, help="AWS region of the state bucket and key")
+    p.add_argument("--name", required=True, help="state bucket name (also names the key alias)")
+
+    stack = sub.add_parser("stack", help="team stacks")
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True, parser_class=_Parser)
+    p = stack_sub.add_parser("new", help="write stacks/Pulumi.TEAM-ENV.yaml from a template, validated")
+    p.add_argument("team", help="team slug, e.g. payments")
+    p.add_argument("env", help="dev, staging or prod")
+    p.add_argument("--from", dest="template", help="stack to start from (default: prod for prod, else dev)")
+
+    from fleet.promote import ENVIRONMENTS
+
+    p = sub.add_parser("promote", help="deploy a commit to an environment through the promotion gates")
+    p.add_argument("--to", dest="to_env", required=True, choices=ENVIRONMENTS)
+    p.add_argument("--from", dest="from_env", choices=ENVIRONMENTS, help="source environment (default: the previous)")
+    p.add_argument("--stack", help="team stack, e.g. payments-prod (default: the environment's own stack)")
+    p.add_argument("--commit", required=True, help="full SHA of the checked-out commit")
+    p.add_argument(
+        "--allow-replace",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="stateful resource type the preview may replace or delete (see fleet/promote.py STATEFUL_TYPES)",
+    )
+
+    p = sub.add_parser("audit", help="score the ten practices for a stack from the policy rules")
+    p.add_argument("stack", nargs="?", help=f"stack name ({stacks})")
+    p.add_argument("--all", action="store_true", help="every stack in stacks/")
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+
     lab = sub.add_parser("lab", help="the local lab: the fleet's registry, S3, load balancer and CDN on loopback")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
     for name, text in (
@@ -250,6 +371,20 @@ def main(
             validate(args.stack, out, stacks_dir=stacks_dir)
         elif args.command == "plan":
             plan(args.stack, args.json, out, stacks_dir=stacks_dir)
+        elif args.command == "bootstrap":
+            if not bootstrap_backend(args.region, args.name, out):
+                return EXIT_FAILED
+        elif args.command == "stack" and args.stack_command == "new":
+            stack_new(args.team, args.env, args.template, out, stacks_dir=stacks_dir)
+        elif args.command == "promote":
+            if not promote_stack(args, out, err, stacks_dir):
+                return EXIT_FAILED
+        elif args.command == "audit":
+            if bool(args.stack) == bool(args.all):
+                raise UserError("audit: name one stack, or --all")
+            stacks = available_stacks(stacks_dir) if args.all else [args.stack]
+            if not audit(stacks, args.format, out, stacks_dir=stacks_dir):
+                return EXIT_FAILED
         elif args.command == "lab" and args.lab_command == "up":
             lab_up(args.stack, args.detach, args.state_dir, out, stacks_dir=stacks_dir)
         elif args.command == "lab" and args.lab_command == "status":

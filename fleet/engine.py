@@ -23,9 +23,8 @@ import pulumi
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
 
 from infra.settings import PROJECT, Settings
+from policy.rules import is_secret, unwrap
 
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
-SECRET_VALUE_SIG = "1b47061264138c4ac30d75fd1eb44270"
 ACCOUNT_ID = "123456789012"
 REDACTED = "[secret]"
 
@@ -82,21 +81,6 @@ class Recording:
         while parent is not None and parent.custom:
             parent = self.by_urn(parent.parent) if parent.parent else None
         return parent
-
-
-def is_secret(value: Any) -> bool:
-    return isinstance(value, Mapping) and value.get(SECRET_SIG) == SECRET_VALUE_SIG
-
-
-def unwrap(value: Any) -> Any:
-    """Inputs with secret wrappers removed (for assertions that look at values)."""
-    if is_secret(value):
-        return unwrap(value.get("value"))
-    if isinstance(value, Mapping):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [unwrap(v) for v in value]
-    return value
 
 
 def redact(value: Any) -> Any:

@@ -27,6 +27,7 @@ from components.storage import (
     RegistryStorage,
     RegistryStorageArgs,
 )
+from components.waivers import PolicyWaivers, WaiverArgs
 from infra.settings import Settings
 
 # CloudFront reads certificates for its aliases from us-east-1 only, whatever the stack's region.
@@ -201,6 +202,8 @@ def build(settings: Settings) -> dict[str, Any]:
         ),
         opts=in_primary,
     )
+
+    PolicyWaivers("policy-waivers", [WaiverArgs(w.rule, w.reason, w.expires) for w in s.waivers])
 
     RegistryDns(
         "dns",

@@ -12,6 +12,7 @@ and the tests (config read from the YAML files), so there is one source of truth
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import re
@@ -277,6 +278,28 @@ class CdnSettings(_Model):
         return v
 
 
+class Waiver(_Model):
+    """A stack's documented exception to one policy rule, until a date."""
+
+    rule: str
+    reason: str
+    expires: datetime.date
+
+    @field_validator("rule")
+    @classmethod
+    def _rule_id(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9-]+$", v):
+            raise _rule("a rule id is kebab-case, as `python -m fleet audit` prints it")
+        return v
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        if len(v) < 10:
+            raise _rule("say why the rule is waived and what ends the waiver (at least 10 characters)")
+        return v
+
+
 class Settings(_Model):
     """All settings of one stack. Built only through :func:`settings_from_config`."""
 
@@ -296,6 +319,8 @@ class Settings(_Model):
     storage: StorageSettings
     backup: BackupSettings
     cdn: CdnSettings
+    # Unknown rule ids and expired waivers are errors of the audit and the policy pack.
+    waivers: tuple[Waiver, ...] = ()
 
     @field_validator("stack")
     @classmethod

@@ -109,3 +109,22 @@ def test_lab_status_without_a_lab_exits_2_with_what_to_do(tmp_path: Path) -> Non
 def test_lab_down_without_a_lab_exits_2(tmp_path: Path) -> None:
     code, _, err = run("lab", "down", "--state-dir", str(tmp_path / "none"))
     assert code == 2 and "no lab running" in err
+
+
+def test_stack_new_writes_a_valid_team_stack_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    stacks = tmp_path / "stacks"
+    shutil.copytree("stacks", stacks)
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["stack", "new", "search", "staging"], out=out, err=err, stacks_dir=stacks) == 0, err.getvalue()
+    assert (stacks / "Pulumi.search-staging.yaml").exists() and "pulumi stack init" in out.getvalue()
+    assert cli.main(["validate", "search-staging"], out=io.StringIO(), err=err, stacks_dir=stacks) == 0
+    before = (stacks / "Pulumi.search-staging.yaml").read_text()
+    err = io.StringIO()
+    assert cli.main(["stack", "new", "search", "staging"], out=io.StringIO(), err=err, stacks_dir=stacks) == 2
+    assert "exists" in err.getvalue() and (stacks / "Pulumi.search-staging.yaml").read_text() == before
+
+
+def test_bootstrap_refuses_a_bad_bucket_name_before_any_call() -> None:
+    err = io.StringIO()
+    assert cli.main(["bootstrap", "--region", "eu-west-1", "--name", "Bad_Name"], out=io.StringIO(), err=err) == 2
+    assert "Traceback" not in err.getvalue() and "name" in err.getvalue()

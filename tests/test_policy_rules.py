@@ -1,0 +1,867 @@
+"""The policy pack (policy/): its rules over every stack's recorded graph, the CrossGuard policies, waivers.
+
+- Every stack passes every rule except practices 5 and 6 (scanning and signing are not built yet:
+  those rules fail everywhere, and stacks waive them).
+- For every rule, a broken variant of a recorded stack (one resource's inputs changed, or one
+  resource dropped or added) makes exactly that rule fail, naming the resource and the bad value.
+- Each CrossGuard policy from `policies()` is called with hand-built `StackValidationArgs` shaped
+  like CrossGuard's (final outputs as props, secrets unwrapped, no physical ids), passing and failing;
+  the whole pack also runs through pulumi-policy's own analyzer service, after an update and in a
+  preview where every computed value is unknown.
+- `apply_waivers` with a fixed date: valid, expired and unknown waivers.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import copy
+import dataclasses
+import datetime
+import functools
+import importlib
+import inspect
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import struct_pb2  # type: ignore[import-untyped]
+from pulumi.runtime import proto
+from pulumi_policy import (
+    EnforcementLevel,
+    Policy,
+    PolicyCustomTimeouts,
+    PolicyProviderResource,
+    PolicyResource,
+    PolicyResourceOptions,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy import proxy as policy_proxy
+from pulumi_policy.policy import _PolicyAnalyzerServicer
+
+from fleet.audit import resources_of
+from policy.crossguard import policies, to_res
+from policy.rules import (
+    KMS_KEY,
+    LAUNCH_TEMPLATE,
+    PRACTICES,
+    REGISTRY_CONFIG_PATH,
+    RULES,
+    SECRET_SIG,
+    SECRET_VALUE_SIG,
+    STACK,
+    UNKNOWN_VALUES,
+    WAIVERS,
+    Res,
+    Violation,
+    apply_waivers,
+    evaluate,
+    rule,
+    unwrap,
+    waivers_in,
+)
+from tests.conftest import STACKS, recording
+
+BASELINE = {r.id for r in RULES if r.practice in (5, 6)}  # fail on every stack until scanning and signing land
+TODAY = datetime.date(2026, 6, 1)
+UNKNOWN = policy_proxy.UNKNOWN_STRING_VALUE
+Change = Callable[[list[Res]], list[Res]]
+
+
+@functools.cache
+def stack_resources(stack: str) -> tuple[Res, ...]:
+    return tuple(resources_of(recording(stack)))
+
+
+def named(resources: Sequence[Res], name: str) -> Res:
+    (found,) = [r for r in resources if r.name == name]
+    return found
+
+
+# --- the rule set --------------------------------------------------------------------------------
+
+
+def test_rules_cover_every_practice_with_stable_kebab_case_ids() -> None:
+    ids = [r.id for r in RULES]
+    assert len(ids) == len(set(ids))
+    assert all(re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", i) for i in ids), ids
+    assert {r.practice for r in RULES} == {n for n, _ in PRACTICES} == set(range(1, 11))
+    assert all(r.mandatory for r in RULES)
+    assert all(r.description.endswith(".") and r.description.count(". ") == 0 for r in RULES)
+
+
+def test_rule_lookup_names_the_known_ids() -> None:
+    assert rule("hosts-dedicated").practice == 1
+    with pytest.raises(KeyError, match="known rules: hosts-dedicated, tls-listeners"):
+        rule("no-such-rule")
+
+
+def test_rules_module_imports_neither_pulumi_nor_pulumi_policy() -> None:
+    tree = ast.parse(Path("policy/rules.py").read_text())
+    modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    modules += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert modules and not [m for m in modules if m.split(".")[0] in ("pulumi", "pulumi_policy", "policy")]
+
+
+def test_unknown_sentinels_are_the_policy_sdks() -> None:
+    sdk = {v for k, v in vars(policy_proxy).items() if k.startswith("UNKNOWN_") and k.endswith("_VALUE")}
+    assert sdk == UNKNOWN_VALUES
+
+
+# --- every stack ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_fails_only_the_practice_5_and_6_rules(stack: str) -> None:
+    found = evaluate(stack_resources(stack))
+    assert {v.rule for v in found} == BASELINE, found
+    assert {(v.rule, v.resource) for v in found} == {("scan-notifications", "fleet-lt"), ("signing-key", STACK)}
+
+
+# --- broken variants -----------------------------------------------------------------------------
+
+
+def edit(name: str, change: Callable[[dict[str, Any]], Any]) -> Change:
+    """Change the inputs of resource `name` (on a copy); its outputs follow, as the engine's would."""
+
+    def run(resources: list[Res]) -> list[Res]:
+        target = named(resources, name)
+        props = copy.deepcopy(dict(target.props))
+        change(props)
+        computed = {k: v for k, v in target.outputs.items() if k not in target.props}
+        changed = dataclasses.replace(target, props=props, outputs={**computed, **props})
+        return [changed if r is target else r for r in resources]
+
+    return run
+
+
+def drop(name: str) -> Change:
+    def run(resources: list[Res]) -> list[Res]:
+        named(resources, name)
+        return [r for r in resources if r.name != name]
+
+    return run
+
+
+def add(make: Callable[[list[Res]], Res]) -> Change:
+    return lambda resources: [*resources, make(resources)]
+
+
+def same_provider_as(name: str, other: str) -> Change:
+    def run(resources: list[Res]) -> list[Res]:
+        moved = dataclasses.replace(named(resources, name), provider=named(resources, other).provider)
+        return [moved if r.name == name else r for r in resources]
+
+    return run
+
+
+def user_data(change: Callable[[dict[str, Any]], Any]) -> Change:
+    """Change the launch template's cloud-init document."""
+
+    def rewrite(props: dict[str, Any]) -> None:
+        doc = yaml.safe_load(base64.b64decode(props["userData"]).decode())
+        change(doc)
+        text = "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
+        props["userData"] = base64.b64encode(text.encode()).decode()
+
+    return edit("fleet-lt", rewrite)
+
+
+def registry_config(change: Callable[[dict[str, Any]], Any]) -> Change:
+    """Change the registry config.yml inside the launch template's cloud-init."""
+
+    def rewrite(doc: dict[str, Any]) -> None:
+        (entry,) = [f for f in doc["write_files"] if f["path"] == REGISTRY_CONFIG_PATH]
+        config = yaml.safe_load(entry["content"])
+        change(config)
+        entry["content"] = yaml.safe_dump(config, sort_keys=False)
+
+    return user_data(rewrite)
+
+
+def edit_policy(name: str, change: Callable[[list[dict[str, Any]]], Any]) -> Change:
+    def rewrite(props: dict[str, Any]) -> None:
+        doc = json.loads(props["policy"])
+        change(doc["Statement"])
+        props["policy"] = json.dumps(doc)
+
+    return edit(name, rewrite)
+
+
+def password(resources: list[Res]) -> str:
+    return str(named(resources, "fleet-http-secret-random").outputs["result"])
+
+
+def leak_password_in_tags(resources: list[Res]) -> list[Res]:
+    value = password(resources)
+    return edit("storage-key", lambda p: p["tags"].update(note=value))(resources)
+
+
+def leak_password_in_user_data(resources: list[Res]) -> list[Res]:
+    value = password(resources)
+    return user_data(lambda d: d.update(bootcmd=[["echo", value]]))(resources)
+
+
+def host_rule_from_anywhere(resources: list[Res]) -> Res:
+    fleet, sg = named(resources, "fleet"), named(resources, "fleet-sg")
+    return Res(
+        type="aws:ec2/securityGroupRule:SecurityGroupRule",
+        name="fleet-in-ssh",
+        urn=f"{sg.urn}-in-ssh",
+        props={"type": "ingress", "securityGroupId": sg.id, "cidrBlocks": ["0.0.0.0/0"], "fromPort": 22.0},
+        parent=fleet.urn,
+        provider=sg.provider,
+    )
+
+
+def public_read(statements: list[dict[str, Any]]) -> None:
+    statements.append({"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "s3:GetObject", "Resource": "*"})
+
+
+def replicate_to_itself(resources: list[Res]) -> list[Res]:
+    arn = named(resources, "storage-primary").outputs["arn"]
+    return edit("storage-replication", lambda p: p["rules"][0]["destination"].update(bucket=arn))(resources)
+
+
+def back_up_the_replica_only(resources: list[Res]) -> list[Res]:
+    arn = named(resources, "storage-replica").outputs["arn"]
+    return edit("storage-backup-selection", lambda p: p.update(resources=[arn]))(resources)
+
+
+def ingress_from_itself(resources: list[Res]) -> list[Res]:
+    own = named(resources, "fleet-sg").id
+    return edit("fleet-in-from-lb", lambda p: p.update(referencedSecurityGroupId=own))(resources)
+
+
+def open_ingress(props: dict[str, Any]) -> None:
+    props.pop("referencedSecurityGroupId")
+    props["cidrIpv4"] = "0.0.0.0/0"
+
+
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"
+SILLY = {"silly": {"realm": "registry", "service": "registry"}}
+TWO_CONTROLLERS = {
+    "htpasswd": {"realm": "registry", "path": "/etc/docker/registry/htpasswd"},
+    "token": {"realm": "https://auth", "service": "registry", "issuer": "auth", "rootcertbundle": "/ca.pem"},
+}
+
+# (rule id, stack, change, resource the violation names, what its message says)
+VARIANTS: list[tuple[str, str, Change, str, str]] = [
+    ("hosts-dedicated", "dev", user_data(lambda d: d["packages"].append("postgresql")), "fleet-lt", "['postgresql']"),
+    (
+        "hosts-dedicated",
+        "staging",
+        user_data(lambda d: d["runcmd"].append(["sh", "-c", "systemctl enable --now nginx"])),
+        "fleet-lt",
+        "enables 'nginx'",
+    ),
+    (
+        "tls-listeners",
+        "dev",
+        edit("lb-https", lambda p: p.update(sslPolicy="ELBSecurityPolicy-2016-08")),
+        "lb-https",
+        "sslPolicy is 'ELBSecurityPolicy-2016-08'",
+    ),
+    (
+        "tls-listeners",
+        "staging",
+        edit("lb-http", lambda p: p["defaultActions"][0]["redirect"].update(statusCode="HTTP_302")),
+        "lb-http",
+        "'HTTP_302'",
+    ),
+    (
+        "tls-listeners",
+        "prod",
+        edit("lb-http", lambda p: p.update(defaultActions=[{"type": "forward", "targetGroupArn": "arn:tg"}])),
+        "lb-http",
+        "('forward', None, None)",
+    ),
+    ("tls-to-hosts", "dev", edit("lb-tg", lambda p: p.update(protocol="HTTP")), "lb-tg", "protocol is 'HTTP'"),
+    (
+        "tls-to-hosts",
+        "prod",
+        edit("lb-tg", lambda p: p["healthCheck"].update(protocol="HTTP")),
+        "lb-tg",
+        "healthCheck.protocol is 'HTTP'",
+    ),
+    (
+        "tls-cdn-viewers",
+        "dev",
+        edit("cdn-distribution", lambda p: p["defaultCacheBehavior"].update(viewerProtocolPolicy="redirect-to-https")),
+        "cdn-distribution",
+        "viewerProtocolPolicy is 'redirect-to-https'",
+    ),
+    (
+        "tls-cdn-viewers",
+        "prod",
+        edit("cdn-distribution", lambda p: p["viewerCertificate"].update(minimumProtocolVersion="TLSv1.2_2019")),
+        "cdn-distribution",
+        "minimumProtocolVersion is 'TLSv1.2_2019'",
+    ),
+    (
+        "tls-only-buckets",
+        "prod",
+        edit_policy("lb-access-logs-policy", lambda st: st.pop(0)),
+        "lb-access-logs-policy",
+        "aws:SecureTransport 'false'",
+    ),
+    ("tls-only-buckets", "dev", drop("storage-replica-policy"), "storage-replica", "no aws:s3/bucketPolicy"),
+    ("registry-auth-required", "dev", registry_config(lambda c: c.pop("auth")), "fleet-lt", "auth is None"),
+    ("registry-auth-trusted", "dev", registry_config(lambda c: c.update(auth=SILLY)), "fleet-lt", "['silly']"),
+    (
+        "registry-auth-trusted",
+        "prod",
+        registry_config(lambda c: c["auth"]["htpasswd"].pop("path")),
+        "fleet-lt",
+        "auth.htpasswd has no ['path']",
+    ),
+    (
+        "registry-auth-trusted",
+        "staging",
+        registry_config(lambda c: c.update(auth=TWO_CONTROLLERS)),
+        "fleet-lt",
+        "['htpasswd', 'token']",
+    ),
+    (
+        "hosts-private",
+        "dev",
+        edit("fleet-lt", lambda p: p["networkInterfaces"][0].update(associatePublicIpAddress="true")),
+        "fleet-lt",
+        "associatePublicIpAddress is 'true'",
+    ),
+    (
+        "hosts-private",
+        "prod",
+        edit("fleet-lt", lambda p: p["metadataOptions"].update(httpTokens="optional")),
+        "fleet-lt",
+        "httpTokens is 'optional'",
+    ),
+    (
+        "hosts-private",
+        "staging",
+        edit("fleet-lt", lambda p: p["metadataOptions"].update(httpPutResponseHopLimit=2.0)),
+        "fleet-lt",
+        "httpPutResponseHopLimit is 2.0",
+    ),
+    ("hosts-private", "dev", edit("fleet-lt", lambda p: p.update(keyName="ops")), "fleet-lt", "keyName is 'ops'"),
+    (
+        "hosts-ingress-from-lb-only",
+        "dev",
+        edit("fleet-in-from-lb", open_ingress),
+        "fleet-in-from-lb",
+        "{'cidrIpv4': '0.0.0.0/0'}",
+    ),
+    (
+        "hosts-ingress-from-lb-only",
+        "staging",
+        ingress_from_itself,
+        "fleet-in-from-lb",
+        "not the load balancer's security group",
+    ),
+    ("hosts-ingress-from-lb-only", "prod", add(host_rule_from_anywhere), "fleet-in-ssh", "['0.0.0.0/0']"),
+    (
+        "buckets-block-public-access",
+        "staging",
+        edit("lb-access-logs-public-access", lambda p: p.update(restrictPublicBuckets=False)),
+        "lb-access-logs-public-access",
+        "{'restrictPublicBuckets': False}",
+    ),
+    (
+        "buckets-block-public-access",
+        "dev",
+        drop("storage-replica-public-access"),
+        "storage-replica",
+        "no aws:s3/bucketPublicAccessBlock",
+    ),
+    (
+        "bucket-policies-not-public",
+        "prod",
+        edit_policy("storage-replica-policy", public_read),
+        "storage-replica-policy",
+        "allows Principal {'AWS': '*'} with no Condition",
+    ),
+    ("no-plain-secrets", "dev", leak_password_in_tags, "storage-key", "tags.note holds the result of fleet-http"),
+    ("no-plain-secrets", "prod", leak_password_in_user_data, "fleet-lt", "userData (decoded) holds the result"),
+    (
+        "no-plain-secrets",
+        "staging",
+        user_data(lambda d: d["write_files"].append({"path": "/root/key.pem", "content": PEM})),
+        "fleet-lt",
+        "userData (decoded) holds a PEM private key",
+    ),
+    (
+        "no-plain-secrets",
+        "dev",
+        edit("fleet-http-secret-value", lambda p: p.update(secretString=unwrap(p["secretString"]))),
+        "fleet-http-secret-value",
+        "secretString holds the result of fleet-http-secret-random",
+    ),
+    ("fleet-replicated", "dev", edit("fleet-asg", lambda p: p.update(minSize=1.0)), "fleet-asg", "minSize is 1.0"),
+    (
+        "fleet-replicated",
+        "staging",
+        edit("fleet-asg", lambda p: p.update(vpcZoneIdentifiers=p["vpcZoneIdentifiers"][:1])),
+        "fleet-asg",
+        "vpcZoneIdentifiers has 1 subnets",
+    ),
+    (
+        "fleet-replicated",
+        "prod",
+        edit("fleet-asg", lambda p: p.update(healthCheckType="EC2")),
+        "fleet-asg",
+        "healthCheckType is 'EC2'",
+    ),
+    ("bucket-replicated", "dev", drop("storage-replication"), STACK, "no aws:s3/bucketReplicationConfig"),
+    (
+        "bucket-replicated",
+        "staging",
+        edit("storage-replication", lambda p: p["rules"][0]["deleteMarkerReplication"].update(status="Disabled")),
+        "storage-replication",
+        "deleteMarkerReplication.status is 'Disabled'",
+    ),
+    (
+        "bucket-replicated",
+        "prod",
+        same_provider_as("storage-replica", "storage-primary"),
+        "storage-replication",
+        "is storage-replica, through the source's provider",
+    ),
+    ("bucket-replicated", "payments-prod", replicate_to_itself, "storage-replication", "is storage-primary"),
+    (
+        "cdn-signed-urls",
+        "dev",
+        edit("cdn-distribution", lambda p: p["defaultCacheBehavior"].update(trustedKeyGroups=[])),
+        "cdn-distribution",
+        "defaultCacheBehavior.trustedKeyGroups is []",
+    ),
+    (
+        "cdn-origin-access-control",
+        "prod",
+        edit("cdn-distribution", lambda p: p["origins"][0].pop("originAccessControlId")),
+        "cdn-distribution",
+        "origins[0].originAccessControlId is None",
+    ),
+    (
+        "cdn-origin-access-control",
+        "dev",
+        edit("cdn-distribution", lambda p: p["origins"][0].update(originPath="/docker/registry/v2")),
+        "cdn-distribution",
+        "originPath is '/docker/registry/v2'",
+    ),
+    (
+        "cdn-read-only",
+        "payments-prod",
+        edit("cdn-distribution", lambda p: p["defaultCacheBehavior"].update(allowedMethods=["GET", "HEAD", "PUT"])),
+        "cdn-distribution",
+        "allowedMethods is ['GET', 'HEAD', 'PUT']",
+    ),
+    (
+        "buckets-versioned",
+        "prod",
+        edit("storage-replica-versioning", lambda p: p["versioningConfiguration"].update(status="Suspended")),
+        "storage-replica-versioning",
+        "status is 'Suspended'",
+    ),
+    ("buckets-versioned", "dev", drop("storage-primary-versioning"), "storage-primary", "no aws:s3/bucketVersioning"),
+    (
+        "noncurrent-versions-expire",
+        "prod",
+        edit("storage-primary-lifecycle", lambda p: p.update(rules=p["rules"][1:])),
+        "storage-primary-lifecycle",
+        "noncurrentVersionExpiration",
+    ),
+    (
+        "noncurrent-versions-expire",
+        "dev",
+        drop("storage-replica-lifecycle"),
+        "storage-replica",
+        "no aws:s3/bucketLifecycleConfiguration",
+    ),
+    ("backup-plan", "dev", drop("storage-backup-plan"), STACK, "no aws:backup/plan:Plan"),
+    ("backup-plan", "prod", back_up_the_replica_only, "storage-backup-selection", "without storage-primary"),
+    (
+        "backup-vaults-encrypted",
+        "prod",
+        edit("storage-replica-vault", lambda p: p.pop("kmsKeyArn")),
+        "storage-replica-vault",
+        "kmsKeyArn is None",
+    ),
+]
+
+
+def variant_ids(variants: Sequence[tuple[str, str, Change, str, str]]) -> list[str]:
+    """rule-stack-resource, numbered where a rule has several variants."""
+    return [f"{v[0]}-{sum(w[0] == v[0] for w in variants[:i]) + 1}-{v[1]}" for i, v in enumerate(variants)]
+
+
+def test_every_rule_has_a_broken_variant() -> None:
+    assert {v[0] for v in VARIANTS} == {r.id for r in RULES} - BASELINE
+
+
+@pytest.mark.parametrize(("rule_id", "stack", "change", "resource", "says"), VARIANTS, ids=variant_ids(VARIANTS))
+def test_broken_variant_fails_exactly_its_rule(
+    rule_id: str, stack: str, change: Change, resource: str, says: str
+) -> None:
+    found = evaluate(change(list(stack_resources(stack))))
+    assert {v.rule for v in found} - BASELINE == {rule_id}, found
+    mine = [v for v in found if v.rule == rule_id]
+    assert any(v.resource == resource and says in v.message for v in mine), mine
+
+
+# Practices 5 and 6 fail on every stack: their variants fix the practice, then break it again.
+
+NOTIFY = {"name": "scanner", "url": "https://scanner.internal/events", "headers": {}, "timeout": "5s"}
+
+
+def notifications(*endpoints: dict[str, Any]) -> Change:
+    return registry_config(lambda c: c.update(notifications={"endpoints": list(endpoints)}))
+
+
+def signing_key(spec: str, usage: str = "SIGN_VERIFY") -> Change:
+    def make(resources: list[Res]) -> Res:
+        storage = named(resources, "storage")
+        return Res(
+            type=KMS_KEY,
+            name="signing-key",
+            urn=f"{storage.urn}-signing-key",
+            props={"keyUsage": usage, "customerMasterKeySpec": spec},
+            parent=storage.urn,
+        )
+
+    return add(make)
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "fixed", "broken", "says"),
+    [
+        ("scan-notifications", notifications(NOTIFY), notifications({**NOTIFY, "url": "http://x/"}), "['http://x/']"),
+        ("scan-notifications", notifications(NOTIFY), notifications({**NOTIFY, "disabled": True}), "urls are"),
+        ("signing-key", signing_key("ECC_NIST_P256"), signing_key("SYMMETRIC_DEFAULT"), "SYMMETRIC_DEFAULT"),
+        ("signing-key", signing_key("RSA_3072"), signing_key("RSA_3072", "ENCRYPT_DECRYPT"), "ENCRYPT_DECRYPT"),
+    ],
+    ids=["scan-http", "scan-disabled", "signing-symmetric", "signing-encrypt-usage"],
+)
+def test_practice_5_and_6_rules_pass_once_built_and_catch_a_weak_build(
+    rule_id: str, fixed: Change, broken: Change, says: str
+) -> None:
+    for stack in STACKS:
+        assert {v.rule for v in evaluate(fixed(list(stack_resources(stack))))} == BASELINE - {rule_id}
+    found = rule(rule_id).check(broken(list(stack_resources("prod"))))
+    assert found and all(says in v.message for v in found), found
+
+
+# --- what a preview sees: computed values not known yet -------------------------------------------
+
+
+def decoded(text: str) -> str:
+    """The text a base64 value (user-data) stands for; '' for anything else."""
+    try:
+        return base64.b64decode(text, validate=True).decode() if len(text) > 100 else ""
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+def preview_of(resources: Sequence[Res]) -> list[Res]:
+    """The stack as a first preview sees it: no ids or outputs; every input derived from one is unknown."""
+    computed = {r.id for r in resources} | {
+        v for r in resources for k, v in r.outputs.items() if isinstance(v, str) and k not in r.props
+    }
+    computed = {c for c in computed if len(c) >= 8}
+
+    def derived(text: str) -> bool:
+        return any(c in text for c in computed)
+
+    def blank(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: blank(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [blank(v) for v in value]
+        if isinstance(value, str) and (derived(value) or derived(decoded(value))):
+            return UNKNOWN
+        return value
+
+    return [dataclasses.replace(r, props=blank(r.props), id="", outputs={}) for r in resources]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_in_a_preview_rules_skip_what_is_unknown_and_report_nothing_new(stack: str) -> None:
+    preview = preview_of(stack_resources(stack))
+    assert named(preview, "fleet-lt").props["userData"] == UNKNOWN  # the shape this test is about
+    assert {v.rule for v in evaluate(preview)} == {"signing-key"}
+
+
+# --- the CrossGuard policies -----------------------------------------------------------------------
+
+# The outputs each provider declares secret (additional_secret_outputs in its SDK): the engine keeps
+# them in the resource's options and CrossGuard passes them in PolicyResource.opts.
+SECRET_OUTPUTS = {
+    "random:index/randomPassword:RandomPassword": ["bcryptHash", "result"],
+    "aws:secretsmanager/secretVersion:SecretVersion": ["secretBinary", "secretString", "secretStringWo"],
+    "tls:index/privateKey:PrivateKey": ["privateKeyOpenssh", "privateKeyPem", "privateKeyPemPkcs8"],
+    "tls:index/selfSignedCert:SelfSignedCert": ["privateKeyPem", "privateKeyPemWo"],
+    "tls:index/certRequest:CertRequest": ["privateKeyPem", "privateKeyPemWo"],
+    "tls:index/locallySignedCert:LocallySignedCert": ["caPrivateKeyPem", "caPrivateKeyPemWo"],
+}
+
+
+@pytest.mark.parametrize("type_", sorted(SECRET_OUTPUTS))
+def test_secret_outputs_match_the_provider_sdks(type_: str) -> None:
+    package, module, cls = re.fullmatch(r"(\w+):(\w+)/\w+:(\w+)", type_).groups()  # type: ignore[union-attr]
+    path = f"pulumi_{package}" if module == "index" else f"pulumi_{package}.{module}"
+    source = inspect.getsource(getattr(importlib.import_module(path), cls))
+    declared = re.search(r"additional_secret_outputs=\[([^\]]*)\]", source)
+    assert declared and sorted(re.findall(r'"(\w+)"', declared[1])) == sorted(SECRET_OUTPUTS[type_])
+
+
+def crossguard_view(resources: Sequence[Res]) -> list[PolicyResource]:
+    """What CrossGuard hands a stack policy after an update: the final outputs as props (secrets
+    unwrapped, the provider's secret outputs named in opts), parent and provider as objects, no ids."""
+    providers = {
+        r.urn: PolicyProviderResource(r.type, unwrap({**r.props, **r.outputs}), r.urn, r.name)
+        for r in resources
+        if r.type.startswith("pulumi:providers:")
+    }
+    built: dict[str, PolicyResource] = {}
+    for r in resources:
+        opts = PolicyResourceOptions(
+            False, [], None, [], PolicyCustomTimeouts(0, 0, 0), SECRET_OUTPUTS.get(r.type, []), r.parent
+        )
+        props = unwrap({**r.props, **r.outputs})
+        provider = providers.get(r.provider) if r.provider else None
+        built[r.urn] = PolicyResource(r.type, props, r.urn, r.name, opts, provider, None, [], {})
+    for r in resources:
+        built[r.urn].parent = built.get(r.parent) if r.parent else None
+    return list(built.values())
+
+
+def run_policy(policy: StackValidationPolicy, resources: list[PolicyResource]) -> list[tuple[str, str | None]]:
+    calls: list[tuple[str, str | None]] = []
+
+    def report_violation(message: str, urn: str | None = None) -> None:
+        calls.append((message, urn))
+
+    assert policy.validate(StackValidationArgs(resources), report_violation) is None
+    return calls
+
+
+@functools.cache
+def policy_named(name: str) -> StackValidationPolicy:
+    return {p.name: p for p in policies(today=lambda: TODAY)}[name]
+
+
+def test_one_mandatory_policy_per_rule_then_waivers_valid() -> None:
+    made = policies()
+    assert [p.name for p in made] == [r.id for r in RULES] + ["waivers-valid"]
+    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in made)
+    assert all(p.description.startswith(f"practice {r.practice}: ") for p, r in zip(made, RULES, strict=False))
+
+
+def with_waivers(*waivers: dict[str, str]) -> Change:
+    return edit("policy-waivers", lambda p: p.update(waivers=list(waivers)))
+
+
+def waiver(rule_id: str, expires: str = "2026-12-31", reason: str = "scanning lands with issue 12") -> dict[str, str]:
+    return {"rule": rule_id, "reason": reason, "expires": expires}
+
+
+@functools.cache
+def unwaived(stack: str) -> tuple[Res, ...]:
+    """The stack without its waivers (stack files waive the practice 5 and 6 rules)."""
+    return tuple(with_waivers()(list(stack_resources(stack))))
+
+
+def first_variant(rule_id: str) -> tuple[str, str, Change, str, str]:
+    return next(v for v in VARIANTS if v[0] == rule_id)
+
+
+def urn_in(resources: Sequence[Res], name: str) -> str | None:
+    return None if name == STACK else named(resources, name).urn
+
+
+@pytest.mark.parametrize("rule_id", [r.id for r in RULES if r.id not in BASELINE])
+def test_policy_passes_a_stack_and_reports_its_broken_variant(rule_id: str) -> None:
+    _, stack, change, resource, says = first_variant(rule_id)
+    policy = policy_named(rule_id)
+    assert run_policy(policy, crossguard_view(unwaived(stack))) == []
+    broken = change(list(unwaived(stack)))
+    calls = run_policy(policy, crossguard_view(broken))
+    assert (urn_in(broken, resource), True) in {(urn, says in message) for message, urn in calls}, calls
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "fixed", "resource"),
+    [("scan-notifications", notifications(NOTIFY), "fleet-lt"), ("signing-key", signing_key("ECC_NIST_P384"), STACK)],
+    ids=["scan-notifications", "signing-key"],
+)
+def test_practice_5_and_6_policies_report_today_and_pass_once_built(rule_id: str, fixed: Change, resource: str) -> None:
+    policy = policy_named(rule_id)
+    resources = list(unwaived("staging"))
+    assert [urn for _, urn in run_policy(policy, crossguard_view(resources))] == [urn_in(resources, resource)]
+    assert run_policy(policy, crossguard_view(fixed(resources))) == []
+
+
+def test_policies_honour_valid_waivers() -> None:
+    waived = with_waivers(waiver("scan-notifications"), waiver("signing-key"))(list(unwaived("dev")))
+    view = crossguard_view(waived)
+    assert [p.name for p in policies() if run_policy(policy_named(p.name), view)] == []
+
+
+def test_waivers_valid_policy_reports_expired_and_unknown_waivers() -> None:
+    resources = with_waivers(waiver("scan-notifications", "2026-01-01"), waiver("hosts-dedicate"))(
+        list(stack_resources("dev"))
+    )
+    view = crossguard_view(resources)
+    urn = named(resources, "policy-waivers").urn
+    errors = run_policy(policy_named("waivers-valid"), view)
+    assert len(errors) == 2, errors
+    assert errors[0][0] == "waiver for scan-notifications expired on 2026-01-01"
+    assert "waiver for unknown rule 'hosts-dedicate'" in errors[1][0]
+    assert {u for _, u in errors} == {urn}
+    # An expired waiver waives nothing.
+    assert run_policy(policy_named("scan-notifications"), view)
+
+
+def test_to_res_reads_crossguard_proxies_keeps_unknowns_and_rewraps_secret_outputs() -> None:
+    stack = PolicyResource("pulumi:pulumi:Stack", {}, "urn:pulumi:dev::p::pulumi:pulumi:Stack::p-dev", "p-dev",
+                           PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), []),
+                           None, None, [], {})  # fmt: skip
+    provider = PolicyProviderResource("pulumi:providers:aws", {}, "urn:pulumi:dev::p::pulumi:providers:aws::a", "a")
+    props = policy_proxy.unknown_checking_proxy(
+        {"userData": UNKNOWN, "secretString": "hunter22hunter22", "nested": {"list": [UNKNOWN, "x"]}}
+    )
+    with pytest.raises(policy_proxy.UnknownValueError):
+        props["userData"]  # the proxy CrossGuard hands a policy raises on unknowns
+    opts = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), ["secretString"], stack.urn)
+    res = to_res(PolicyResource(LAUNCH_TEMPLATE, props, "urn:x", "fleet-lt", opts, provider, stack, [], {}))
+    assert res.props == {
+        "userData": UNKNOWN,
+        "secretString": {SECRET_SIG: SECRET_VALUE_SIG, "value": "hunter22hunter22"},
+        "nested": {"list": [UNKNOWN, "x"]},
+    }
+    assert (res.parent, res.provider, res.id, dict(res.outputs)) == (None, provider.urn, "", {})
+    # Rules skip what is not known yet: an unknown user-data is no violation of the host rules.
+    assert [v for r in ("hosts-dedicated", "registry-auth-required") for v in rule(r).check([res])] == []
+
+
+# --- the whole pack through pulumi-policy's analyzer service ----------------------------------------
+
+
+def engine_request(resources: Sequence[Res], preview: bool = False) -> Any:
+    """An AnalyzeStackRequest as the engine sends one: final outputs (or, in a first preview, inputs
+    with computed values unknown) with the providers' secret outputs wrapped as secrets."""
+    shown = preview_of(resources) if preview else resources
+
+    def properties(r: Res) -> Any:
+        values = unwrap({**r.props, **r.outputs})
+        for key in SECRET_OUTPUTS.get(r.type, []):
+            if key in values:
+                values[key] = {SECRET_SIG: SECRET_VALUE_SIG, "value": values[key]}
+        struct = struct_pb2.Struct()
+        struct.update(values)
+        return struct
+
+    by_urn = {r.urn: r for r in shown}
+    return proto.AnalyzeStackRequest(
+        resources=[
+            proto.AnalyzerResource(
+                type=r.type,
+                properties=properties(r),
+                urn=r.urn,
+                name=r.name,
+                options=proto.AnalyzerResourceOptions(additionalSecretOutputs=SECRET_OUTPUTS.get(r.type, [])),
+                provider=(
+                    proto.AnalyzerProviderResource(
+                        type=by_urn[r.provider].type,
+                        properties=properties(by_urn[r.provider]),
+                        urn=r.provider,
+                        name=by_urn[r.provider].name,
+                    )
+                    if r.provider
+                    else None
+                ),
+                parent=r.parent or "",
+            )
+            for r in shown
+        ]
+    )
+
+
+def analyze(resources: Sequence[Res], preview: bool = False) -> list[Any]:
+    pack: list[Policy] = list(policies(lambda: TODAY))
+    servicer = _PolicyAnalyzerServicer("registry-fleet", "0.1.0", pack, EnforcementLevel.MANDATORY)
+    return list(servicer.AnalyzeStack(engine_request(resources, preview), None).diagnostics)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_pack_through_the_analyzer_service(stack: str) -> None:
+    resources = unwaived(stack)
+    found = analyze(resources)
+    assert {(d.policyName, d.urn) for d in found} == {
+        ("scan-notifications", named(resources, "fleet-lt").urn),
+        ("signing-key", ""),
+    }
+    assert {d.enforcementLevel for d in found} == {proto.MANDATORY}
+    preview = analyze(resources, preview=True)
+    assert [d.policyName for d in preview] == ["signing-key"], [d.message for d in preview]
+
+
+# --- waivers -------------------------------------------------------------------------------------
+
+V = Violation("hosts-dedicated", "fleet-lt", "userData packages include ['postgresql']")
+W = Violation("signing-key", STACK, "no signing key")
+
+
+def test_a_valid_waiver_moves_its_rules_violations_to_waived() -> None:
+    assert apply_waivers([V, W], [waiver("hosts-dedicated")], TODAY) == ([W], [V], [])
+
+
+def test_a_waiver_holds_through_its_expiry_day() -> None:
+    assert apply_waivers([V], [waiver("hosts-dedicated", TODAY.isoformat())], TODAY) == ([], [V], [])
+
+
+def test_an_expired_waiver_is_an_error_and_waives_nothing() -> None:
+    assert apply_waivers([V], [waiver("hosts-dedicated", "2026-01-01")], TODAY) == (
+        [V],
+        [],
+        ["waiver for hosts-dedicated expired on 2026-01-01"],
+    )
+
+
+def test_a_waiver_for_an_unknown_rule_is_an_error() -> None:
+    unwaived, waived, errors = apply_waivers([V], [waiver("hosts-dedicatd")], TODAY)
+    assert (unwaived, waived) == ([V], [])
+    assert len(errors) == 1 and errors[0].startswith("waiver for unknown rule 'hosts-dedicatd'; known rules: ")
+    assert "hosts-dedicated" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ({"expires": "next year"}, "waiver for hosts-dedicated has expires 'next year', expected a date YYYY-MM-DD"),
+        ({"reason": " "}, "waiver for hosts-dedicated gives no reason"),
+    ],
+)
+def test_a_malformed_waiver_is_an_error(bad: dict[str, str], error: str) -> None:
+    assert apply_waivers([V], [{**waiver("hosts-dedicated"), **bad}], TODAY) == ([V], [], [error])
+
+
+def test_waivers_are_read_from_the_waivers_component() -> None:
+    resources = list(stack_resources("dev"))
+    assert [r.type for r in resources].count(WAIVERS) == 1
+    assert waivers_in(resources) == unwrap(named(resources, "policy-waivers").props["waivers"])
+    assert waivers_in(with_waivers()(resources)) == []
+    assert waivers_in(with_waivers(waiver("signing-key"))(resources)) == [waiver("signing-key")]
+    # CrossGuard shows a component's registered outputs: the waivers are read there too.
+    only_outputs = dataclasses.replace(named(resources, "policy-waivers"), props={}, outputs={"waivers": [waiver("x")]})
+    assert waivers_in([only_outputs]) == [waiver("x")]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_passes_the_pack_with_its_own_waivers(stack: str) -> None:
+    resources = stack_resources(stack)
+    assert apply_waivers(evaluate(resources), waivers_in(resources), TODAY)[::2] == ([], [])
