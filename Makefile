@@ -6,8 +6,9 @@ STACK ?= dev
 .PHONY: lab lab-packages plan test lint unit bench bench-lab clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
-LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd
-LAB_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils
+LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
+	/usr/sbin/slapd /usr/sbin/slapadd
+LAB_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils slapd ldap-utils
 
 .venv/.installed: requirements.txt requirements-dev.txt
 	command -v python3 >/dev/null || (apt-get update && apt-get install -y python3)
@@ -20,6 +21,7 @@ LAB_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils
 lab-packages:
 	@for b in $(LAB_BINARIES); do [ -x $$b ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
+		mkdir -p /etc/ldap && touch /etc/ldap/noslapd; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(LAB_PACKAGES); \
 	fi
 
@@ -33,9 +35,9 @@ plan: .venv/.installed
 	$(PY) -m fleet plan $(STACK)
 
 lint: .venv/.installed
-	$(PY) -m ruff check infra components fleet lab policy tests
-	$(PY) -m ruff format --check infra components fleet lab policy tests
-	$(PY) -m mypy infra components fleet lab policy
+	$(PY) -m ruff check infra components fleet lab policy auth tests
+	$(PY) -m ruff format --check infra components fleet lab policy auth tests
+	$(PY) -m mypy infra components fleet lab policy auth
 
 unit: .venv/.installed lab-packages
 	$(PY) -m pytest -q
