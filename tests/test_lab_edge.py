@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime
 import http.client
-import ipaddress
 import json
 import os
 import selectors
@@ -27,12 +26,12 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 import pytest
 from botocore.config import Config  # type: ignore[import-untyped]
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from lab.cloudfront import Verdict, canned_policy, cf_b64decode, cf_b64encode, sign_url, verify_signed_url
+from lab.pki import LabPki as Pki
+from lab.pki import create_pki
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "docker/registry/v2/blobs/sha256/aa/aaaa/data"
@@ -223,68 +222,9 @@ def test_sha256_variant_and_percent_encoded_signature(signing_key: KeyPair) -> N
 # -- integration: a throwaway PKI, moto over TLS, the edge process -------------------------------------
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-
 def make_pki(directory: Path) -> Pki:
-    """A CA and a server certificate for 127.0.0.1 (ECDSA P-256), written as PEM files."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pki = Pki(directory / "ca.crt", directory / "server.crt", directory / "server.key")
-    pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.server_key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-        )
-    )
-    pki.server_key.chmod(0o600)
-    return pki
+    """The lab's own PKI (a CA and a server certificate for 127.0.0.1): the edge is tested as the lab runs it."""
+    return create_pki(directory, ["127.0.0.1", "localhost"])
 
 
 def free_port() -> int:
