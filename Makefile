@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
 
-.PHONY: lab lab-packages plan test lint unit bench bench-lab clean
+.PHONY: lab lab-packages plan test lint unit bench bench-lab bench-auth clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -52,6 +52,10 @@ bench: .venv/.installed
 # Push and pull a 200 MB image through the lab; throughput, S3 baseline, edge share, memory.
 bench-lab: .venv/.installed lab-packages
 	$(PY) tests/bench_lab.py
+
+# Token issue latency and throughput, local users beside LDAP, 50 concurrent clients.
+bench-auth: .venv/.installed lab-packages
+	$(PY) tests/bench_auth.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
