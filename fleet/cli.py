@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env", help="dev, staging or prod")
     p.add_argument("--from", dest="template", help="stack to start from (default: prod for prod, else dev)")
 
-    from fleet.promote import ENVIRONMENTS
+    from infra.settings import ENVIRONMENTS
 
     p = sub.add_parser("promote", help="deploy a commit to an environment through the promotion gates")
     p.add_argument("--to", dest="to_env", required=True, choices=ENVIRONMENTS)

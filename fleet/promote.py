@@ -23,9 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fleet.runner import Change, StackRunner
-from infra.settings import SettingsError
-
-ENVIRONMENTS = ("dev", "staging", "prod")
+from infra.settings import ENVIRONMENTS, SettingsError
 
 # Resource types that hold data or an identity clients depend on: replacing or deleting one loses
 # it. The reason is printed when a promotion is refused.

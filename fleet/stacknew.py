@@ -36,6 +36,7 @@ import yaml
 from infra.settings import (
     _SLUG,
     _STACK,
+    ENVIRONMENTS,
     PROJECT,
     Settings,
     SettingsError,
@@ -47,7 +48,6 @@ from infra.settings import (
     stack_overrides,
 )
 
-ENVIRONMENTS = ("dev", "staging", "prod")
 # Provider secrets a stack needs before `pulumi up`: (config key, what to paste when prompted).
 SECRETS = (("cloudflare:apiToken", "a Cloudflare API token with DNS edit rights on the zone {zone}"),)
 # Template keys that belong to the template stack alone.

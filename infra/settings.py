@@ -42,6 +42,10 @@ TLS_POLICIES = (
     "ELBSecurityPolicy-TLS13-1-3-FIPS-2023-04",
 )
 
+Environment = Literal["dev", "staging", "prod"]
+# In promotion order: dev -> staging -> prod.
+ENVIRONMENTS: tuple[Environment, ...] = ("dev", "staging", "prod")
+
 _STACK = re.compile(r"^[a-z][a-z0-9-]{0,16}[a-z0-9]$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
 _ACCOUNT = re.compile(r"^\d{12}$")
@@ -304,7 +308,7 @@ class Settings(_Model):
     """All settings of one stack. Built only through :func:`settings_from_config`."""
 
     stack: str
-    environment: Literal["dev", "staging", "prod"]
+    environment: Environment
     team: str
     owner: str
     domain: str
@@ -585,13 +589,18 @@ def available_stacks(stacks_dir: Path = STACKS_DIR) -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in stacks_dir.glob("Pulumi.*.yaml"))
 
 
+def merged_stack_config(stack: str, stacks_dir: Path = STACKS_DIR, project_file: Path = PROJECT_FILE) -> dict[str, Any]:
+    """A stack file's keys over the Pulumi.yaml defaults, before validation."""
+    return deep_merge(project_defaults(project_file), stack_overrides(stack_file(stack, stacks_dir)))
+
+
 def load_stack_settings(stack: str, stacks_dir: Path = STACKS_DIR, project_file: Path = PROJECT_FILE) -> Settings:
     """Settings for a stack read from the files, without the Pulumi engine."""
     path = stack_file(stack, stacks_dir)
     if not path.exists():
         known = ", ".join(available_stacks(stacks_dir)) or "none"
         raise SettingsError(f"stack {stack}", [Problem("(stack)", stack, f"no file {path}; known stacks: {known}")])
-    merged = deep_merge(project_defaults(project_file), stack_overrides(path))
+    merged = merged_stack_config(stack, stacks_dir, project_file)
     return settings_from_config(stack, merged, source=str(path.relative_to(path.parent.parent)))
 
 

@@ -18,17 +18,15 @@ from infra.settings import (
     Settings,
     available_stacks,
     deep_merge,
-    project_defaults,
+    merged_stack_config,
     settings_from_config,
-    stack_file,
-    stack_overrides,
 )
 
 STACKS = available_stacks()
 
 
 def stack_config(stack: str) -> dict[str, Any]:
-    return deep_merge(project_defaults(), stack_overrides(stack_file(stack)))
+    return merged_stack_config(stack)
 
 
 def settings_with(stack: str, overrides: dict[str, Any]) -> Settings:

@@ -1,10 +1,10 @@
 """The token service in front of the real registry: Debian's docker-registry 2.8.2, skopeo, on loopback.
 
 One token service (`python -m auth` under gunicorn, TLS) and one registry (token auth, filesystem
-storage, TLS) serve the whole module. Clients trust only the throwaway CA (`--dest-cert-dir`, never
---tls-verify=false). What matters is that the REGISTRY refuses: pushes denied by the policy fail at
-the registry, and tokens we forge ourselves (expired, another key, another audience or issuer) get a
-401 from the registry. A missing binary fails the module (it never skips).
+storage, TLS) serve the whole module. Clients trust only the throwaway CA (skopeo's `--dest-cert-dir`;
+certificate checks stay on). What matters is that the REGISTRY refuses: pushes denied by the policy
+fail at the registry, and tokens we forge ourselves (expired, another key, another audience or issuer)
+get a 401 from the registry. A missing binary fails the module (it never skips).
 
 Tests run in file order: the robot test reloads the service with the robot expired.
 """

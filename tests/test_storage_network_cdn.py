@@ -203,7 +203,9 @@ def plan_rules(rec: Recording) -> list[tuple[Resource, dict[str, Any]]]:
 
 
 def subnets(rec: Recording, tier: str) -> list[Resource]:
-    return [s for s in rec.of_type(SUBNET) if value(s, "tags", "tier") == tier]
+    # By name, not registration order: the engine registers resources whose inputs wait on
+    # outputs in no fixed order, and a check that reports "the second one" must be repeatable.
+    return sorted((s for s in rec.of_type(SUBNET) if value(s, "tags", "tier") == tier), key=lambda s: s.name)
 
 
 # --- storage (practices 7, 8, 10) -------------------------------------------------------------
