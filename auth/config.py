@@ -56,7 +56,7 @@ class LockoutSettings(_Frozen):
     max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
 
 
-def _check_account(name: str) -> str | None:
+def check_account_name(name: str) -> str | None:
     if not name or len(name) > MAX_ACCOUNT_CHARS:
         return f"account names are 1 to {MAX_ACCOUNT_CHARS} characters"
     if ":" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
@@ -94,7 +94,7 @@ class ServiceConfig(_Frozen):
     def _accounts(self) -> ServiceConfig:
         for kind, names in (("users", self.users), ("policy.robots", self.policy.robots)):
             for name in names:
-                problem = _check_account(name)
+                problem = check_account_name(name)
                 if problem:
                     raise ValueError(f"{kind}.{name}: {problem}")
         both = sorted(set(self.users) & set(self.policy.robots))

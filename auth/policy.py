@@ -239,6 +239,36 @@ def _overlap(a: str, b: str) -> bool:
     return a == b or covers(a, b) or covers(b, a)
 
 
+def ownership_problems(teams: dict[str, Team], robot_namespaces: dict[str, str]) -> list[tuple[str, str]]:
+    """(key, message) for every namespace two teams share and every robot namespace no team owns.
+
+    Shared by the service's config and the stack settings (infra/settings.py), which hold the same model.
+    """
+    problems: list[tuple[str, str]] = []
+    owned: list[tuple[str, str]] = []  # (namespace, team)
+    for team_name, team in teams.items():
+        for i, ns in enumerate(team.namespaces):
+            for other_ns, other_team in owned:
+                if other_team != team_name and _overlap(ns, other_ns):
+                    problems.append(
+                        (
+                            f"teams.{team_name}.namespaces[{i}]",
+                            f"{ns!r} overlaps {other_ns!r} of team {other_team!r}; "
+                            "a repository must belong to one team",
+                        )
+                    )
+            owned.append((ns, team_name))
+    for robot_name, namespace in robot_namespaces.items():
+        if not any(namespace == ns or covers(ns, namespace) for ns, _ in owned):
+            problems.append(
+                (
+                    f"robots.{robot_name}.namespace",
+                    f"{namespace!r} is not owned by any team (it must be a team namespace or lie under one)",
+                )
+            )
+    return problems
+
+
 class Policy(_Frozen):
     teams: dict[str, Team] = Field(default_factory=dict)
     robots: dict[str, Robot] = Field(default_factory=dict)
@@ -247,22 +277,10 @@ class Policy(_Frozen):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Policy:
-        owned: list[tuple[str, str]] = []  # (namespace, team)
-        for team_name, team in self.teams.items():
-            for i, ns in enumerate(team.namespaces):
-                for other_ns, other_team in owned:
-                    if other_team != team_name and _overlap(ns, other_ns):
-                        raise ValueError(
-                            f"teams.{team_name}.namespaces[{i}]: {ns!r} overlaps {other_ns!r} of team {other_team!r}; "
-                            "a repository must belong to one team"
-                        )
-                owned.append((ns, team_name))
-        for robot_name, robot in self.robots.items():
-            if not any(robot.namespace == ns or covers(ns, robot.namespace) for ns, _ in owned):
-                raise ValueError(
-                    f"robots.{robot_name}.namespace: {robot.namespace!r} is not owned by any team "
-                    "(it must be a team namespace or lie under one)"
-                )
+        problems = ownership_problems(self.teams, {name: r.namespace for name, r in self.robots.items()})
+        if problems:
+            key, message = problems[0]
+            raise ValueError(f"{key}: {message}")
         return self
 
     # --- the decision ---------------------------------------------------------------------------

@@ -34,6 +34,19 @@ ENV_FILE = f"{ENV_DIR}/registry.env"
 USER_DATA_LIMIT_BYTES = 16384  # EC2: user data is limited to 16 KB, in raw form, before base64 encoding
 ARCHITECTURES = ("arm64", "amd64")  # Debian architecture names, as in the SSM agent's download path
 
+# The token service on a host (token mode): its files, its code, its port.
+TOKEN_SERVICE_PORT = 5002  # HTTPS; the ALB's token target group
+TOKEN_PATH = "/auth"  # the realm's path on the registry's public URL (an ALB listener rule)
+TOKEN_HEALTH_PATH = "/healthz"
+TOKEN_USER = "registry-token"
+TOKEN_CONFIG_FILE = "/etc/registry-token/config.json"  # secret: hashes, directory password
+TOKEN_SIGNING_KEY_FILE = "/etc/registry-token/signing.key"  # secret
+TOKEN_TLS_KEY_FILE = "/etc/registry-token/tls.key"  # secret: the host key, the service's own copy
+TOKEN_SIGNING_CERT_FILE = "/etc/registry-fleet/token-signing.crt"  # public: also the registry's rootcertbundle
+TOKEN_LDAP_CA_FILE = "/etc/registry-fleet/ldap-ca.crt"  # public: the directory's CA, when the stack gives one
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's; the directory's CA when the stack gives none
+TOKEN_SERVICE_DIR = "/opt/registry-fleet/token-service"
+
 _REGION = re.compile(r"^[a-z0-9-]+$")
 _SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$")
 _PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
@@ -54,6 +67,23 @@ class SecretFile:
 
 
 @dataclass(frozen=True)
+class TokenServiceBoot:
+    """The token service beside the registry (token mode). ARNs, public text and a hash: no secret."""
+
+    artifact_bucket: str  # the registry bucket (read through the VPC's S3 gateway endpoint)
+    artifact_key: str  # components.artifact.Artifact.key
+    artifact_sha256: str  # checked before anything is unpacked
+    pip_index_url: str  # where the lock's hash-pinned wheels come from
+    config_secret_arn: str  # -> TOKEN_CONFIG_FILE
+    signing_key_secret_arn: str  # -> TOKEN_SIGNING_KEY_FILE
+    tls_key_secret_arn: str  # -> TOKEN_TLS_KEY_FILE (the host key)
+    signing_cert_pem: str  # -> TOKEN_SIGNING_CERT_FILE
+    tls_cert_file: str  # the host certificate, already among HostBoot.public_files
+    ldap_ca_pem: str | None = None  # -> TOKEN_LDAP_CA_FILE
+    port: int = TOKEN_SERVICE_PORT
+
+
+@dataclass(frozen=True)
 class HostBoot:
     """Everything a registry host needs at boot. Only ARNs and public text: no secret value fits in."""
 
@@ -63,6 +93,7 @@ class HostBoot:
     secret_files: tuple[SecretFile, ...]  # TLS host key, htpasswd, CloudFront private key...
     public_files: tuple[tuple[str, str], ...] = ()  # (path, content) of non-secret files, e.g. certificates
     architecture: str = "arm64"  # "arm64" | "amd64" (Debian arch; for the SSM agent .deb)
+    token_service: TokenServiceBoot | None = None  # token mode: the token service runs beside the registry
 
 
 def validate_host_boot(boot: HostBoot) -> None:

@@ -47,6 +47,20 @@ class CloudFrontSettings:
 
 
 @dataclass(frozen=True)
+class TokenAuth:
+    """`auth.token`: the registry trusts JWTs from the token service (auth/) and nothing else.
+
+    `service` is the token's `aud` and `issuer` its `iss`; `rootcertbundle` is the path of the
+    signing certificate(s) on the host (public), whose key signs every token (leaf in `x5c`).
+    """
+
+    realm: str  # https://registry.example.com/auth: where clients get tokens (the ALB routes it to the service)
+    service: str
+    issuer: str
+    rootcertbundle: str
+
+
+@dataclass(frozen=True)
 class NotificationEndpoint:
     """A receiver of push/pull/delete events (the scanner's bridge).
 
@@ -79,6 +93,7 @@ class RegistryConfig:
     chunk_size_bytes: int = 16 * 1024 * 1024
     htpasswd_file: str = "/etc/docker/registry/htpasswd"
     htpasswd_realm: str = "registry"
+    token: TokenAuth | None = None  # set: token auth (htpasswd_* unused); None: htpasswd
     drain_file: str = f"{STATE_DIR}/drain"  # `health.file`: while it exists `/` answers 503 and the LB drains the host
     cloudfront: CloudFrontSettings | None = None
     log_level: str = "info"
@@ -109,6 +124,19 @@ def validate_registry_config(cfg: RegistryConfig) -> None:
             raise ValueError(
                 f"RegistryConfig.notifications[{endpoint.name}] needs an https:// url and a bearer token: "
                 "events name every repository and user"
+            )
+    if cfg.token is not None:
+        realm = urlparse(cfg.token.realm)
+        if realm.scheme != "https" or not realm.netloc:
+            raise ValueError(
+                "RegistryConfig.token.realm must be an https:// URL (clients send passwords there); "
+                f"got {cfg.token.realm!r}."
+            )
+        if not cfg.token.service or not cfg.token.issuer:
+            raise ValueError("RegistryConfig.token.service and .issuer must not be empty (they are the aud and iss).")
+        if not cfg.token.rootcertbundle.startswith("/"):
+            raise ValueError(
+                f"RegistryConfig.token.rootcertbundle must be an absolute path; got {cfg.token.rootcertbundle!r}."
             )
     if cfg.log_level not in LOG_LEVELS:
         raise ValueError(f"RegistryConfig.log_level must be one of {', '.join(LOG_LEVELS)}; got {cfg.log_level!r}.")
@@ -199,7 +227,17 @@ def registry_config_dict(cfg: RegistryConfig) -> dict[str, Any]:
         },
         "debug": {"addr": cfg.debug_addr, "prometheus": {"enabled": True, "path": "/metrics"}},
     }
-    config["auth"] = {"htpasswd": {"realm": cfg.htpasswd_realm, "path": cfg.htpasswd_file}}
+    if cfg.token is not None:
+        config["auth"] = {
+            "token": {
+                "realm": cfg.token.realm,
+                "service": cfg.token.service,
+                "issuer": cfg.token.issuer,
+                "rootcertbundle": cfg.token.rootcertbundle,
+            }
+        }
+    else:
+        config["auth"] = {"htpasswd": {"realm": cfg.htpasswd_realm, "path": cfg.htpasswd_file}}
     if cfg.notifications:
         config["notifications"] = {
             "events": {"includereferences": True},
