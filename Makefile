@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
 
-.PHONY: lab lab-packages plan test lint unit bench bench-lab bench-auth clean
+.PHONY: lab lab-packages plan test lint unit bench bench-lab bench-auth lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -56,6 +56,18 @@ bench-lab: .venv/.installed lab-packages
 # Token issue latency and throughput, local users beside LDAP, 50 concurrent clients.
 bench-auth: .venv/.installed lab-packages
 	$(PY) tests/bench_auth.py
+
+# The token service's lock (auth/requirements.lock, in the artifact hosts install): every transitive
+# pin of auth/requirements.in with the hash of every file PyPI has for it, so one lock installs on arm64
+# and amd64 hosts. Python 3.11 (the hosts' python3); PyPI only: this machine's pip config (local
+# mirrors, find-links) is ignored so that the hashes are PyPI's. Existing pins stay unless
+# requirements.in changes them; `make lock LOCK_ARGS=--upgrade` re-resolves everything.
+lock: .venv/.installed
+	$(PY) -c 'import sys; sys.exit(None if sys.version_info[:2] == (3, 11) else "make lock needs Python 3.11")'
+	cd auth && env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT \
+		PIP_CONFIG_FILE=/dev/null ../$(PY) -m piptools compile --quiet --generate-hashes --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
+		$(LOCK_ARGS) --output-file requirements.lock requirements.in
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

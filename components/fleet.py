@@ -7,10 +7,17 @@ may touch only the registry bucket, its KMS key and the fleet's own secrets; a s
 that admits only the load balancer. ELB health checks replace a host whose registry answers
 503, and any launch-template change rolls the fleet through an instance refresh.
 
+Access (practices 3 and 4): in token mode the registry trusts tokens signed by the token service
+that runs beside it on every host (`auth.token`; realm `https://<registry host>/auth`, which the
+load balancer routes to the service), and the hosts admit the load balancer on the service's port
+and may reach the company directory on its port. In htpasswd mode (small non-prod stacks) one
+generated admin account signs in with a password.
+
 Secrets (the shared `http.secret`, the TLS host key, the htpasswd file, the CloudFront signing
-key) are Pulumi secrets stored in Secrets Manager; hosts read them at boot. User-data holds
-only their ARNs, never a value: it is rendered by the pure functions of
-`components.registry_config` and `components.host_boot` from resolved, non-secret outputs.
+key; in token mode the service's config and signing key, made by `components.access`) are Pulumi
+secrets stored in Secrets Manager; hosts read them at boot. User-data holds only their ARNs, never
+a value: it is rendered by the pure functions of `components.registry_config` and
+`components.host_boot` from resolved, non-secret outputs.
 """
 
 from __future__ import annotations
@@ -25,8 +32,23 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.host_boot import HostBoot, SecretFile, render_cloud_init
-from components.registry_config import REGISTRY_PORT, CloudFrontSettings, RegistryConfig, render_registry_config
+from components.errors import ComponentInputError
+from components.host_boot import (
+    TOKEN_PATH,
+    TOKEN_SERVICE_PORT,
+    TOKEN_SIGNING_CERT_FILE,
+    HostBoot,
+    SecretFile,
+    TokenServiceBoot,
+    render_cloud_init,
+)
+from components.registry_config import (
+    REGISTRY_PORT,
+    CloudFrontSettings,
+    RegistryConfig,
+    TokenAuth,
+    render_registry_config,
+)
 
 DEBIAN_OWNER_ID = "136693071363"  # Debian's official AWS account (https://wiki.debian.org/Cloud/AmazonEC2Image)
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -38,6 +60,14 @@ HOST_KEY_FILE = f"{TLS_DIR}/host.key"
 CA_CERT_FILE = f"{TLS_DIR}/ca.crt"
 HTPASSWD_FILE = "/etc/docker/registry/htpasswd"
 CLOUDFRONT_KEY_FILE = "/etc/docker/registry/cloudfront.pem"
+# Instance tag naming the token service config version a host booted with: a new version (a user,
+# a team, a rotated robot token) changes the launch template, so the fleet rolls onto it.
+TOKEN_CONFIG_VERSION_TAG = "registry-fleet:token-config-version"
+
+
+def token_realm(public_url: str) -> str:
+    """Where clients get tokens: the realm path on the registry's own URL (the ALB routes it)."""
+    return f"{public_url.rstrip('/')}{TOKEN_PATH}"
 
 
 @dataclass
@@ -46,6 +76,26 @@ class FleetCdn:
     key_pair_id: pulumi.Input[str]
     private_key_pem: pulumi.Input[str]
     duration_seconds: int
+
+
+@dataclass
+class FleetTokenService:
+    """Token mode: the token service beside the registry (components.access made its secrets)."""
+
+    service: str  # auth.token.service, the tokens' aud: the registry's host name
+    issuer: str  # auth.token.issuer, the tokens' iss
+    target_group_arn: pulumi.Input[str]  # the load balancer's token target group
+    config_secret_arn: pulumi.Input[str]
+    config_version_id: pulumi.Input[str]
+    signing_key_secret_arn: pulumi.Input[str]
+    signing_cert_pem: pulumi.Input[str]
+    artifact_key: str
+    artifact_sha256: str
+    pip_index_url: str
+    ldap_ca_pem: str | None = None
+    # The directory servers: the only ranges hosts may reach on the directory's port.
+    ldap_cidrs: Sequence[str] = ()
+    ldap_port: int | None = None
 
 
 @dataclass
@@ -73,6 +123,8 @@ class RegistryFleetArgs:
     host_key_pem: pulumi.Input[str]
     tags: dict[str, str]
     cdn: FleetCdn | None = None
+    # Set: token auth with the token service; None: htpasswd with one generated admin account.
+    token: FleetTokenService | None = None
     # A pinned AMI; None: the newest Debian 12 image for the architecture (looked up at each up).
     image_id: str | None = None
 
@@ -122,23 +174,32 @@ class RegistryFleet(pulumi.ComponentResource):
     security_group_id: pulumi.Output[str]
     asg_name: pulumi.Output[str]
     user_data: pulumi.Output[str]
-    admin_password: pulumi.Output[str]
+    # htpasswd mode only (a secret); None in token mode.
+    admin_password: pulumi.Output[str] | None
+    # Token mode only; None in htpasswd mode.
+    token_realm: str | None
     secret_arns: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: RegistryFleetArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("registry-fleet:index:RegistryFleet", name, None, opts)
+        if args.token is not None and args.token.ldap_cidrs and args.token.ldap_port is None:
+            raise ComponentInputError("RegistryFleet: token.ldap_cidrs is set without token.ldap_port")
         tags = args.tags
         child = pulumi.ResourceOptions(parent=self)
+        token = args.token
 
         # --- secrets: generated or handed in as Pulumi secrets, stored in Secrets Manager ---
         # One http.secret for every host: uploads hop between hosts behind the load balancer.
         http_secret = random.RandomPassword(f"{name}-http-secret-random", length=64, special=False, opts=child)
-        admin = random.RandomPassword(f"{name}-admin-password-random", length=32, special=False, opts=child)
         values: dict[str, pulumi.Input[str]] = {
             "http-secret": http_secret.result,
             "tls-key": args.host_key_pem,
-            "htpasswd": admin.bcrypt_hash.apply(lambda h: f"{ADMIN_USER}:{h}\n"),
         }
+        self.admin_password = None
+        if token is None:
+            admin = random.RandomPassword(f"{name}-admin-password-random", length=32, special=False, opts=child)
+            values["htpasswd"] = admin.bcrypt_hash.apply(lambda h: f"{ADMIN_USER}:{h}\n")
+            self.admin_password = pulumi.Output.secret(admin.result)
         if args.cdn is not None:
             values["cloudfront-key"] = args.cdn.private_key_pem
         secrets: dict[str, aws.secretsmanager.Secret] = {}
@@ -179,6 +240,30 @@ class RegistryFleet(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
+        if token is not None:
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-in-token-from-lb",
+                security_group_id=sg.id,
+                referenced_security_group_id=args.lb_security_group_id,
+                ip_protocol="tcp",
+                from_port=TOKEN_SERVICE_PORT,
+                to_port=TOKEN_SERVICE_PORT,
+                description="token service (HTTPS) from the load balancer",
+                tags=tags,
+                opts=child,
+            )
+            for i, cidr in enumerate(token.ldap_cidrs):
+                aws.vpc.SecurityGroupEgressRule(
+                    f"{name}-out-ldap-{i}",
+                    security_group_id=sg.id,
+                    ip_protocol="tcp",
+                    from_port=token.ldap_port,
+                    to_port=token.ldap_port,
+                    cidr_ipv4=cidr,
+                    description=f"the company directory (LDAP over TLS, port {token.ldap_port})",
+                    tags=tags,
+                    opts=child,
+                )
         # HTTPS out only: S3 (gateway endpoint), Secrets Manager, SSM and Debian's mirrors over https.
         aws.vpc.SecurityGroupEgressRule(
             f"{name}-out-https",
@@ -210,10 +295,15 @@ class RegistryFleet(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
+        # The hosts' own secrets, and in token mode the service's config and signing key. Never a
+        # robot's token: hosts check robots against bcrypt hashes in the config.
+        own_secrets: list[pulumi.Input[str]] = [s.arn for s in secrets.values()]
+        if token is not None:
+            own_secrets += [token.config_secret_arn, token.signing_key_secret_arn]
         aws.iam.RolePolicy(
             f"{name}-role-policy",
             role=role.id,
-            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn, *[s.arn for s in secrets.values()]).apply(
+            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn, *own_secrets).apply(
                 lambda a: instance_policy(a[0], a[1], list(a[2:]))
             ),
             opts=child,
@@ -231,9 +321,16 @@ class RegistryFleet(pulumi.ComponentResource):
             arns={label: s.arn for label, s in secrets.items()},
             cdn_url=cdn.base_url if cdn else "",
             cdn_key_id=cdn.key_pair_id if cdn else "",
+            token_config_arn=token.config_secret_arn if token else "",
+            token_signing_key_arn=token.signing_key_secret_arn if token else "",
+            token_signing_cert=token.signing_cert_pem if token else "",
         ).apply(lambda v: self._render(args, v))
 
         image_id: pulumi.Input[str] = args.image_id or self._newest_debian(args.architecture)
+        instance_tags: dict[str, pulumi.Input[str]] = {**tags, "Name": f"{args.name_prefix}-registry"}
+        if token is not None:
+            # Hosts read the service's config at boot only: a new config version rolls the fleet.
+            instance_tags[TOKEN_CONFIG_VERSION_TAG] = token.config_version_id
         template = aws.ec2.LaunchTemplate(
             f"{name}-lt",
             name_prefix=f"{args.name_prefix}-registry-",
@@ -270,7 +367,7 @@ class RegistryFleet(pulumi.ComponentResource):
             user_data=self.user_data.apply(lambda text: base64.b64encode(text.encode()).decode()),
             update_default_version=True,
             tag_specifications=[
-                {"resource_type": "instance", "tags": {**tags, "Name": f"{args.name_prefix}-registry"}},
+                {"resource_type": "instance", "tags": instance_tags},
                 {"resource_type": "volume", "tags": tags},
             ],
             tags=tags,
@@ -300,7 +397,7 @@ class RegistryFleet(pulumi.ComponentResource):
             health_check_type="ELB",
             health_check_grace_period=300,
             default_instance_warmup=120,
-            target_group_arns=[args.target_group_arn],
+            target_group_arns=[args.target_group_arn, *([token.target_group_arn] if token else [])],
             launch_template=launch_template,
             instance_refresh=refresh,
             capacity_rebalance=True,
@@ -311,7 +408,7 @@ class RegistryFleet(pulumi.ComponentResource):
 
         self.security_group_id = sg.id
         self.asg_name = group.name
-        self.admin_password = pulumi.Output.secret(admin.result)
+        self.token_realm = token_realm(args.public_url) if token else None
         self.register_outputs({"asgName": group.name, "securityGroupId": sg.id})
 
     def _newest_debian(self, architecture: str) -> pulumi.Output[str]:
@@ -339,6 +436,7 @@ class RegistryFleet(pulumi.ComponentResource):
                 key_pair_id=v["cdn_key_id"],
                 duration_seconds=args.cdn.duration_seconds,
             )
+        token = args.token
         config = RegistryConfig(
             environment=args.environment,
             public_url=args.public_url,
@@ -349,14 +447,38 @@ class RegistryFleet(pulumi.ComponentResource):
             kms_key_id=v["key"],
             chunk_size_bytes=args.chunk_size_bytes,
             htpasswd_file=HTPASSWD_FILE,
+            token=(
+                TokenAuth(
+                    realm=token_realm(args.public_url),
+                    service=token.service,
+                    issuer=token.issuer,
+                    rootcertbundle=TOKEN_SIGNING_CERT_FILE,
+                )
+                if token
+                else None
+            ),
             cloudfront=cloudfront,
         )
-        secret_files = [
-            SecretFile(arns["tls-key"], HOST_KEY_FILE, mode="0640"),
-            SecretFile(arns["htpasswd"], HTPASSWD_FILE, mode="0640"),
-        ]
+        secret_files = [SecretFile(arns["tls-key"], HOST_KEY_FILE, mode="0640")]
+        if "htpasswd" in arns:
+            secret_files.append(SecretFile(arns["htpasswd"], HTPASSWD_FILE, mode="0640"))
         if "cloudfront-key" in arns:
             secret_files.append(SecretFile(arns["cloudfront-key"], CLOUDFRONT_KEY_FILE, mode="0640"))
+        token_service = None
+        if token is not None:
+            token_service = TokenServiceBoot(
+                artifact_bucket=v["bucket"],
+                artifact_key=token.artifact_key,
+                artifact_sha256=token.artifact_sha256,
+                pip_index_url=token.pip_index_url,
+                config_secret_arn=v["token_config_arn"],
+                signing_key_secret_arn=v["token_signing_key_arn"],
+                # The service terminates the load balancer's HTTPS with the host's own certificate.
+                tls_key_secret_arn=arns["tls-key"],
+                signing_cert_pem=v["token_signing_cert"],
+                tls_cert_file=HOST_CERT_FILE,
+                ldap_ca_pem=token.ldap_ca_pem,
+            )
         boot = HostBoot(
             region=args.region,
             registry_config_yaml=render_registry_config(config),
@@ -364,5 +486,6 @@ class RegistryFleet(pulumi.ComponentResource):
             secret_files=tuple(secret_files),
             public_files=((HOST_CERT_FILE, v["cert"]), (CA_CERT_FILE, v["ca"])),
             architecture=args.architecture,
+            token_service=token_service,
         )
         return render_cloud_init(boot)

@@ -5,6 +5,9 @@ deletion protection, access logs, invalid-header dropping; a security group that
 the allowed client ranges on 443 (and 80, which only redirects); an HTTPS listener with the
 validated ACM certificate and a TLS 1.2+/1.3 security policy; HTTP answering 301 to HTTPS; an HTTPS target
 group health-checking the registry's `/` (503 when its storage or drain check fails).
+In token mode (practice 3) a second HTTPS target group reaches the token service on the same hosts,
+health-checked on its `/healthz`, and a listener rule sends the realm path (`/auth`) there: clients
+get tokens from the registry's own host name, so one certificate and one allow-list cover both.
 The hosts' security group (in the fleet) admits only this load balancer's group.
 """
 
@@ -18,6 +21,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components.host_boot import TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
 from components.registry_config import REGISTRY_PORT
 
 # Elastic Load Balancing's log-writer accounts for regions opened before August 2022; newer
@@ -96,6 +100,8 @@ class RegistryLoadBalancerArgs:
     tls_policy: str
     tags: dict[str, str]
     deletion_protection: bool = True
+    # Token mode: route the realm path to the token service beside the registry on every host.
+    token_service: bool = False
     access_log_days: int = 90
     # Large layer uploads stream through one request: keep idle connections open long enough.
     idle_timeout_seconds: int = 300
@@ -104,6 +110,8 @@ class RegistryLoadBalancerArgs:
 class RegistryLoadBalancer(pulumi.ComponentResource):
     security_group_id: pulumi.Output[str]
     target_group_arn: pulumi.Output[str]
+    # Token mode only; None in htpasswd mode.
+    token_target_group_arn: pulumi.Output[str] | None
     dns_name: pulumi.Output[str]
     zone_id: pulumi.Output[str]
     arn: pulumi.Output[str]
@@ -191,6 +199,18 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                 tags=tags,
                 opts=child,
             )
+            if args.token_service:
+                aws.vpc.SecurityGroupEgressRule(
+                    f"{name}-out-hosts-token-{i}",
+                    security_group_id=sg.id,
+                    ip_protocol="tcp",
+                    from_port=TOKEN_SERVICE_PORT,
+                    to_port=TOKEN_SERVICE_PORT,
+                    cidr_ipv4=cidr,
+                    description="token service on the registry hosts (HTTPS)",
+                    tags=tags,
+                    opts=child,
+                )
 
         lb = aws.lb.LoadBalancer(
             f"{name}-alb",
@@ -228,7 +248,7 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        aws.lb.Listener(
+        https = aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=lb.arn,
             port=443,
@@ -254,9 +274,53 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
             opts=child,
         )
 
+        self.token_target_group_arn = None
+        if args.token_service:
+            token_tg = aws.lb.TargetGroup(
+                f"{name}-token-tg",
+                vpc_id=args.vpc_id,
+                port=TOKEN_SERVICE_PORT,
+                protocol="HTTPS",
+                target_type="instance",
+                # A token request is one short round trip.
+                deregistration_delay=15,
+                health_check={
+                    "enabled": True,
+                    "protocol": "HTTPS",
+                    "path": TOKEN_HEALTH_PATH,
+                    "port": "traffic-port",
+                    "matcher": "200",
+                    "interval": 15,
+                    "timeout": 5,
+                    "healthy_threshold": 2,
+                    "unhealthy_threshold": 3,
+                },
+                tags=tags,
+                opts=child,
+            )
+            aws.lb.ListenerRule(
+                f"{name}-token-route",
+                listener_arn=https.arn,
+                priority=10,
+                # Exactly the realm path (the query string is not part of it): every other path goes
+                # to the registry, so the service's health path is not reachable from outside.
+                conditions=[{"path_pattern": {"values": [TOKEN_PATH]}}],
+                actions=[{"type": "forward", "target_group_arn": token_tg.arn}],
+                tags=tags,
+                opts=child,
+            )
+            self.token_target_group_arn = token_tg.arn
+
         self.security_group_id = sg.id
         self.target_group_arn = tg.arn
         self.dns_name = lb.dns_name
         self.zone_id = lb.zone_id
         self.arn = lb.arn
-        self.register_outputs({"dnsName": lb.dns_name, "targetGroupArn": tg.arn, "securityGroupId": sg.id})
+        self.register_outputs(
+            {
+                "dnsName": lb.dns_name,
+                "targetGroupArn": tg.arn,
+                "tokenTargetGroupArn": self.token_target_group_arn,
+                "securityGroupId": sg.id,
+            }
+        )

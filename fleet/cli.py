@@ -206,6 +206,22 @@ def lab_dir(stack: str, state_dir: str | None) -> Path:
     return Path(state_dir) if state_dir else LAB_ROOT / stack
 
 
+def accounts_table(accounts: list[dict[str, Any]]) -> list[str]:
+    """One line per lab account: name, kind, lab-only password (or robot token), what it may do."""
+    if not accounts:
+        return []
+    name_w = max(len(a["name"]) for a in accounts)
+    pass_w = max(len(a["password"]) for a in accounts)
+    return [f"  {a['name']:{name_w}}  {a['kind']:9}  {a['password']:{pass_w}}  {a['summary']}" for a in accounts]
+
+
+def auth_line(status: dict[str, Any]) -> str:
+    auth = status["auth"]
+    if auth["mode"] != "token":
+        return "htpasswd (one lab user: every signed-in user may do everything)"
+    return f"token service at {auth['realm']} (service {auth['service']}, issuer {auth['issuer']})"
+
+
 def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
     import signal
     import time
@@ -224,20 +240,25 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
     took = time.monotonic() - started
     try:
         demo = push_and_pull(state)
+        status = Lab.status(directory)
     except BaseException:
         Lab.down(directory)
         raise
     host = state.registry_url.removeprefix("https://")
+    table = "\n".join(accounts_table(state.accounts))
     print(
         f"""lab for stack {stack} is up ({took:.1f}s); state in {state.state_dir}
   registry   {state.registry_url}   (nginx as the load balancer, two registry instances behind it)
+  auth       {auth_line(status)}
   CA file    {state.ca_file}
-  login      {state.username} / {state.password}   (lab only)
   CDN edge   {state.edge_url}   key pair id {state.key_pair_id}
-  sample     {demo.image}  {demo.digest}  ({demo.layers} layers; pulled back through the edge: {demo.edge_bytes} bytes)
+  sample     {demo.image}  {demo.digest}
+             ({demo.layers} layers, pushed as {state.username}; pulled back through the edge: {demo.edge_bytes} bytes)
+accounts (lab-only passwords; what each may do: python -m fleet lab status {stack} --json):
+{table}
 try:
   skopeo copy --src-cert-dir {state.cert_dir} --src-creds {state.username}:{state.password} \\
-    docker://{host}/lab/sample:1 oci:/tmp/sample:1""",
+    docker://{host}/{state.sample_repo}:1 oci:/tmp/sample:1""",
         file=out,
         flush=True,
     )
@@ -275,9 +296,13 @@ def lab_status(stack: str, as_json: bool, state_dir: str | None, out: TextIO) ->
         out.write(json.dumps(status, indent=2) + "\n")
         return
     print(f"lab {status['stack']}: {status['registry_url']} (CA {status['ca_file']})", file=out)
+    print(f"  auth: {auth_line(status)}", file=out)
     for proc in status["processes"]:
         ports = ", ".join(f"{k} {v}" for k, v in proc["ports"].items())
         print(f"  {proc['name']:11} pid {proc['pid']:<7} {ports:28} {proc['health']}", file=out)
+    print("accounts (lab-only passwords; --json says what each may do):", file=out)
+    for line in accounts_table(status["accounts"]):
+        print(line, file=out)
 
 
 def lab_down(stack: str, state_dir: str | None, out: TextIO) -> None:

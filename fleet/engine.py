@@ -1,7 +1,8 @@
 """The recording engine: run the real program for a stack under Pulumi mocks.
 
-No Pulumi CLI or provider plugin runs here, so `plan`, the tests (and later the audit) run
-`infra.program.build(settings)` against an in-process mock monitor that records every
+No Pulumi CLI or provider plugin runs here, so `plan`, the tests and the audit run
+`infra.program.build(settings, secrets)` (with `infra.secrets.placeholder_access_secrets`: a plan
+never needs or shows a real secret) against an in-process mock monitor that records every
 registered resource: its type, logical name, parent, provider and inputs exactly as the
 engine would receive them. Providers' computed outputs (ARNs, DNS names, generated keys)
 are faked deterministically, and any data-source lookup the program was not expected to
@@ -48,6 +49,7 @@ class Resource:
     inputs: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
     id: str = ""
+    retain_on_delete: bool = False  # the engine would leave the cloud resource when Pulumi deletes it
 
     @property
     def parent_name(self) -> str | None:
@@ -187,6 +189,10 @@ class RecordingMocks(Mocks):
             return {"arn": f"arn:aws:iam::{ACCOUNT_ID}:role/{name}", "name": inputs.get("name", name)}
         if typ == "aws:iam/instanceProfile:InstanceProfile":
             return {"arn": f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{name}", "name": name}
+        if typ == "aws:secretsmanager/secretVersion:SecretVersion":
+            # A new value is a new version (the provider replaces the version): digest the value.
+            value = unwrap(inputs.get("secretString", ""))
+            return {"versionId": f"{_digest(name, n=8)}-{_digest('version', str(value), n=12)}"}
         if typ == "aws:secretsmanager/secret:Secret":
             arn = f"arn:aws:secretsmanager:{region}:{ACCOUNT_ID}:secret:{name}-{_digest(name, n=6)}"
             return {"__id__": arn, "arn": arn}
@@ -241,7 +247,9 @@ class RecordingMocks(Mocks):
             return {"certRequestPem": fake_pem("CERTIFICATE REQUEST", name)}
         if typ == "random:index/randomPassword:RandomPassword":
             value = fake_secret(name)
-            return {"result": value, "bcryptHash": f"$2a$10${_digest('bcrypt', name, n=53)}"}
+            # New keepers make a new password: its hash changes (the result stays findable by name).
+            keepers = str(sorted(dict(unwrap(inputs.get("keepers")) or {}).items()))
+            return {"result": value, "bcryptHash": f"$2a$10${_digest('bcrypt', name, keepers, n=53)}"}
         return {}
 
 
@@ -275,18 +283,24 @@ class RecordingMonitor(MockMonitor):
                 inputs=dict(inputs),
                 outputs=dict(state),
                 id=str(registration.id or ""),
+                retain_on_delete=bool(request.retainOnDelete),
             )
         )
         return response
 
 
+def program_with_placeholders(settings: Settings) -> Mapping[str, Any]:
+    """The real program, with fake secret inputs in the shape the stack needs."""
+    from infra.program import build
+    from infra.secrets import placeholder_access_secrets
+
+    return build(settings, placeholder_access_secrets(settings))
+
+
 def record(settings: Settings, build: Callable[[Settings], Mapping[str, Any]] | None = None) -> Recording:
     """Run the program for `settings` under mocks and return everything it registered."""
     if build is None:
-        from infra.program import build as program_build
-
-        build = program_build
-
+        build = program_with_placeholders
     mocks = RecordingMocks(settings.region)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=settings.stack, preview=False, monitor=monitor)

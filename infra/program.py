@@ -2,8 +2,10 @@
 
 Order follows the data: storage (buckets, keys, backups) -> network (its S3 endpoint admits
 the registry bucket) -> internal TLS -> the registry's public certificate -> load balancer ->
-CDN -> the primary bucket's policies (they name the distribution) -> fleet -> DNS.
-Components never read config: everything comes from the typed settings.
+CDN -> the primary bucket's policies (they name the distribution) -> access (token mode: the
+token service's signing key, robots, config and code) -> fleet -> DNS.
+Components never read config: everything comes from the typed settings and the validated
+secret inputs (infra/secrets.py).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components.access import RegistryAccess, RegistryAccessArgs, TokenServiceInputs, check_token_service_inputs
+from components.artifact import build_artifact
 from components.cdn import BlobCdn, BlobCdnArgs
 from components.certificates import DnsValidatedCertificate, DnsValidatedCertificateArgs
 from components.dns import RegistryDns, RegistryDnsArgs
-from components.fleet import FleetCdn, RegistryFleet, RegistryFleetArgs
+from components.fleet import ADMIN_USER, FleetCdn, FleetTokenService, RegistryFleet, RegistryFleetArgs
 from components.internal_tls import InternalTls, InternalTlsArgs
 from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
-from components.network import RegistryNetwork, RegistryNetworkArgs
+from components.network import RegistryNetwork, RegistryNetworkArgs, subnet_plan
 from components.storage import (
     ObjectLock,
     RegistryBucketPolicies,
@@ -28,6 +32,7 @@ from components.storage import (
     RegistryStorageArgs,
 )
 from components.waivers import PolicyWaivers, WaiverArgs
+from infra.secrets import AccessSecrets
 from infra.settings import Settings
 
 # CloudFront reads certificates for its aliases from us-east-1 only, whatever the stack's region.
@@ -39,12 +44,28 @@ def name_prefix(settings: Settings) -> str:
     return f"reg-{settings.stack}"[:24].rstrip("-")
 
 
-def build(settings: Settings) -> dict[str, Any]:
-    """Create every resource of one stack; return the stack outputs."""
+def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
+    """Create every resource of one stack; return the stack outputs.
+
+    `secrets` come from `infra.secrets.load_access_secrets_from_pulumi` (a real run) or
+    `placeholder_access_secrets` (the recording engine); they are already validated.
+    """
     s = settings
     tags = s.tags
     prefix = name_prefix(s)
     protect = s.environment != "dev"
+    internal = s.network.load_balancer_scheme == "internal"
+    public_cidrs, private_cidrs = subnet_plan(s.network.cidr, s.network.az_count)
+    # The load balancer's nodes live in its subnets; the token service believes the
+    # X-Forwarded-For they add (client addresses for its lockout and its logs).
+    lb_cidrs = private_cidrs if internal else public_cidrs
+    token_mode = s.access.mode == "token"
+    token_inputs = TokenServiceInputs(s.access, secrets, s.token_issuer, s.registry_host, tuple(lb_cidrs))
+    artifact = None
+    if token_mode:
+        # Before anything is registered: a config the service would refuse, or no artifact, stops here.
+        check_token_service_inputs(token_inputs)
+        artifact = build_artifact()
 
     # Explicit providers: regions come from the settings (stack files set no aws:region), and a
     # stack pinned to an account refuses to run with another account's credentials.
@@ -107,7 +128,6 @@ def build(settings: Settings) -> dict[str, Any]:
         opts=in_primary,
     )
 
-    internal = s.network.load_balancer_scheme == "internal"
     lb = RegistryLoadBalancer(
         "lb",
         RegistryLoadBalancerArgs(
@@ -121,6 +141,7 @@ def build(settings: Settings) -> dict[str, Any]:
             certificate_arn=certificate.certificate_arn,
             tls_policy=s.tls.policy,
             deletion_protection=protect,
+            token_service=token_mode,
             tags=tags,
         ),
         opts=in_primary,
@@ -163,6 +184,45 @@ def build(settings: Settings) -> dict[str, Any]:
         opts=in_primary,
     )
 
+    access = None
+    if artifact is not None:
+        access = RegistryAccess(
+            "access",
+            RegistryAccessArgs(
+                stack=s.stack,
+                name_prefix=prefix,
+                access=s.access,
+                secrets=secrets,
+                issuer=token_inputs.issuer,
+                service=token_inputs.service,
+                trusted_proxies=token_inputs.trusted_proxies,
+                artifact=artifact,
+                bucket_name=storage.bucket.bucket,
+                kms_key_arn=storage.key.arn,
+                tags=tags,
+            ),
+            opts=in_primary,
+        )
+    token = None
+    if access is not None:
+        assert lb.token_target_group_arn is not None  # token mode: the load balancer made it
+        ldap = s.access.ldap
+        token = FleetTokenService(
+            service=s.registry_host,
+            issuer=s.token_issuer,
+            target_group_arn=lb.token_target_group_arn,
+            config_secret_arn=access.config_secret_arn,
+            config_version_id=access.config_version_id,
+            signing_key_secret_arn=access.signing_key_secret_arn,
+            signing_cert_pem=access.signing_cert_pem,
+            artifact_key=access.artifact_key,
+            artifact_sha256=access.artifact_sha256,
+            pip_index_url=s.access.pip_index_url,
+            ldap_ca_pem=ldap.ca_certificate if ldap else None,
+            ldap_cidrs=ldap.cidrs if ldap else (),
+            ldap_port=ldap.port if ldap else None,
+        )
+
     fleet = RegistryFleet(
         "fleet",
         RegistryFleetArgs(
@@ -198,6 +258,7 @@ def build(settings: Settings) -> dict[str, Any]:
                 if cdn
                 else None
             ),
+            token=token,
             tags=tags,
         ),
         opts=in_primary,
@@ -216,7 +277,7 @@ def build(settings: Settings) -> dict[str, Any]:
         ),
     )
 
-    return {
+    outputs: dict[str, Any] = {
         "registryUrl": f"https://{s.registry_host}",
         "registryHost": s.registry_host,
         "loadBalancerDnsName": lb.dns_name,
@@ -224,7 +285,17 @@ def build(settings: Settings) -> dict[str, Any]:
         "bucketName": storage.bucket.bucket,
         "replicaBucketName": storage.replica_bucket.bucket,
         "caCertificate": internal_tls.ca_cert_pem,
-        "adminUser": "admin",
-        "adminPassword": fleet.admin_password,
         "autoScalingGroup": fleet.asg_name,
+        "accessMode": s.access.mode,
     }
+    if access is not None:
+        outputs |= {
+            "tokenRealm": fleet.token_realm,
+            "tokenService": s.registry_host,
+            "tokenIssuer": s.token_issuer,
+            # CI reads its robot's token from its secret (user name: the robot's name).
+            "robotTokenSecretArns": access.robot_secret_arns,
+        }
+    else:
+        outputs |= {"adminUser": ADMIN_USER, "adminPassword": fleet.admin_password}
+    return outputs

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -357,7 +357,7 @@ class DirectorySettings(_Model):
     def ldap_settings(self, ca_file: str, bind_password: str) -> LdapSettings:
         """The token service's directory settings (auth/ldap.py), with the host's CA path and the password."""
         fields = self.model_dump(exclude={"ca_certificate", "cidrs"})
-        return LdapSettings(**fields, ca_file=Path(ca_file), bind_password=bind_password)
+        return LdapSettings(**fields, ca_file=Path(ca_file), bind_password=SecretStr(bind_password))
 
     @property
     def port(self) -> int:

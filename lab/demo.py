@@ -1,4 +1,9 @@
-"""What `make lab` shows a user: a sample image pushed, pulled back through the CDN edge, checked."""
+"""What `make lab` shows a user: a sample image pushed, pulled back through the CDN edge, checked.
+
+In token mode the demo signs in as an account that may push (lab/accounts.demo_account: a team's
+developer, e.g. `team-a-developer`) and pushes to its team's namespace (`team-a/sample`): skopeo
+gets its token from the realm through nginx, as a client of the fleet does.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,6 @@ from pathlib import Path
 
 from lab.image import build_image, layer_digests, skopeo_copy, skopeo_digest
 from lab.lab import LabState
-
-SAMPLE_REPO = "lab/sample"
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ def edge_bytes(state: LabState) -> int:
 def push_and_pull(state: LabState, tag: str = "1") -> DemoResult:
     creds = f"{state.username}:{state.password}"
     host = state.registry_url.removeprefix("https://")
-    remote = f"docker://{host}/{SAMPLE_REPO}:{tag}"
+    remote = f"docker://{host}/{state.sample_repo}:{tag}"
     with tempfile.TemporaryDirectory(prefix="registry-lab-") as tmp:
         layout = Path(tmp) / "sample"
         source = build_image(layout, tag, [{"hello.txt": 4096}, {"payload.bin": 2 * 1024 * 1024}])
@@ -44,5 +47,5 @@ def push_and_pull(state: LabState, tag: str = "1") -> DemoResult:
         if pulled != pushed or layer_digests(back, tag) != layer_digests(layout, tag):
             raise RuntimeError(f"pulled image differs: pushed {pushed}, pulled {pulled}")
         return DemoResult(
-            f"{host}/{SAMPLE_REPO}:{tag}", pushed, len(layer_digests(layout, tag)), edge_bytes(state) - before
+            f"{host}/{state.sample_repo}:{tag}", pushed, len(layer_digests(layout, tag)), edge_bytes(state) - before
         )

@@ -7,15 +7,21 @@
     each serving HTTPS with a certificate from the lab CA, notifying the event receiver;
   - nginx standing in for the ALB (TLS 1.2+, HTTP -> 301, HTTPS to the registries, verified);
   - the CDN edge standing in for CloudFront (signed URLs checked as CloudFront does);
-  - the event receiver.
-Each registry's config.yml comes from the stack's settings through the fleet's own renderer;
-only endpoints, ports, paths and credentials differ (lab/overrides.py). `down()` stops them.
+  - the event receiver;
+  - in token mode (the stack's `access.mode`): a slapd seeded with an account for every role the
+    stack grants (lab/accounts.py) and the token service (`python -m auth`), behind nginx at
+    `/auth`; the registries trust its signing certificate (self-signed RSA 2048, the shape the
+    fleet's pulumi-tls certificate has). In htpasswd mode: one lab user in an htpasswd file.
+Each registry's config.yml and the token service's config come from the stack's settings through
+the fleet's own renderers; only endpoints, ports, paths and credentials differ (lab/overrides.py).
+`down()` stops them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import ssl
@@ -25,31 +31,59 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auth.tokens import create_signing_pair
+from components.host_boot import TOKEN_HEALTH_PATH
 from components.registry_config import render_registry_config
-from infra.settings import Settings
+from infra.settings import AccessSettings, Settings
 from lab import supervisor
+from lab.accounts import (
+    LabAccount,
+    demo_account,
+    describe,
+    directory_seed,
+    htpasswd_entry,
+    secret_hashes,
+    seed_accounts,
+)
 from lab.nginx import NginxSite, render_nginx_conf
-from lab.overrides import LAB_BUCKET, LAB_USER, S3_ACCESS_KEY, S3_SECRET_KEY, LabEndpoints, lab_registry_config
-from lab.pki import create_pki
+from lab.overrides import (
+    LAB_BUCKET,
+    LAB_USER,
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    LabEndpoints,
+    lab_registry_config,
+    lab_token_auth,
+    lab_token_service_config,
+)
+from lab.pki import LabPki, create_pki
+from lab.slapd import SLAPADD, SLAPD, SlapdHandle, start_slapd
 from lab.supervisor import Service
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 NGINX_BINARY = "/usr/sbin/nginx"
 REQUIRED_BINARIES = (REGISTRY_BINARY, NGINX_BINARY, "/usr/bin/htpasswd")
+DIRECTORY_BINARIES = (SLAPD, SLAPADD)  # token mode with a directory
 INSTANCES = ("registry-a", "registry-b")
+TOKEN_SERVICE = "token"  # the token service's process name in state.json
+DIRECTORY_SERVICE = "slapd"
 STATE_FILE = "state.json"
+TOKEN_CONFIG_FILE = "token-service.json"
 
 
 class LabError(Exception):
     """The lab cannot start or is not running; the message says what to do."""
 
 
-def missing_binaries() -> list[str]:
-    return [b for b in REQUIRED_BINARIES if not Path(b).exists()]
+def missing_binaries(settings: Settings | None = None) -> list[str]:
+    needed = list(REQUIRED_BINARIES)
+    if settings is not None and settings.access.mode == "token" and settings.access.ldap is not None:
+        needed += DIRECTORY_BINARIES
+    return [b for b in needed if not Path(b).exists()]
 
 
 @dataclass
@@ -60,7 +94,7 @@ class LabState:
     http_url: str
     ca_file: str
     cert_dir: str
-    username: str
+    username: str  # the account the demo pushes with (htpasswd mode: the lab user)
     password: str
     key_pair_id: str
     cdn_public_key: str
@@ -71,12 +105,21 @@ class LabState:
     bucket: str
     services: dict[str, dict[str, Any]]
     started_at: float
+    auth_mode: str = "htpasswd"  # the stack's access.mode
+    namespace: str = "lab"  # where the demo account may push
+    sample_repo: str = "lab/sample"  # what the demo pushes and pulls
+    accounts: list[dict[str, Any]] = field(default_factory=list)  # lab/accounts.describe entries
+    token: dict[str, str] = field(default_factory=dict)  # token mode: realm, service, issuer, files
+    directory: dict[str, str] = field(default_factory=dict)  # token mode: the lab slapd (URLs, DNs, passwords)
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2))
-        tmp.chmod(0o600)  # holds the lab-only password
+        # Created 0600 before a byte is written: the file holds every lab-only password.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.__dict__, indent=2))
+        tmp.chmod(0o600)
         tmp.replace(path)
 
     @classmethod
@@ -89,6 +132,27 @@ class LabState:
     def service(self, name: str) -> Service:
         d = self.services[name]
         return Service(name=d["name"], argv=d["argv"], log=d["log"], ports=d["ports"], pid=d["pid"])
+
+    def account(self, name: str) -> dict[str, Any]:
+        for entry in self.accounts:
+            if entry["name"] == name:
+                return entry
+        raise KeyError(f"no lab account {name!r}; the lab has {', '.join(a['name'] for a in self.accounts)}")
+
+    def slapd(self) -> SlapdHandle:
+        """The lab directory, for lab-side writes (e.g. taking a user out of a group)."""
+        if not self.directory:
+            raise LabError("this lab runs no directory (htpasswd mode, or a stack without access.ldap)")
+        d = self.directory
+        return SlapdHandle(
+            url_ldap=d["url_ldap"],
+            url_ldaps=d["url_ldaps"],
+            ca_file=Path(d["ca_file"]),
+            service=self.service(DIRECTORY_SERVICE),
+            state_dir=Path(d["state_dir"]),
+            bind_password=d["bind_password"],
+            admin_password=d["admin_password"],
+        )
 
 
 def s3_client(endpoint: str, ca_file: str, region: str) -> Any:
@@ -187,11 +251,11 @@ class Lab:
     # --- up ---------------------------------------------------------------------------------
 
     def up(self) -> LabState:
-        missing = missing_binaries()
+        missing = missing_binaries(self.settings)
         if missing:
             raise LabError(
-                f"missing {', '.join(missing)}: install with "
-                "apt-get install -y docker-registry nginx-light skopeo umoci apache2-utils"
+                f"missing {', '.join(missing)}: install with (or run make lab-packages) "
+                "apt-get install -y docker-registry nginx-light skopeo umoci apache2-utils slapd ldap-utils"
             )
         if (self.state_dir / STATE_FILE).exists():
             raise LabError(f"a lab already runs from {self.state_dir}: stop it with lab down, or use another state dir")
@@ -219,7 +283,7 @@ class Lab:
 
         ports = {
             name: supervisor.free_port()
-            for name in ("s3", "edge", "events", "https", "http", "a", "a-debug", "b", "b-debug")
+            for name in ("s3", "edge", "events", "https", "http", "a", "a-debug", "b", "b-debug", "token")
         }
         s3_url = f"https://127.0.0.1:{ports['s3']}"
         trust = {"SSL_CERT_FILE": str(pki.ca_cert)}
@@ -283,11 +347,7 @@ class Lab:
             {"https": ports["edge"]},
         )  # fmt: skip
 
-        password = secrets.token_urlsafe(18)
-        htpasswd = d / "htpasswd"
-        subprocess.run(["htpasswd", "-cbB", str(htpasswd), LAB_USER, password], check=True, capture_output=True)
-        htpasswd.chmod(0o600)
-
+        access = self._start_access(pki, ports, launch, started)
         endpoints = LabEndpoints(
             public_url=f"https://127.0.0.1:{ports['https']}",
             s3_endpoint=s3_url,
@@ -298,8 +358,9 @@ class Lab:
             key_pair_id=key_pair_id,
             cert_file=pki.server_cert,
             key_file=pki.server_key,
-            htpasswd_file=htpasswd,
+            htpasswd_file=d / "htpasswd",
             cdn_private_key_file=pki.cdn_private_key,
+            token_signing_cert_file=Path(access.token["signing_cert"]) if access.token else None,
         )
         shared = secrets.token_urlsafe(48)
         instance_secrets = self.http_secrets or (shared, shared)
@@ -334,6 +395,7 @@ class Lab:
                     key_file=pki.server_key,
                     ca_file=pki.ca_cert,
                     state_dir=d,
+                    token_port=ports["token"] if access.token else None,
                 )
             )
         )
@@ -345,15 +407,18 @@ class Lab:
         )
 
         ca = str(pki.ca_cert)
-
-        def answers_200(port: int) -> Callable[[], bool]:
-            return lambda: https_get(f"https://127.0.0.1:{port}/", ca) == 200
-
-        for service in (events, *registries):
-            supervisor.wait_ready(service, answers_200(service.ports["https"]))
-        # The edge, like CloudFront, answers 403 to anything unsigned: any TLS answer means ready.
-        supervisor.wait_ready(edge, lambda: https_get(f"https://127.0.0.1:{ports['edge']}/", ca) != 0)
-        supervisor.wait_ready(nginx, lambda: https_get(f"{endpoints.public_url}/", ca) == 200)
+        for service in (events, *access.services, *registries, edge, nginx):
+            supervisor.wait_ready(service, ready_check(service, ca))
+        # What the registries trust, as their config.yml says it (one source for realm, service, issuer).
+        token_auth = lab_token_auth(s, endpoints)
+        token_info = access.token
+        if token_auth is not None:
+            token_info = {
+                **token_info,
+                "realm": token_auth.realm,
+                "service": token_auth.service,
+                "issuer": token_auth.issuer,
+            }
 
         state = LabState(
             stack=s.stack,
@@ -362,8 +427,8 @@ class Lab:
             http_url=f"http://127.0.0.1:{ports['http']}",
             ca_file=ca,
             cert_dir=str(cert_dir),
-            username=LAB_USER,
-            password=password,
+            username=access.demo["name"],
+            password=access.demo["password"],
             key_pair_id=key_pair_id,
             cdn_public_key=str(pki.cdn_public_key),
             edge_url=endpoints.edge_url,
@@ -373,9 +438,69 @@ class Lab:
             bucket=LAB_BUCKET,
             services={svc.name: svc.describe() for svc in started},
             started_at=time.time(),
+            auth_mode=s.access.mode,
+            namespace=access.namespace,
+            sample_repo=f"{access.namespace}/sample",
+            accounts=access.accounts,
+            token=token_info,
+            directory=access.directory,
         )
         state.save()
         return state
+
+    def _start_access(self, pki: LabPki, ports: dict[str, int], launch: Launcher, started: list[Service]) -> _Access:
+        """htpasswd: the lab user's file. Token mode: the accounts, the directory, the token service."""
+        s, d = self.settings, self.state_dir
+        if s.access.mode != "token":
+            password = secrets.token_urlsafe(18)
+            htpasswd = d / "htpasswd"
+            subprocess.run(["htpasswd", "-cbB", str(htpasswd), LAB_USER, password], check=True, capture_output=True)
+            htpasswd.chmod(0o600)
+            entry = htpasswd_entry(LAB_USER, password)
+            return _Access([entry], entry, "lab", {}, {}, [])
+
+        accounts = seed_accounts(s.access)
+        entries = [describe(a, s.access) for a in accounts]
+        try:
+            demo, namespace = demo_account(entries)
+        except ValueError as err:
+            raise LabError(f"stack {s.stack}: {err}") from None
+        slapd = None
+        directory: dict[str, str] = {}
+        if s.access.ldap is not None:
+            slapd = start_slapd(d / "slapd", pki, directory_seed(accounts, s.access), name=DIRECTORY_SERVICE)
+            started.append(slapd.service)
+            save_env(d, slapd.service)
+            directory = {
+                "url_ldap": slapd.url_ldap,
+                "url_ldaps": slapd.url_ldaps,
+                "ca_file": str(slapd.ca_file),
+                "state_dir": str(slapd.state_dir),
+                "bind_dn": slapd.bind_dn,
+                "bind_password": slapd.bind_password,
+                "admin_dn": slapd.admin_dn,
+                "admin_password": slapd.admin_password,
+                "people_dn": slapd.people_dn,
+                "groups_dn": slapd.groups_dn,
+            }
+        signing_key, signing_cert = create_signing_pair(d / "pki")
+        config_file = d / TOKEN_CONFIG_FILE
+        write_token_config(config_file, s, signing_key, signing_cert, accounts, slapd)
+        service = launch(
+            TOKEN_SERVICE,
+            [
+                sys.executable, "-m", "auth", "--config", str(config_file), "--bind", f"127.0.0.1:{ports['token']}",
+                "--certfile", str(pki.server_cert), "--keyfile", str(pki.server_key),
+            ],
+            {},
+            {"https": ports["token"]},
+        )  # fmt: skip
+        token = {
+            "signing_cert": str(signing_cert),
+            "signing_key": str(signing_key),
+            "config_file": str(config_file),
+        }
+        return _Access(entries, demo, namespace, token, directory, [service])
 
     # --- status and down ----------------------------------------------------------------------
 
@@ -386,15 +511,16 @@ class Lab:
         for name in state.services:
             svc = state.service(name)
             alive = supervisor.pid_alive(svc.pid)
-            port = svc.ports.get("https", 0)
             if not alive:
                 health = "dead"
-            elif name in (*INSTANCES, "lb", "events", "edge"):
-                code = https_get(f"https://127.0.0.1:{port}/", state.ca_file)
+            elif name in (*INSTANCES, "lb", "events", "edge", TOKEN_SERVICE):
+                port = svc.ports["https"]
+                path = TOKEN_HEALTH_PATH if name == TOKEN_SERVICE else "/"
+                code = https_get(f"https://127.0.0.1:{port}{path}", state.ca_file)
                 expected = 403 if name == "edge" else 200  # the edge refuses unsigned requests
                 health = "healthy" if code == expected else f"unhealthy (HTTP {code or 'no answer'})"
             else:
-                health = "healthy" if supervisor.port_open(port) else "not listening"
+                health = "healthy" if all(supervisor.port_open(p) for p in svc.ports.values()) else "not listening"
             entry: dict[str, Any] = {"name": name, "pid": svc.pid, "ports": svc.ports, "health": health}
             if not alive:
                 entry["log_tail"] = supervisor.log_tail(svc.log)
@@ -405,7 +531,14 @@ class Lab:
             "registry_url": state.registry_url,
             "ca_file": state.ca_file,
             "cert_dir": state.cert_dir,
+            "auth": {
+                "mode": state.auth_mode,
+                **{k: state.token[k] for k in ("realm", "service", "issuer") if k in state.token},
+            },
+            # The account the demo pushes with, and where.
             "credentials": {"username": state.username, "password": state.password},
+            "sample_repo": state.sample_repo,
+            "accounts": state.accounts,
             "cdn": {"edge_url": state.edge_url, "key_pair_id": state.key_pair_id},
             "processes": processes,
         }
@@ -424,7 +557,8 @@ class Lab:
 
     @staticmethod
     def restart(state_dir: Path, name: str) -> None:
-        """Start one stopped or killed process again, on the same ports (tests and drills)."""
+        """Start one stopped or killed process again, on the same ports (tests and drills); returns
+        once it answers."""
         state = LabState.load(state_dir.resolve())
         d = state.services[name]
         env: dict[str, str] = json.loads((Path(state.state_dir) / f"{name}.env.json").read_text())
@@ -433,11 +567,98 @@ class Lab:
         supervisor.start(svc, cwd=Path(__file__).resolve().parent.parent)
         state.services[name] = svc.describe()
         state.save()
+        supervisor.wait_ready(svc, ready_check(svc, state.ca_file), timeout=30)
         if name == "s3":
             # moto keeps everything in memory: a new one needs the bucket made again.
             settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
-            supervisor.wait_ready(svc, lambda: supervisor.port_open(svc.ports["https"]), timeout=30)
             create_bucket(settings, state.s3_endpoint, state.ca_file)
+
+    @staticmethod
+    def apply_access(state_dir: Path, access: AccessSettings) -> None:
+        """Render the token service's config again from changed access settings (a robot expired,
+        a role changed) and restart the service with it: what a stack update does to the fleet's
+        token service. The accounts stay the lab's: a new local user or robot needs a new lab."""
+        state = LabState.load(state_dir.resolve())
+        if state.auth_mode != "token" or access.mode != "token":
+            raise LabError("apply_access: the lab and the access settings must both be in token mode")
+        settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
+        settings = settings.model_copy(update={"access": access})
+        known = {(e["name"], e["kind"]): e for e in state.accounts}
+        new = [n for n in access.users if (n, "local") not in known]
+        new += [n for n in access.robots if (n, "robot") not in known]
+        if new:
+            raise LabError(f"apply_access: {', '.join(new)} not in this lab: start a new lab for new accounts")
+        accounts = [
+            LabAccount(e["name"], e["kind"], e["password"], tuple(e["groups"]))
+            for e in state.accounts
+            if e["kind"] == "directory"
+            or (e["kind"] == "local" and e["name"] in access.users)
+            or (e["kind"] == "robot" and e["name"] in access.robots)
+        ]
+        slapd = state.slapd() if state.directory else None
+        write_token_config(
+            Path(state.token["config_file"]),
+            settings,
+            Path(state.token["signing_key"]),
+            Path(state.token["signing_cert"]),
+            accounts,
+            slapd,
+        )
+        # What each account may do now (the passwords stay).
+        state.accounts = [describe(a, access) for a in accounts]
+        state.save()
+        Lab.restart(state_dir, TOKEN_SERVICE)
+
+
+Launcher = Callable[[str, list[str], dict[str, str], dict[str, int]], Service]
+
+
+@dataclass(frozen=True)
+class _Access:
+    accounts: list[dict[str, Any]]
+    demo: dict[str, Any]  # the entry of the account the demo pushes with
+    namespace: str
+    token: dict[str, str]
+    directory: dict[str, str]
+    services: list[Service]  # to wait for
+
+
+def write_token_config(
+    path: Path,
+    settings: Settings,
+    signing_key: Path,
+    signing_cert: Path,
+    accounts: list[LabAccount],
+    slapd: SlapdHandle | None,
+) -> None:
+    """The token service's config (0600 from the first byte: hashes and the directory's password)."""
+    text = lab_token_service_config(
+        settings,
+        signing_key_file=signing_key,
+        signing_cert_file=signing_cert,
+        user_hashes=secret_hashes(accounts, "local"),
+        robot_token_hashes=secret_hashes(accounts, "robot"),
+        slapd=slapd,
+    )
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def ready_check(service: Service, ca_file: str) -> Callable[[], bool]:
+    """When a lab process counts as started."""
+    name, ports = service.name, service.ports
+    if name == "s3" or name == DIRECTORY_SERVICE:
+        return lambda: all(supervisor.port_open(p) for p in ports.values())
+    url = f"https://127.0.0.1:{ports['https']}"
+    if name == "edge":  # like CloudFront, the edge answers 403 to anything unsigned: any TLS answer will do
+        return lambda: https_get(f"{url}/", ca_file) != 0
+    if name == TOKEN_SERVICE:
+        return lambda: https_get(f"{url}{TOKEN_HEALTH_PATH}", ca_file) == 200
+    return lambda: https_get(f"{url}/", ca_file) == 200
 
 
 def save_env(state_dir: Path, service: Service) -> None:

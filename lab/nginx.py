@@ -1,9 +1,17 @@
-"""nginx standing in for the ALB: TLS 1.2+ only, HTTP -> 301, HTTPS to the registries, verified."""
+"""nginx standing in for the ALB: TLS 1.2+ only, HTTP -> 301, HTTPS to the registries, verified.
+
+In token mode `location = /auth` (the realm's path, components/host_boot.TOKEN_PATH) goes to the
+token service over HTTPS, as the ALB's listener rule sends it to the token target group; nginx
+adds the client to X-Forwarded-For, as the ALB does, so the service's lockout and `clients` rules
+see the client, not the proxy.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from components.host_boot import TOKEN_HEALTH_PATH, TOKEN_PATH
 
 
 @dataclass(frozen=True)
@@ -17,11 +25,46 @@ class NginxSite:
     state_dir: Path  # pid, logs, temp files
     # nginx checks DNS names only (not IP SANs): verify the registries as "localhost".
     upstream_name: str = "localhost"
+    token_port: int | None = None  # token mode: the token service on 127.0.0.1
+
+
+def _proxy_to(upstream: str, site: NginxSite) -> str:
+    return f"""      proxy_pass https://{upstream};
+      proxy_http_version 1.1;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate {site.ca_file};
+      proxy_ssl_name {site.upstream_name};
+      proxy_ssl_server_name on;
+      proxy_ssl_protocols TLSv1.2 TLSv1.3;
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"""
+
+
+def _token_service(site: NginxSite) -> tuple[str, str]:
+    """The upstream and the location of the token service (nothing in htpasswd mode)."""
+    if site.token_port is None:
+        return "", ""
+    upstream = f"""
+  upstream token {{
+    server 127.0.0.1:{site.token_port};
+  }}
+"""
+    location = f"""
+    # The realm: only this exact path reaches the token service (the ALB rule matches it alone;
+    # its health path {TOKEN_HEALTH_PATH} stays internal).
+    location = {TOKEN_PATH} {{
+{_proxy_to("token", site)}
+      proxy_connect_timeout 2s;
+    }}
+"""
+    return upstream, location
 
 
 def render_nginx_conf(site: NginxSite) -> str:
     d = site.state_dir
     servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in site.upstreams)
+    token_upstream, token_location = _token_service(site)
     return f"""# Rendered by lab/nginx.py: the lab's load balancer.
 worker_processes 1;
 pid {d}/nginx.pid;
@@ -38,7 +81,7 @@ http {{
   upstream registry {{
 {servers}
   }}
-
+{token_upstream}
   server {{
     listen 127.0.0.1:{site.http_port};
     return 301 https://$host:{site.https_port}$request_uri;
@@ -58,18 +101,9 @@ http {{
     chunked_transfer_encoding on;
     proxy_read_timeout 900s;
     proxy_send_timeout 900s;
-
+{token_location}
     location / {{
-      proxy_pass https://registry;
-      proxy_http_version 1.1;
-      proxy_ssl_verify on;
-      proxy_ssl_trusted_certificate {site.ca_file};
-      proxy_ssl_name {site.upstream_name};
-      proxy_ssl_server_name on;
-      proxy_ssl_protocols TLSv1.2 TLSv1.3;
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-Proto https;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+{_proxy_to("registry", site)}
       # A dead instance: try the other one (before a request is sent, also for PATCH/POST).
       proxy_next_upstream error timeout http_502 http_503;
       proxy_connect_timeout 2s;

@@ -1,17 +1,23 @@
 """The one place where the lab departs from the fleet: endpoints, ports, paths, credentials.
 
-Everything else in a lab registry's config.yml comes from the stack's settings through the same
-renderer the fleet's hosts use (components/registry_config.py). If a value below is not an
-endpoint, a port, a path or a credential, it does not belong here.
+Everything else in a lab registry's config.yml, and in the token service's config, comes from the
+stack's settings through the same renderers the fleet's hosts use (components/registry_config.py,
+components/token_config.py). If a value below is not an endpoint, a port, a path or a credential,
+it does not belong here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.registry_config import CloudFrontSettings, NotificationEndpoint, RegistryConfig
-from infra.settings import Settings
+from auth.ldap import LdapSettings
+from components.host_boot import TOKEN_PATH
+from components.registry_config import CloudFrontSettings, NotificationEndpoint, RegistryConfig, TokenAuth
+from components.token_config import render_token_service_config
+from infra.settings import DirectorySettings, Settings
+from lab.slapd import SlapdHandle
 
 # Lab-only credentials: moto accepts any; the registry reads them from its environment, as it
 # reads the instance role's on a host.
@@ -19,6 +25,8 @@ S3_ACCESS_KEY = "lab-access-key"
 S3_SECRET_KEY = "lab-secret-key"
 LAB_USER = "lab"
 LAB_BUCKET = "registry-lab"
+# nginx stands in for the ALB in front of the token service: its X-Forwarded-For names the client.
+LAB_TRUSTED_PROXIES = ("127.0.0.1/32",)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class LabEndpoints:
     key_file: Path
     htpasswd_file: Path
     cdn_private_key_file: Path
+    token_signing_cert_file: Path | None = None  # token mode: the registry's rootcertbundle
 
 
 def lab_registry_config(
@@ -62,7 +71,66 @@ def lab_registry_config(
         s3_endpoint=endpoints.s3_endpoint,
         chunk_size_bytes=settings.storage.chunk_size_mib * 1024 * 1024,
         htpasswd_file=str(endpoints.htpasswd_file),
+        token=lab_token_auth(settings, endpoints),
         drain_file=str(drain_file),
         cloudfront=cloudfront,
         notifications=(NotificationEndpoint("lab-events", endpoints.events_url, endpoints.events_token),),
+    )
+
+
+def lab_token_auth(settings: Settings, endpoints: LabEndpoints) -> TokenAuth | None:
+    """`auth.token` as the fleet renders it; only the realm's host (nginx) and the certificate's path differ."""
+    if settings.access.mode != "token":
+        return None
+    if endpoints.token_signing_cert_file is None:
+        raise ValueError("lab_token_auth: token mode needs the lab's token signing certificate")
+    return TokenAuth(
+        realm=f"{endpoints.public_url}{TOKEN_PATH}",
+        service=settings.registry_host,
+        issuer=settings.token_issuer,
+        rootcertbundle=str(endpoints.token_signing_cert_file),
+    )
+
+
+def lab_ldap_settings(directory: DirectorySettings, slapd: SlapdHandle) -> LdapSettings:
+    """The stack's directory settings pointed at the lab slapd: its URL (same scheme), CA, service
+    account and base DNs. Filters, attributes, group mode and timeouts stay the stack's."""
+    ldaps = directory.url.lower().startswith("ldaps://")
+    moved = directory.model_copy(
+        update={
+            "url": slapd.url_ldaps if ldaps else slapd.url_ldap,
+            "bind_dn": slapd.bind_dn,
+            "user_base_dn": slapd.people_dn,
+            # memberOf mode without a base keeps every group; otherwise the lab's groups OU.
+            "group_base_dn": slapd.groups_dn if directory.group_base_dn is not None else None,
+        }
+    )
+    return moved.ldap_settings(str(slapd.ca_file), slapd.bind_password)
+
+
+def lab_token_service_config(
+    settings: Settings,
+    *,
+    signing_key_file: Path,
+    signing_cert_file: Path,
+    user_hashes: Mapping[str, str],
+    robot_token_hashes: Mapping[str, str],
+    slapd: SlapdHandle | None,
+) -> str:
+    """The token service's config file, from the fleet's renderer; lab paths, hashes and directory."""
+    ldap = None
+    if settings.access.ldap is not None:
+        if slapd is None:
+            raise ValueError("lab_token_service_config: the stack names a directory; the lab needs its slapd")
+        ldap = lab_ldap_settings(settings.access.ldap, slapd)
+    return render_token_service_config(
+        settings.access,
+        issuer=settings.token_issuer,
+        service=settings.registry_host,
+        signing_key_file=str(signing_key_file),
+        signing_cert_file=str(signing_cert_file),
+        user_hashes=user_hashes,
+        robot_token_hashes=robot_token_hashes,
+        ldap=ldap,
+        trusted_proxies=LAB_TRUSTED_PROXIES,
     )

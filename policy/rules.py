@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -156,6 +157,7 @@ INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 LOAD_BALANCERS = ("aws:lb/loadBalancer:LoadBalancer", "aws:alb/loadBalancer:LoadBalancer")
 LISTENERS = ("aws:lb/listener:Listener", "aws:alb/listener:Listener")
+LISTENER_RULES = ("aws:lb/listenerRule:ListenerRule", "aws:alb/listenerRule:ListenerRule")
 TARGET_GROUPS = ("aws:lb/targetGroup:TargetGroup", "aws:alb/targetGroup:TargetGroup")
 DISTRIBUTION = "aws:cloudfront/distribution:Distribution"
 KMS_KEY = "aws:kms/key:Key"
@@ -167,13 +169,21 @@ FLEET_COMPONENT = "registry-fleet:index:RegistryFleet"
 LOAD_BALANCER_COMPONENT = "registry-fleet:index:RegistryLoadBalancer"
 WAIVERS = "registry-fleet:index:PolicyWaivers"
 
-# What a registry host may install and enable: the registry, and what boots it (the AWS CLI reads
-# its secrets, curl fetches the SSM agent), and the SSM agent (operators use Session Manager, not SSH).
-HOST_PACKAGES = frozenset({"docker-registry", "awscli", "ca-certificates", "curl"})
-HOST_SERVICES = frozenset({"docker-registry", "amazon-ssm-agent"})
+# What a registry host may install and enable: the registry and the token service beside it (token
+# mode; python3-venv holds its hash-pinned wheels), what boots them (the AWS CLI reads their secrets,
+# curl fetches the SSM agent), and the SSM agent (operators use Session Manager, not SSH).
+HOST_PACKAGES = frozenset({"docker-registry", "awscli", "ca-certificates", "curl", "python3-venv"})
+HOST_SERVICES = frozenset({"docker-registry", "registry-token", "amazon-ssm-agent"})
 REGISTRY_CONFIG_PATH = "/etc/docker/registry/config.yml"
 # Access controllers that identify users, with the options each needs (distribution 2.8 configuration).
 TRUSTED_AUTH = {"htpasswd": ("realm", "path"), "token": ("realm", "service", "issuer", "rootcertbundle")}
+# Token mode: clients get tokens at this path on the registry's own host (the load balancer routes it
+# to the token service), which the load balancer health-checks on TOKEN_HEALTH_PATH.
+TOKEN_REALM_PATH = "/auth"
+TOKEN_HEALTH_PATH = "/healthz"
+HTPASSWD_UNTRUSTED = (
+    "every htpasswd user may push and delete everywhere; use token mode, or waive with a reason for a small stack"
+)
 TLS13_POLICY_PREFIX = "ELBSecurityPolicy-TLS13-"
 MIN_CLOUDFRONT_TLS = (1, 2, 2021)  # TLSv1.2_2021
 PUBLIC_ACCESS_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
@@ -456,6 +466,11 @@ def find_registry_auth_required(resources: Sequence[Res]) -> Iterator[Finding]:
             yield lt.name, f"registry config.yml auth is {config.get('auth')!r}: anyone may pull and push"
 
 
+def token_auth(config: Any) -> Mapping[str, Any]:
+    """The registry config's `auth.token` options ({} when the config is unreadable or not in token mode)."""
+    return mapping(mapping(mapping(config).get("auth")).get("token"))
+
+
 def find_registry_auth_trusted(resources: Sequence[Res]) -> Iterator[Finding]:
     for lt, _, config in host_boot(resources):
         auth = mapping(config.get("auth")) if isinstance(config, dict) else {}
@@ -465,16 +480,115 @@ def find_registry_auth_trusted(resources: Sequence[Res]) -> Iterator[Finding]:
         if untrusted:
             yield (
                 lt.name,
-                f"registry config.yml auth uses {untrusted}; only htpasswd or token identify who pushes "
+                f"registry config.yml auth uses {untrusted}; only token scopes who may push where "
                 "(silly accepts any credentials)",
             )
-        elif len(auth) != 1:
+            continue
+        if len(auth) != 1:
             yield lt.name, f"registry config.yml auth names {sorted(auth)}; name exactly one access controller"
-        else:
-            method, options = next(iter(auth.items()))
-            missing = [k for k in TRUSTED_AUTH[method] if not mapping(options).get(k)]
-            if missing:
-                yield lt.name, f"registry config.yml auth.{method} has no {missing}"
+            continue
+        method, options = next(iter(auth.items()))
+        missing = [k for k in TRUSTED_AUTH[method] if not mapping(options).get(k)]
+        if missing:
+            yield lt.name, f"registry config.yml auth.{method} has no {missing}"
+        if method == "htpasswd":
+            yield lt.name, f"registry config.yml auth is htpasswd: {HTPASSWD_UNTRUSTED}"
+        if method != "token" or missing:
+            continue
+        host = urlparse(str(mapping(mapping(config).get("http")).get("host") or "")).netloc
+        realm = str(mapping(options).get("realm"))
+        parsed = urlparse(realm)
+        if parsed.scheme != "https" or (host and parsed.netloc != host) or parsed.path != TOKEN_REALM_PATH:
+            yield (
+                lt.name,
+                f"registry config.yml auth.token.realm is {realm!r}, expected https://{host or '<registry host>'}"
+                f"{TOKEN_REALM_PATH} (clients send passwords there: the registry's own host, routed to the token "
+                "service)",
+            )
+        bundle = str(mapping(options).get("rootcertbundle"))
+        if not bundle.startswith("/"):
+            yield lt.name, f"registry config.yml auth.token.rootcertbundle is {bundle!r}, expected an absolute path"
+
+
+def _arn(res: Res) -> str | None:
+    return known_str(unwrap(res.outputs.get("arn"))) or known_str(prop(res, "arn"))
+
+
+def _path_patterns(listener_rule: Res) -> list[str]:
+    conditions = prop(listener_rule, "conditions")
+    if is_unknown(conditions):
+        return []
+    return [
+        str(value)
+        for condition in as_list(conditions)
+        for value in as_list(mapping(mapping(condition).get("pathPattern")).get("values"))
+    ]
+
+
+def _forward_targets(listener_rule: Res) -> list[Any]:
+    """The target group ARNs a rule's forward actions name (the simple form or a weighted forward)."""
+    actions = prop(listener_rule, "actions")
+    if is_unknown(actions):
+        return [actions]
+    found: list[Any] = []
+    for action in map(mapping, as_list(actions)):
+        if action.get("type") != "forward":
+            continue
+        if action.get("targetGroupArn"):
+            found.append(action.get("targetGroupArn"))
+        found += [mapping(g).get("arn") for g in as_list(mapping(action.get("forward")).get("targetGroups"))]
+    return found
+
+
+def find_token_service_routed(resources: Sequence[Res]) -> Iterator[Finding]:
+    realms = {
+        urlparse(realm).path
+        for _, _, config in host_boot(resources)
+        if isinstance(config, dict) and (realm := known_str(token_auth(config).get("realm")))
+    }
+    if not realms:
+        return  # not token mode, or not known yet (registry-auth-trusted reports a bad auth section)
+    https_arns = {
+        _arn(li) for li in of_type(resources, *LISTENERS) if prop(li, "protocol") in ("HTTPS", *UNKNOWN_VALUES)
+    }
+    groups = {arn: tg for tg in of_type(resources, *TARGET_GROUPS) if (arn := _arn(tg))}
+    fleets = of_type(resources, AUTOSCALING_GROUP)
+    rules = of_type(resources, *LISTENER_RULES)
+    for path in sorted(realms):
+        routes = [r for r in rules if any(fnmatch.fnmatchcase(path, p) for p in _path_patterns(r))]
+        if not routes and not any(is_unknown(prop(r, "conditions")) for r in rules):
+            yield STACK, f"no {LISTENER_RULES[0]} has a path-pattern condition matching the realm path {path!r}"
+        for route in routes:
+            listener = prop(route, "listenerArn")
+            if known_str(listener) and None not in https_arns and listener not in https_arns:
+                yield route.name, f"listenerArn is {listener!r}, not an HTTPS listener of this stack"
+            targets = _forward_targets(route)
+            if not targets:
+                yield route.name, f"actions forward {path!r} to no target group"
+            for arn in targets:
+                if is_unknown(arn):
+                    continue
+                tg = groups.get(arn)
+                if tg is None:
+                    if groups:
+                        yield route.name, f"actions forward to {arn!r}, not a target group of this stack"
+                    continue
+                check = (prop(tg, "healthCheck", "protocol"), prop(tg, "healthCheck", "path"))
+                if not any(map(is_unknown, check)) and check != ("HTTPS", TOKEN_HEALTH_PATH):
+                    yield (
+                        tg.name,
+                        f"healthCheck (protocol, path) is {check}, expected ('HTTPS', '{TOKEN_HEALTH_PATH}') "
+                        "(the token service's health)",
+                    )
+                for group in fleets:
+                    registered = prop(group, "targetGroupArns")
+                    if is_unknown(registered) or any(is_unknown(a) for a in as_list(registered)):
+                        continue
+                    if arn not in as_list(registered):
+                        yield (
+                            group.name,
+                            f"targetGroupArns does not include {tg.name}: its hosts never get token requests",
+                        )
 
 
 # --- 5: vulnerability scans -------------------------------------------------------------------
@@ -814,8 +928,8 @@ RULES: tuple[Rule, ...] = (
     _rule(
         "hosts-dedicated",
         1,
-        "Registry hosts install only docker-registry, awscli, ca-certificates and curl, and enable only "
-        "docker-registry and amazon-ssm-agent.",
+        "Registry hosts install only docker-registry, awscli, ca-certificates, curl and python3-venv, and enable "
+        "only docker-registry, registry-token and amazon-ssm-agent.",
         find_hosts_dedicated,
     ),
     _rule(
@@ -850,9 +964,17 @@ RULES: tuple[Rule, ...] = (
         find_registry_auth_required,
     ),
     _rule(
+        "token-service-routed",
+        3,
+        "In token mode an HTTPS listener rule sends the realm path to a target group health-checked over HTTPS "
+        "on /healthz, in which the Auto Scaling group registers its hosts.",
+        find_token_service_routed,
+    ),
+    _rule(
         "registry-auth-trusted",
         4,
-        "The registry authenticates with exactly one of htpasswd or token, fully configured (never silly).",
+        "The registry uses token auth with an https realm on its own host at /auth, a service, an issuer and a "
+        "rootcertbundle (never htpasswd or silly).",
         find_registry_auth_trusted,
     ),
     _rule(

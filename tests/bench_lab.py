@@ -53,13 +53,14 @@ def main() -> None:
             blob = (work / "img" / "blobs" / "sha256" / layer.split(":")[1]).read_bytes()
             user = f"{state.username}:{state.password}"
             host = state.registry_url.removeprefix("https://")
+            repo = f"{state.namespace}/bench-big"  # where the lab's demo account may push
 
             t = time.perf_counter()
-            skopeo_copy(source, f"docker://{host}/bench/big:1", state.cert_dir, user)
+            skopeo_copy(source, f"docker://{host}/{repo}:1", state.cert_dir, user)
             push_s = time.perf_counter() - t
             before = edge_bytes(state)
             t = time.perf_counter()
-            skopeo_copy(f"docker://{host}/bench/big:1", f"oci:{work / 'back'}:1", state.cert_dir, user)
+            skopeo_copy(f"docker://{host}/{repo}:1", f"oci:{work / 'back'}:1", state.cert_dir, user)
             pull_s = time.perf_counter() - t
             via_edge = edge_bytes(state) - before
             assert layer_digests(work / "back", "1") == [layer]

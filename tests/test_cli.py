@@ -8,9 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleet import cli
 from fleet.engine import fake_secret
+from infra.secrets import placeholder_access_secrets
+from infra.settings import load_stack_settings
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -81,17 +84,37 @@ def test_plan_json_covers_every_component_of_the_issue(prod_plan: dict[str, obje
 
 def test_plan_json_shows_no_secret_value(prod_plan: dict[str, object]) -> None:
     text = json.dumps(prod_plan)
+    placeholders = placeholder_access_secrets(load_stack_settings("prod"))
     assert fake_secret("fleet-http-secret-random") not in text
-    assert fake_secret("fleet-admin-password-random") not in text
+    assert fake_secret("access-robot-ci-team-a-random") not in text
+    assert placeholders.ldap_bind_password and placeholders.ldap_bind_password not in text
+    assert placeholders.user_hashes and not [h for h in placeholders.user_hashes.values() if h in text]
     assert "PRIVATE KEY" not in text
     assert '"[secret]"' in text  # secrets are shown, redacted
 
 
-def test_plan_json_secret_outputs_are_redacted(prod_plan: dict[str, object]) -> None:
+def test_plan_json_outputs_name_the_token_service_and_no_admin_password(prod_plan: dict[str, object]) -> None:
     outputs = prod_plan["outputs"]
     assert isinstance(outputs, dict)
-    assert outputs["adminPassword"] == "[secret]"
     assert outputs["registryUrl"] == "https://registry.example.com"
+    assert outputs["accessMode"] == "token" and outputs["tokenRealm"] == "https://registry.example.com/auth"
+    assert set(outputs["robotTokenSecretArns"]) == {"ci-team-a", "ci-team-b"}
+    assert "adminPassword" not in outputs and "adminUser" not in outputs
+
+
+def test_plan_json_redacts_the_htpasswd_admin_password(tmp_path: Path) -> None:
+    stacks = tmp_path / "stacks"
+    shutil.copytree("stacks", stacks)
+    dev = stacks / "Pulumi.dev.yaml"
+    config = yaml.safe_load(dev.read_text())
+    config["config"]["registry-fleet:access"] = {"mode": "htpasswd", "ldap": None}
+    dev.write_text(yaml.safe_dump(config))
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["plan", "dev", "--json"], out=out, err=err, stacks_dir=stacks) == 0, err.getvalue()
+    outputs = json.loads(out.getvalue())["outputs"]
+    assert outputs["accessMode"] == "htpasswd" and outputs["adminUser"] == "admin"
+    assert outputs["adminPassword"] == "[secret]"
+    assert fake_secret("fleet-admin-password-random") not in out.getvalue()
 
 
 def test_plan_text_groups_by_component_with_counts() -> None:

@@ -22,13 +22,17 @@ import pytest
 import yaml
 
 from fleet.engine import Recording, Resource, fake_secret, is_secret, record, unwrap
+from infra.secrets import placeholder_access_secrets
 from infra.settings import load_stack_settings
 from tests.conftest import STACKS, recording
 
 REQUIRED_TAGS = {"environment", "team", "owner", "stack", "managed-by"}
-SECRET_NAMES = ("fleet-http-secret-random", "fleet-admin-password-random")
-# What a registry host may install: the registry, and what boots it (AWS CLI for secrets, curl for SSM).
-HOST_PACKAGES = {"docker-registry", "awscli", "ca-certificates", "curl"}
+# Generated secrets: the registry's http.secret and, in token mode, every robot's token.
+SECRET_PREFIXES = ("fleet-http-secret-random", "fleet-admin-password-random", "access-robot-")
+# What a registry host may install: the registry and the token service (its venv), and what boots
+# them (AWS CLI for secrets, curl for SSM).
+HOST_PACKAGES = {"docker-registry", "awscli", "ca-certificates", "curl", "python3-venv"}
+HOST_SERVICES = ("docker-registry", "registry-token", "amazon-ssm-agent")
 
 
 def one(rec: Recording, type_: str, name: str | None = None) -> Resource:
@@ -76,7 +80,7 @@ def dedicated_host_violations(rec: Recording) -> list[str]:
     out = [f"fleet-lt: installs {p}" for p in sorted(set(doc.get("packages", [])) - HOST_PACKAGES)]
     for cmd in doc.get("runcmd", []):
         text = " ".join(cmd) if isinstance(cmd, list) else str(cmd)
-        if "systemctl enable" in text and not any(s in text for s in ("docker-registry", "amazon-ssm-agent")):
+        if "systemctl enable" in text and not any(s in text for s in HOST_SERVICES):
             out.append(f"fleet-lt: enables another service: {text}")
     return out
 
@@ -127,7 +131,12 @@ def asg_violations(rec: Recording) -> list[str]:
         out.append(f"{asg.name}: launch template version {version!r} is not the template's latest_version")
     if not i.get("instanceRefresh"):
         out.append(f"{asg.name}: no instance refresh")
-    if not i.get("targetGroupArns"):
+    registered = set(i.get("targetGroupArns") or [])
+    groups = {tg.name: tg.outputs["arn"] for tg in rec.of_type("aws:lb/targetGroup:TargetGroup")}
+    for name, arn in sorted(groups.items()):
+        if arn not in registered:
+            out.append(f"{asg.name}: hosts not registered in target group {name}")
+    if not registered:
         out.append(f"{asg.name}: not registered with the load balancer")
     return out
 
@@ -136,6 +145,8 @@ def host_ingress_violations(rec: Recording) -> list[str]:
     """Practice 7: only the load balancer's security group reaches the hosts."""
     host_sg = one(rec, "aws:ec2/securityGroup:SecurityGroup", "fleet-sg")
     lb_sg = one(rec, "aws:ec2/securityGroup:SecurityGroup", "lb-sg")
+    # The registry, and in token mode the token service beside it.
+    ports = {5000.0} | ({5002.0} if rec.outputs.get("accessMode") == "token" else set())
     out = []
     for rule in rec.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
         if rule.inputs.get("securityGroupId") != sg_id(host_sg):
@@ -144,6 +155,8 @@ def host_ingress_violations(rec: Recording) -> list[str]:
             out.append(
                 f"{rule.name}: admits {rule.inputs.get('cidrIpv4') or rule.inputs.get('referencedSecurityGroupId')}"
             )
+        elif not (rule.inputs.get("fromPort") == rule.inputs.get("toPort") and rule.inputs.get("fromPort") in ports):
+            out.append(f"{rule.name}: admits ports {rule.inputs.get('fromPort')}..{rule.inputs.get('toPort')}")
     if host_sg.inputs.get("ingress"):
         out.append(f"{host_sg.name}: inline ingress rules")
     return out
@@ -174,10 +187,23 @@ def instance_policy_violations(rec: Recording) -> list[str]:
     return out
 
 
+def secret_values(rec: Recording) -> list[str]:
+    """Every secret value the recording holds: generated passwords, private keys, the stack's secret inputs
+    (the placeholders the recording engine hands the program: bcrypt hashes, the directory password)."""
+    secrets = placeholder_access_secrets(load_stack_settings(rec.stack)) if rec.stack in STACKS else None
+    passwords = [r.name for r in rec.of_type("random:index/randomPassword:RandomPassword")]
+    values = [fake_secret(n) for n in passwords if n.startswith(SECRET_PREFIXES)]
+    values += [r.outputs["bcryptHash"] for r in rec.of_type("random:index/randomPassword:RandomPassword")]
+    values += [r.outputs["privateKeyPem"] for r in rec.of_type("tls:index/privateKey:PrivateKey")]
+    if secrets is not None:
+        values += list(secrets.user_hashes.values())
+        values += [secrets.ldap_bind_password] if secrets.ldap_bind_password else []
+    return values
+
+
 def secret_leak_violations(rec: Recording) -> list[str]:
     """No secret value in user-data, in any plain (non-secret) input, or in a plain output."""
-    values = [fake_secret(n) for n in SECRET_NAMES]
-    values += [r.outputs["privateKeyPem"] for r in rec.of_type("tls:index/privateKey:PrivateKey")]
+    values = secret_values(rec)
     out = []
 
     def plain_strings(value: Any) -> list[str]:
@@ -218,7 +244,7 @@ def load_balancer_violations(rec: Recording) -> list[str]:
         out.append("lb-http: does not answer 301 to HTTPS")
     elif actions[0]["redirect"].get("protocol") != "HTTPS":
         out.append("lb-http: redirects to something other than HTTPS")
-    tg = one(rec, "aws:lb/targetGroup:TargetGroup").inputs
+    tg = one(rec, "aws:lb/targetGroup:TargetGroup", "lb-tg").inputs
     if tg.get("protocol") != "HTTPS" or tg.get("healthCheck", {}).get("protocol") != "HTTPS":
         out.append(f"lb-tg: backend protocol {tg.get('protocol')}")
     if tg.get("healthCheck", {}).get("path") != "/":
@@ -394,6 +420,8 @@ def test_secret_values_are_wrapped_as_secrets_in_secrets_manager() -> None:
         "fleet-http-secret-value",
         "fleet-tls-key-value",
         "fleet-cloudfront-key-value",
+        "access-token-config-value",
+        "access-token-signing-key-value",
     }
     assert all(is_secret(v.inputs["secretString"]) for v in versions)
 
@@ -453,7 +481,7 @@ def test_registry_config_has_s3_tls_auth_and_health(stack: str) -> None:
     assert s3["encrypt"] is True and s3["keyid"].startswith("arn:aws:kms:") and "accesskey" not in s3
     assert config["http"]["tls"]["certificate"] and config["http"]["tls"]["key"]
     assert "secret" not in config["http"]
-    assert config["auth"]["htpasswd"]["path"]
+    assert set(config["auth"]) == {"token"} and config["auth"]["token"]["rootcertbundle"].startswith("/")
     assert config["health"]["storagedriver"]["enabled"] is True and config["health"]["file"]
     assert config["http"]["host"] == f"https://{load_stack_settings(stack).registry_host}"
 

@@ -1,13 +1,17 @@
 """The lab, for real: Debian's docker-registry, nginx, moto (S3), the CDN edge, skopeo, on loopback.
 
-One lab (two registry instances behind nginx) serves the whole module; a second lab with two
-different `http.secret`s runs beside it for one test. Tests run in file order: the one that
-kills an instance restarts it, and the one that stops S3 runs last. A missing binary fails the
-lab's start (it never skips): CI installs the Debian packages first.
+One lab (two registry instances behind nginx, the dev stack's token auth: slapd and the token
+service) serves the whole module; a second lab with two different `http.secret`s and a third in
+htpasswd mode run beside it for one test each. Clients sign in as the lab's demo account (a team's
+developer) and, where they need more, as another seeded account; roles themselves are tested in
+tests/test_lab_access.py. Tests run in file order: the one that kills an instance restarts it, and
+the one that stops S3 runs last. A missing binary fails the lab's start (it never skips): CI
+installs the Debian packages first.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -23,20 +27,40 @@ from typing import Any
 
 import pytest
 
+from infra.settings import Settings, settings_from_config
 from lab import supervisor
+from lab.accounts import registry_token
 from lab.cloudfront import sign_url, verify_signed_url
-from lab.demo import SAMPLE_REPO, edge_bytes, push_and_pull
+from lab.demo import edge_bytes, push_and_pull
 from lab.image import build_image, layer_digests, skopeo_copy
-from lab.lab import INSTANCES, Lab, LabState, https_get
-from tests.conftest import settings_with
+from lab.lab import DIRECTORY_SERVICE, INSTANCES, TOKEN_SERVICE, Lab, LabState, https_get
+from lab.overrides import LAB_USER
+from tests.conftest import settings_with, stack_config
 
 Response = tuple[int, dict[str, str], bytes]
+# htpasswd mode carries no token-mode settings (infra/settings.py refuses them).
+HTPASSWD_ACCESS: dict[str, Any] = {
+    "mode": "htpasswd",
+    "teams": {},
+    "admins": [],
+    "rules": [],
+    "users": [],
+    "robots": {},
+    "ldap": None,
+}
+
+
+def htpasswd_settings() -> Settings:
+    """The dev stack with access mode htpasswd (the whole access object replaced, not merged)."""
+    config = stack_config("dev")
+    config["access"] = HTPASSWD_ACCESS
+    return settings_from_config("dev", config)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
     directory = tmp_path_factory.mktemp("lab")
-    state = Lab(settings_with("dev", {}), directory).up()
+    state = Lab(settings_with("dev", {}), directory).up()  # the dev stack: token mode
     try:
         yield state
     finally:
@@ -58,7 +82,6 @@ def call(
     url: str,
     body: bytes = b"",
     headers: dict[str, str] | None = None,
-    auth: tuple[str, str] | None = None,
     port: int | None = None,
 ) -> Response:
     """One HTTPS request trusting only the lab CA; redirects are returned, not followed."""
@@ -66,10 +89,6 @@ def call(
     context = ssl.create_default_context(cafile=state.ca_file)
     conn = http.client.HTTPSConnection("127.0.0.1", port or parts.port, context=context, timeout=30)
     hdrs = dict(headers or {})
-    if auth:
-        import base64
-
-        hdrs["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     conn.request(method, path, body=body, headers=hdrs)
     resp = conn.getresponse()
@@ -78,8 +97,33 @@ def call(
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
 
 
-def creds(state: LabState) -> tuple[str, str]:
-    return (state.username, state.password)
+def authorization(state: LabState, *scopes: str, account: str | None = None) -> dict[str, str]:
+    """What a client sends to a registry: Basic in htpasswd mode, else a bearer token from the realm
+    for `scopes` (as the demo account, or `account`, with its lab-only password)."""
+    name = account or state.username
+    password = state.account(name)["password"]
+    if state.auth_mode == "htpasswd":
+        return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+    status, body = registry_token(
+        state.token["realm"], state.token["service"], state.ca_file, (name, password), list(scopes)
+    )
+    assert status == 200, body
+    return {"Authorization": f"Bearer {body['token']}"}
+
+
+def pull_auth(state: LabState, repo: str) -> dict[str, str]:
+    return authorization(state, f"repository:{repo}:pull")
+
+
+def deleter(state: LabState) -> str:
+    """An account that may delete in the demo's namespace (a maintainer; htpasswd: the lab user)."""
+    if state.auth_mode == "htpasswd":
+        return state.username
+    for entry in state.accounts:
+        for grant in entry["teams"]:
+            if state.namespace in grant["namespaces"] and "delete" in grant["actions"]:
+                return str(entry["name"])
+    raise AssertionError(f"no account may delete in {state.namespace}")
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -98,9 +142,13 @@ def test_status_lists_url_ca_credentials_and_every_healthy_process(lab: LabState
     status = Lab.status(Path(lab.state_dir))
     assert status["registry_url"] == lab.registry_url and Path(status["ca_file"]).exists()
     assert status["credentials"] == {"username": lab.username, "password": lab.password}
+    assert lab.username == "team-a-developer" and lab.sample_repo == "team-a/sample", "the dev stack's demo account"
+    assert status["auth"]["mode"] == "token" and status["auth"]["realm"] == f"{lab.registry_url}/auth"
     names = {p["name"]: p["health"] for p in status["processes"]}
-    assert names == {n: "healthy" for n in ("s3", "events", "edge", *INSTANCES, "lb")}
+    expected = ("s3", "events", "edge", DIRECTORY_SERVICE, TOKEN_SERVICE, *INSTANCES, "lb")
+    assert names == {n: "healthy" for n in expected}
     assert all(p["pid"] > 0 and p["ports"] for p in status["processes"])
+    assert (Path(lab.state_dir) / "state.json").stat().st_mode & 0o077 == 0, "holds every lab-only password"
 
 
 def test_registry_config_is_the_fleets_renderer_with_lab_endpoints(lab: LabState) -> None:
@@ -122,7 +170,8 @@ def test_push_and_pull_a_multi_layer_image_through_the_load_balancer(lab: LabSta
 
 def test_blob_get_redirects_to_the_edge_with_a_url_signed_for_the_stack_key(lab: LabState) -> None:
     layer = first_layer(lab)
-    status, headers, _ = call(lab, "GET", f"{lab.registry_url}/v2/{SAMPLE_REPO}/blobs/{layer}", auth=creds(lab))
+    url = f"{lab.registry_url}/v2/{lab.sample_repo}/blobs/{layer}"
+    status, headers, _ = call(lab, "GET", url, headers=pull_auth(lab, lab.sample_repo))
     assert status == 307
     location = headers["location"]
     assert location.startswith(lab.edge_url)
@@ -137,7 +186,8 @@ def test_blob_get_redirects_to_the_edge_with_a_url_signed_for_the_stack_key(lab:
 
 def test_edge_refuses_tampered_and_expired_urls(lab: LabState) -> None:
     layer = first_layer(lab)
-    _, headers, _ = call(lab, "GET", f"{lab.registry_url}/v2/{SAMPLE_REPO}/blobs/{layer}", auth=creds(lab))
+    url = f"{lab.registry_url}/v2/{lab.sample_repo}/blobs/{layer}"
+    _, headers, _ = call(lab, "GET", url, headers=pull_auth(lab, lab.sample_repo))
     location = headers["location"]
     tampered = location.replace("/data?", "/dat4?") if "/data?" in location else location + "x"
     assert call(lab, "GET", tampered)[0] == 403
@@ -156,9 +206,8 @@ def first_layer(state: LabState) -> str:
     status, _, body = call(
         state,
         "GET",
-        f"{state.registry_url}/v2/{SAMPLE_REPO}/manifests/1",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-        auth=creds(state),
+        f"{state.registry_url}/v2/{state.sample_repo}/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json", **pull_auth(state, state.sample_repo)},
     )
     assert status == 200, body
     return str(json.loads(body)["layers"][-1]["digest"])
@@ -193,14 +242,11 @@ def test_plain_http_is_redirected_to_https(lab: LabState) -> None:
     assert resp.getheader("Location") == f"https://127.0.0.1:{port_of(lab.registry_url)}/v2/"
 
 
-def test_anonymous_push_is_refused(lab: LabState) -> None:
-    status, headers, _ = call(lab, "POST", f"{lab.registry_url}/v2/lab/anon/blobs/uploads/")
-    assert status == 401 and "basic" in headers.get("www-authenticate", "").lower()
-
-
-def test_wrong_password_is_refused(lab: LabState) -> None:
-    status, _, _ = call(lab, "POST", f"{lab.registry_url}/v2/lab/x/blobs/uploads/", auth=(lab.username, "wrong"))
+def test_anonymous_push_is_refused_and_sent_to_the_realm(lab: LabState) -> None:
+    status, headers, _ = call(lab, "POST", f"{lab.registry_url}/v2/{lab.namespace}/anon/blobs/uploads/")
     assert status == 401
+    challenge = headers.get("www-authenticate", "")
+    assert challenge.startswith(f'Bearer realm="{lab.registry_url}/auth",service="{lab.token["service"]}"')
 
 
 # --- two instances, one secret ------------------------------------------------------------------
@@ -212,9 +258,8 @@ def chunked_upload_across_instances(state: LabState, repo: str) -> tuple[int, by
     b = state.service(INSTANCES[1]).ports["https"]
     blob = os.urandom(3 * 1024 * 1024)
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-    status, headers, body = call(
-        state, "POST", f"{state.registry_url}/v2/{repo}/blobs/uploads/", auth=creds(state), port=a
-    )
+    auth = authorization(state, f"repository:{repo}:pull,push")  # one token, good on both instances
+    status, headers, body = call(state, "POST", f"{state.registry_url}/v2/{repo}/blobs/uploads/", headers=auth, port=a)
     assert status == 202, body
     location = headers["location"]
     half = len(blob) // 2
@@ -224,32 +269,36 @@ def chunked_upload_across_instances(state: LabState, repo: str) -> tuple[int, by
             "PATCH",
             location,
             body=chunk,
-            headers={"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{start + len(chunk) - 1}"},
-            auth=creds(state),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{start}-{start + len(chunk) - 1}",
+                **auth,
+            },
             port=port,
         )
         if status != 202:
             return status, body
         location = headers["location"]
     sep = "&" if "?" in location else "?"
-    status, _, body = call(state, "PUT", f"{location}{sep}digest={digest}", auth=creds(state), port=a)
+    status, _, body = call(state, "PUT", f"{location}{sep}digest={digest}", headers=auth, port=a)
     if status == 201:
-        got = call(state, "GET", f"{state.registry_url}/v2/{repo}/blobs/{digest}", auth=creds(state))
+        got = call(state, "GET", f"{state.registry_url}/v2/{repo}/blobs/{digest}", headers=auth)
         assert got[0] in (200, 307)
     return status, body
 
 
 def test_chunked_upload_alternating_between_instances_completes(lab: LabState) -> None:
-    status, body = chunked_upload_across_instances(lab, "lab/chunked")
+    status, body = chunked_upload_across_instances(lab, f"{lab.namespace}/chunked")
     assert status == 201, body
 
 
 def test_the_same_upload_fails_when_instances_have_different_secrets(tmp_path: Path) -> None:
-    """Why the fleet shares one http.secret: a second lab beside the first, one secret per instance."""
+    """Why the fleet shares one http.secret: a second lab beside the first, one secret per instance.
+    (In htpasswd mode, which starts faster: the secret, not the auth, is what this shows.)"""
     directory = tmp_path / "two-secrets"
-    state = Lab(settings_with("dev", {}), directory, http_secrets=("a" * 64, "b" * 64)).up()
+    state = Lab(htpasswd_settings(), directory, http_secrets=("a" * 64, "b" * 64)).up()
     try:
-        status, body = chunked_upload_across_instances(state, "lab/chunked")
+        status, body = chunked_upload_across_instances(state, f"{state.namespace}/chunked")
     finally:
         Lab.down(directory)
     assert status in (400, 404), (status, body)
@@ -268,7 +317,7 @@ def test_pushes_and_pulls_go_on_when_an_instance_dies(lab: LabState, tmp_path: P
         if i == 2:
             os.killpg(victim.pid, signal.SIGKILL)
             wait_for(lambda: not supervisor.pid_alive(victim.pid), 10, "the killed instance exiting")
-        skopeo_copy(source, f"docker://{host}/lab/series:{tag}", lab.cert_dir, user)
+        skopeo_copy(source, f"docker://{host}/{lab.namespace}/series:{tag}", lab.cert_dir, user)
         pushed[tag] = layer_digests(layout, tag)
     # The supervisor reports the dead instance, with the tail of its log.
     status = {p["name"]: p for p in Lab.status(Path(lab.state_dir))["processes"]}
@@ -276,12 +325,34 @@ def test_pushes_and_pulls_go_on_when_an_instance_dies(lab: LabState, tmp_path: P
     assert status[INSTANCES[1]]["health"] == "healthy"
     for tag, layers in pushed.items():
         back = tmp_path / f"back-{tag}"
-        skopeo_copy(f"docker://{host}/lab/series:{tag}", f"oci:{back}:{tag}", lab.cert_dir, user)
+        skopeo_copy(f"docker://{host}/{lab.namespace}/series:{tag}", f"oci:{back}:{tag}", lab.cert_dir, user)
         assert layer_digests(back, tag) == layers
     Lab.restart(Path(lab.state_dir), INSTANCES[0])
     restarted = LabState.load(Path(lab.state_dir)).service(INSTANCES[0])
     wait_for(lambda: https_get(f"https://127.0.0.1:{restarted.ports['https']}/", lab.ca_file) == 200, 20, "restart")
     lab.services[INSTANCES[0]] = restarted.describe()
+
+
+# --- htpasswd mode ---------------------------------------------------------------------------------
+
+
+def test_htpasswd_mode_pushes_and_pulls_with_the_lab_user(tmp_path: Path) -> None:
+    """A stack in htpasswd mode: one lab user, no directory, no token service, no realm."""
+    directory = tmp_path / "htpasswd"
+    state = Lab(htpasswd_settings(), directory).up()
+    try:
+        assert state.auth_mode == "htpasswd" and state.username == LAB_USER and state.sample_repo == "lab/sample"
+        assert set(state.services) == {"s3", "events", "edge", *INSTANCES, "lb"}
+        assert "location = /auth" not in (directory / "nginx.conf").read_text()
+        assert [a["name"] for a in Lab.status(directory)["accounts"]] == [LAB_USER]
+        result = push_and_pull(state)  # raises if the pulled digests differ from the pushed ones
+        assert result.image.endswith("/lab/sample:1") and result.edge_bytes > 0
+        status, headers, _ = call(state, "POST", f"{state.registry_url}/v2/lab/anon/blobs/uploads/")
+        assert status == 401 and headers.get("www-authenticate", "").lower().startswith("basic")
+        wrong = {"Authorization": "Basic " + base64.b64encode(f"{LAB_USER}:wrong".encode()).decode()}
+        assert call(state, "POST", f"{state.registry_url}/v2/lab/x/blobs/uploads/", headers=wrong)[0] == 401
+    finally:
+        Lab.down(directory)
 
 
 # --- notifications ------------------------------------------------------------------------------
@@ -293,20 +364,22 @@ def events(state: LabState) -> list[dict[str, Any]]:
 
 def test_push_and_delete_events_reach_the_receiver_with_the_token(lab: LabState) -> None:
     wait_for(
-        lambda: any(e["action"] == "push" and e["target"]["repository"] == SAMPLE_REPO for e in events(lab)),
+        lambda: any(e["action"] == "push" and e["target"]["repository"] == lab.sample_repo for e in events(lab)),
         15,
         "a push event",
     )
     status, headers, _ = call(
         lab,
         "HEAD",
-        f"{lab.registry_url}/v2/{SAMPLE_REPO}/manifests/1",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-        auth=creds(lab),
+        f"{lab.registry_url}/v2/{lab.sample_repo}/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json", **pull_auth(lab, lab.sample_repo)},
     )
     assert status == 200
     digest = headers["docker-content-digest"]
-    status, _, body = call(lab, "DELETE", f"{lab.registry_url}/v2/{SAMPLE_REPO}/manifests/{digest}", auth=creds(lab))
+    maintainer = authorization(lab, f"repository:{lab.sample_repo}:delete", account=deleter(lab))
+    status, _, body = call(
+        lab, "DELETE", f"{lab.registry_url}/v2/{lab.sample_repo}/manifests/{digest}", headers=maintainer
+    )
     assert status == 202, body
     wait_for(
         lambda: any(e["action"] == "delete" and e["target"].get("digest") == digest for e in events(lab)),

@@ -245,10 +245,20 @@ def open_ingress(props: dict[str, Any]) -> None:
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"
 SILLY = {"silly": {"realm": "registry", "service": "registry"}}
-TWO_CONTROLLERS = {
-    "htpasswd": {"realm": "registry", "path": "/etc/docker/registry/htpasswd"},
-    "token": {"realm": "https://auth", "service": "registry", "issuer": "auth", "rootcertbundle": "/ca.pem"},
-}
+HTPASSWD = {"htpasswd": {"realm": "registry", "path": "/etc/docker/registry/htpasswd"}}
+
+
+def route_from_plain_http(resources: list[Res]) -> list[Res]:
+    """The token route hangs off the HTTP listener (which only redirects)."""
+    arn = named(resources, "lb-http").outputs["arn"]
+    return edit("lb-token-route", lambda p: p.update(listenerArn=arn))(resources)
+
+
+def route_to_the_registry(resources: list[Res]) -> list[Res]:
+    """The realm path goes to the registry's target group, health-checked on the registry's `/`."""
+    arn = named(resources, "lb-tg").outputs["arn"]
+    return edit("lb-token-route", lambda p: p["actions"][0].update(targetGroupArn=arn))(resources)
+
 
 # (rule id, stack, change, resource the violation names, what its message says)
 VARIANTS: list[tuple[str, str, Change, str, str]] = [
@@ -316,16 +326,74 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
     (
         "registry-auth-trusted",
         "prod",
-        registry_config(lambda c: c["auth"]["htpasswd"].pop("path")),
+        registry_config(lambda c: c["auth"]["token"].pop("issuer")),
         "fleet-lt",
-        "auth.htpasswd has no ['path']",
+        "auth.token has no ['issuer']",
     ),
     (
         "registry-auth-trusted",
         "staging",
-        registry_config(lambda c: c.update(auth=TWO_CONTROLLERS)),
+        registry_config(lambda c: c["auth"].update(HTPASSWD)),
         "fleet-lt",
         "['htpasswd', 'token']",
+    ),
+    (
+        "registry-auth-trusted",
+        "dev",
+        registry_config(lambda c: c.update(auth=HTPASSWD)),
+        "fleet-lt",
+        "auth is htpasswd: every htpasswd user may push and delete everywhere; use token mode, or waive",
+    ),
+    (
+        "registry-auth-trusted",
+        "payments-prod",
+        registry_config(lambda c: c["auth"]["token"].update(realm="https://auth.example.net/auth")),
+        "fleet-lt",
+        "auth.token.realm is 'https://auth.example.net/auth', expected https://registry.payments.example.com/auth",
+    ),
+    (
+        "registry-auth-trusted",
+        "prod",
+        registry_config(lambda c: c["auth"]["token"].update(realm="http://registry.example.com/auth")),
+        "fleet-lt",
+        "auth.token.realm is 'http://registry.example.com/auth'",
+    ),
+    (
+        "registry-auth-trusted",
+        "staging",
+        registry_config(lambda c: c["auth"]["token"].update(rootcertbundle="token-signing.crt")),
+        "fleet-lt",
+        "rootcertbundle is 'token-signing.crt', expected an absolute path",
+    ),
+    ("token-service-routed", "dev", drop("lb-token-route"), STACK, "matching the realm path '/auth'"),
+    (
+        "token-service-routed",
+        "staging",
+        edit("lb-token-route", lambda p: p["conditions"][0]["pathPattern"].update(values=["/token"])),
+        STACK,
+        "matching the realm path '/auth'",
+    ),
+    (
+        "token-service-routed",
+        "prod",
+        edit("lb-token-tg", lambda p: p["healthCheck"].update(path="/")),
+        "lb-token-tg",
+        "healthCheck (protocol, path) is ('HTTPS', '/'), expected ('HTTPS', '/healthz')",
+    ),
+    (
+        "token-service-routed",
+        "payments-prod",
+        edit("fleet-asg", lambda p: p.update(targetGroupArns=p["targetGroupArns"][:1])),
+        "fleet-asg",
+        "targetGroupArns does not include lb-token-tg",
+    ),
+    ("token-service-routed", "dev", route_from_plain_http, "lb-token-route", "not an HTTPS listener of this stack"),
+    (
+        "token-service-routed",
+        "staging",
+        route_to_the_registry,
+        "lb-tg",
+        "healthCheck (protocol, path) is ('HTTPS', '/')",
     ),
     (
         "hosts-private",

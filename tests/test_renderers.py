@@ -8,6 +8,7 @@ registry binary with the rendered config.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from typing import Any
 
 import pytest
@@ -16,9 +17,12 @@ import yaml
 from components.host_boot import (
     HostBoot,
     SecretFile,
+    TokenServiceBoot,
     render_cloud_init,
     render_fetch_secrets_script,
     render_systemd_dropin,
+    render_token_install_script,
+    render_token_service_unit,
 )
 from components.registry_config import (
     CloudFrontSettings,
@@ -386,3 +390,290 @@ def test_notifications_over_plain_http_are_refused() -> None:
     endpoint = NotificationEndpoint("events", "http://127.0.0.1:9000/events", "tok")
     with pytest.raises(ValueError, match=r"notifications\[events\] needs an https:// url"):
         render_registry_config(dataclasses.replace(base_config(), notifications=(endpoint,)))
+
+
+# --- host boot: the token service (token mode) ----------------------------------------------------
+
+SIGNING_CERT = "-----BEGIN CERTIFICATE-----\nMIIBfakeSIGNINGcert\n-----END CERTIFICATE-----\n"
+LDAP_CA = "-----BEGIN CERTIFICATE-----\nMIIBfakeLDAPca\n-----END CERTIFICATE-----\n"
+ARTIFACT_SHA256 = "0123456789abcdef" * 4
+TOKEN_UNIT_EXEC_START = (
+    "ExecStart=/opt/registry-fleet/token-service/current/venv/bin/python -m auth "
+    "--config /etc/registry-token/config.json --bind 0.0.0.0:5002 "
+    "--certfile /etc/docker/registry/tls/host.crt --keyfile /etc/registry-token/tls.key"
+)
+
+
+def token_service(**changes: Any) -> TokenServiceBoot:
+    token = TokenServiceBoot(
+        artifact_bucket="registry-fleet-dev-blobs",
+        artifact_key=f"registry-fleet/token-service/auth-{ARTIFACT_SHA256}.tar.gz",
+        artifact_sha256=ARTIFACT_SHA256,
+        pip_index_url="https://pypi.org/simple",
+        config_secret_arn=arn("token-config"),
+        signing_key_secret_arn=arn("token-signing-key"),
+        tls_key_secret_arn=arn("tls-key"),
+        signing_cert_pem=SIGNING_CERT,
+        tls_cert_file="/etc/docker/registry/tls/host.crt",
+        ldap_ca_pem=LDAP_CA,
+    )
+    return dataclasses.replace(token, **changes)
+
+
+def token_boot(**changes: Any) -> HostBoot:
+    return base_boot(token_service=token_service(**changes))
+
+
+def user_data_files(boot: HostBoot) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in yaml.safe_load(render_cloud_init(boot))["write_files"]}
+
+
+def test_token_mode_user_data_writes_the_unit_the_install_script_and_the_certificates() -> None:
+    boot = token_boot()
+    files = user_data_files(boot)
+    expected = {
+        "/usr/local/sbin/registry-fleet-install-token-service": (render_token_install_script(boot), "0700"),
+        "/etc/systemd/system/registry-token.service": (render_token_service_unit(boot), "0644"),
+        "/etc/registry-fleet/token-signing.crt": (SIGNING_CERT, "0644"),
+        "/etc/registry-fleet/ldap-ca.crt": (LDAP_CA, "0644"),
+        "/usr/local/sbin/registry-fleet-fetch-secrets": (render_fetch_secrets_script(boot), "0700"),
+    }
+    for path, (content, mode) in expected.items():
+        assert path in files, f"user-data lacks {path}"
+        assert (files[path]["content"], files[path]["permissions"], files[path]["defer"]) == (content, mode, True), path
+
+
+def test_token_mode_user_data_holds_arns_and_certificates_but_no_secret() -> None:
+    boot = token_boot()
+    text = render_cloud_init(boot)
+    assert "PRIVATE KEY" not in text
+    for name in ("token-config", "token-signing-key", "tls-key"):
+        assert arn(name) in text, f"the {name} ARN is missing"
+    files = user_data_files(boot)
+    for secret in ("/etc/registry-token/config.json", "/etc/registry-token/signing.key", "/etc/registry-token/tls.key"):
+        assert secret not in files, f"{secret} is a secret: fetched at start, never in user-data"
+
+
+def test_token_mode_runs_the_install_script_then_enables_the_unit_after_the_registry() -> None:
+    config = yaml.safe_load(render_cloud_init(token_boot()))
+    runcmd = config["runcmd"]
+    install = runcmd.index(["/usr/local/sbin/registry-fleet-install-token-service"])
+    assert runcmd.index(["systemctl", "restart", "docker-registry"]) < install
+    assert runcmd[install + 1 :] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "registry-token"],
+    ]
+    assert "python3-venv" in config["packages"]
+
+
+def test_token_unit_runs_python_m_auth_as_its_own_user() -> None:
+    lines = render_token_service_unit(token_boot()).splitlines()
+    for line in (
+        "User=registry-token",
+        "Group=registry-token",
+        "ExecStartPre=+/usr/local/sbin/registry-fleet-fetch-secrets registry-token",
+        "Environment=PYTHONPATH=/opt/registry-fleet/token-service/current/app",
+        TOKEN_UNIT_EXEC_START,
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=always",
+        "StartLimitIntervalSec=0",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "WantedBy=multi-user.target",
+    ):
+        assert line in lines, f"token unit lacks {line}"
+
+
+def test_token_unit_port_follows_the_boot() -> None:
+    unit = render_token_service_unit(token_boot(port=8443))
+    assert "--bind 0.0.0.0:8443 " in unit
+
+
+def test_token_unit_has_the_registry_sandbox_except_memory_deny_write_execute() -> None:
+    dropin = set(render_systemd_dropin(base_boot()).splitlines())
+    unit = render_token_service_unit(token_boot()).splitlines()
+    sandbox = {
+        line for line in dropin if line.startswith(("No", "Protect", "Private", "Restrict", "Cap", "Lock", "Sys"))
+    }
+    assert len(sandbox) == 13, sorted(sandbox)
+    assert sandbox <= set(unit), f"token unit lacks {sorted(sandbox - set(unit))}"
+    assert "MemoryDenyWriteExecute=yes" in dropin
+    assert not [line for line in unit if line.startswith("MemoryDenyWriteExecute")]
+    assert any(line.startswith("#") and "MemoryDenyWriteExecute" in line and "cffi" in line for line in unit)
+
+
+def test_fetch_script_writes_the_token_secrets_for_registry_token_only() -> None:
+    lines = render_fetch_secrets_script(token_boot()).splitlines()
+    case = lines[lines.index("case ${1:-docker-registry} in") :]
+    registry, token = case.index("docker-registry)"), case.index("registry-token)")
+    for name, path in (
+        ("token-config", "/etc/registry-token/config.json"),
+        ("token-signing-key", "/etc/registry-token/signing.key"),
+        ("tls-key", "/etc/registry-token/tls.key"),
+    ):
+        line = f"write_secret {arn(name)} {path} 0640 root registry-token"
+        assert line in case[token:], f"{path} is not written for registry-token"
+        assert line not in case[registry:token]
+    assert f"write_http_secret {arn('http-secret')}" in case[registry:token], "the registry's set changed"
+
+
+def test_fetch_script_without_token_service_writes_the_registry_set_by_default() -> None:
+    script = render_fetch_secrets_script(base_boot())
+    assert "case ${1:-docker-registry} in\ndocker-registry)\nwrite_http_secret " in script
+    assert "registry-token" not in script
+
+
+def test_install_script_downloads_verifies_then_unpacks_and_installs_from_the_lock() -> None:
+    script = render_token_install_script(token_boot())
+    assert script.startswith("#!/bin/bash\n") and "set -euo pipefail\n" in script
+    assert f"BUCKET=registry-fleet-dev-blobs KEY=registry-fleet/token-service/auth-{ARTIFACT_SHA256}.tar.gz " in script
+    assert f"SHA256={ARTIFACT_SHA256} INDEX=https://pypi.org/simple\n" in script
+    download = script.index('aws --region "$REGION" s3api get-object --bucket "$BUCKET" --key "$KEY"')
+    check = script.index('[ "$h" = "$SHA256" ] || fail')
+    unpack = script.index("tar -xzf")
+    assert download < check < unpack, "the SHA-256 must be checked before anything is unpacked"
+    pip = script[script.index('bin/pip" install') :]
+    for flag in (
+        "--require-hashes",
+        "--only-binary=:all:",
+        "--no-deps",
+        '--index-url "$INDEX"',
+        "auth/requirements.lock",
+    ):
+        assert flag in pip.split("\n  touch")[0], f"pip install lacks {flag}"
+    assert "import auth.serve" in script
+    assert 'mv -T "$P/.current.new" "$P/current"' in script
+    assert "groupadd --system registry-token" in script and "useradd --system" in script
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"artifact_sha256": ARTIFACT_SHA256.upper()}, r"token_service\.artifact_sha256 must be 64 lowercase hex"),
+        ({"artifact_sha256": "abc123"}, r"token_service\.artifact_sha256 must be 64 lowercase hex"),
+        ({"artifact_bucket": "Registry_Bucket"}, r"token_service\.artifact_bucket must be an S3 bucket name"),
+        ({"artifact_key": "registry-fleet/../etc/passwd"}, r"token_service\.artifact_key .* holds no '\.\.'"),
+        ({"artifact_key": "/abs/key.tar.gz"}, r"token_service\.artifact_key must be an S3 object key"),
+        ({"config_secret_arn": "s3cr3t-config"}, r"token_service\.config_secret_arn must be a Secrets Manager"),
+        ({"signing_key_secret_arn": FAKE_PEM}, r"token_service\.signing_key_secret_arn must be a Secrets Manager"),
+        ({"tls_key_secret_arn": "arn:aws:s3:::bucket"}, r"token_service\.tls_key_secret_arn must be a Secrets"),
+        ({"pip_index_url": "http://pypi.org/simple"}, r"token_service\.pip_index_url must be an https:// URL"),
+        ({"pip_index_url": "https://me:s3cr3t@pypi.example.com/simple"}, r"token_service\.pip_index_url must be"),
+        ({"port": 0}, r"token_service\.port must be an integer in 1\.\.65535"),
+        ({"port": 65536}, r"token_service\.port must be an integer in 1\.\.65535"),
+        ({"signing_cert_pem": FAKE_PEM}, r"token_service\.signing_cert_pem must hold only PEM certificates"),
+        ({"signing_cert_pem": CERT + FAKE_PEM}, r"token_service\.signing_cert_pem must hold only PEM certificates"),
+        ({"ldap_ca_pem": "not a certificate"}, r"token_service\.ldap_ca_pem must hold only PEM certificates"),
+        ({"tls_cert_file": "/etc/ssl/other.crt"}, r"token_service\.tls_cert_file must be the absolute path of one"),
+    ],
+    ids=[
+        "sha-upper", "sha-short", "bucket", "key-dotdot", "key-absolute", "config-arn", "pem-as-arn", "s3-arn",
+        "index-http", "index-credentials", "port-0", "port-65536", "pem-key-as-cert", "cert-plus-key", "ca-text",
+        "tls-cert-not-public",
+    ],
+)  # fmt: skip
+def test_invalid_token_service_raises_naming_the_field_and_never_echoing_a_secret(
+    changes: dict[str, Any], message: str
+) -> None:
+    boot = token_boot(**changes)
+    for render in (render_cloud_init, render_fetch_secrets_script, render_token_install_script):
+        with pytest.raises(ValueError, match=message) as err:
+            render(boot)
+        for secret in ("s3cr3t", "MIIEowIBAAKCAQEAfakefakefake"):
+            assert secret not in str(err.value), f"the error echoes a secret: {err.value}"
+
+
+def test_a_public_file_at_a_token_service_path_is_a_duplicate() -> None:
+    boot = dataclasses.replace(
+        token_boot(), public_files=(*base_boot().public_files, ("/etc/registry-fleet/token-signing.crt", CERT))
+    )
+    with pytest.raises(ValueError, match=r"more than once: /etc/registry-fleet/token-signing\.crt"):
+        render_cloud_init(boot)
+
+
+def test_without_token_service_nothing_token_related_is_rendered() -> None:
+    boot = base_boot()
+    text = render_cloud_init(boot)
+    for word in ("registry-token", "token-service", "token-signing", "ldap-ca", "python3-venv", "/opt/registry-fleet"):
+        assert word not in text, f"user-data mentions {word} without a token service"
+    for render in (render_token_install_script, render_token_service_unit):
+        with pytest.raises(ValueError, match=r"HostBoot\.token_service is None"):
+            render(boot)
+
+
+def test_token_mode_without_ldap_ca_writes_no_ldap_ca_file() -> None:
+    files = user_data_files(token_boot(ldap_ca_pem=None))
+    assert "/etc/registry-fleet/ldap-ca.crt" not in files
+    assert "/etc/registry-fleet/token-signing.crt" in files
+
+
+def _certificate(key: Any, common_name: str, ca: bool) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Corporation Platform Engineering"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def biggest_realistic_boot() -> HostBoot:
+    """CDN, KMS, token auth, the token service with a 2048-bit signing certificate and a directory CA
+    of about 1.5 KB (RSA 3072), ECDSA host and CA certificates as pulumi-tls makes them, long names."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from components.registry_config import TokenAuth
+
+    host = "registry.payments-prod.example.com"
+    cfg = base_config(
+        environment="payments-prod",
+        public_url=f"https://{host}",
+        bucket="registry-fleet-payments-prod-blobs-111122223333",
+        kms_key_id=KMS_KEY,
+        cloudfront=CLOUDFRONT,
+        token=TokenAuth(
+            realm=f"https://{host}/auth",
+            service=host,
+            issuer="registry-fleet-payments-prod-token",
+            rootcertbundle="/etc/registry-fleet/token-signing.crt",
+        ),
+    )
+    p256 = ec.SECP256R1()
+    return base_boot(
+        registry_config_yaml=render_registry_config(cfg),
+        public_files=(
+            ("/etc/docker/registry/tls/host.crt", _certificate(ec.generate_private_key(p256), f"host.{host}", False)),
+            ("/etc/docker/registry/tls/ca.crt", _certificate(ec.generate_private_key(p256), "registry CA", True)),
+        ),
+        token_service=token_service(
+            artifact_bucket="registry-fleet-payments-prod-blobs-111122223333",
+            signing_cert_pem=_certificate(rsa.generate_private_key(65537, 2048), "token signer", False),
+            ldap_ca_pem=_certificate(rsa.generate_private_key(65537, 3072), "Example Enterprise Root CA G2", True),
+        ),
+    )
+
+
+def test_biggest_realistic_token_mode_user_data_fits_in_16_kb() -> None:
+    boot = biggest_realistic_boot()
+    assert boot.token_service is not None and boot.token_service.ldap_ca_pem is not None
+    assert len(boot.token_service.ldap_ca_pem) >= 1500
+    size = len(render_cloud_init(boot).encode())  # raises beyond 16384 bytes
+    assert size <= 16384 - 512, f"user-data is {size} bytes: less than 512 bytes left below EC2's 16 KB"

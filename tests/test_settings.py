@@ -198,3 +198,99 @@ def test_pulumi_run_reads_engine_config_over_project_defaults() -> None:
     finally:
         pulumi.runtime.set_all_config({})
     assert settings == load_stack_settings("dev")
+
+
+# --- access: who may pull, push and delete ------------------------------------------------------
+
+ROBOT = {"namespace": "team-a/ci", "actions": ["pull", "push"], "expires": "2027-06-30"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"access": {"teams": {"team-c": {"namespaces": ["team-a/tools"]}}}},
+            "access.teams.team-c.namespaces[0]: \"team-a/tools\": 'team-a/tools' overlaps 'team-a' of team 'team-a'",
+        ),
+        (
+            {"access": {"ldap": None}},
+            'access.teams.platform.groups: {"registry-platform": "maintainer"}: maps directory groups, '
+            "but access.ldap is not set",
+        ),
+        (
+            {"access": {"robots": {"ci-team-a": {**ROBOT, "namespace": "nobody/ci"}}}},
+            "access.robots.ci-team-a.namespace: \"nobody/ci\": 'nobody/ci' is not owned by any team",
+        ),
+        (
+            {"access": {"admins": ["registry-admin", "ci-team-a"]}},
+            'access.admins[1]: "ci-team-a" is a robot: a CI account is never an admin',
+        ),
+        (
+            {"access": {"teams": {"team-a": {"members": {"ci-team-a": "developer"}}}}},
+            'access.teams.team-a.members.ci-team-a: "ci-team-a" is a robot: robots get their own grant',
+        ),
+        (
+            {"access": {"ldap": {"url": "ldap://ldap.example.com"}}},
+            "access.ldap: ",
+        ),
+        ({"access": {"mode": "basic"}}, "access.mode: \"basic\": Input should be 'token' or 'htpasswd'"),
+    ],
+    ids=[
+        "overlapping-namespaces",
+        "groups-without-ldap",
+        "robot-namespace-not-owned",
+        "robot-admin",
+        "robot-member",
+        "plain-ldap",
+        "unknown-mode",
+    ],
+)
+def test_bad_access_settings_are_named(overrides: dict[str, object], expected: str) -> None:
+    found = problems("dev", overrides)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_plain_ldap_without_start_tls_is_refused_naming_the_fix() -> None:
+    (found,) = problems("dev", {"access": {"ldap": {"url": "ldap://ldap.example.com"}}})
+    assert "is plain LDAP: the bind passwords would cross the network in clear" in found
+    assert "Use ldaps://, or ldap:// with start_tls: true" in found
+    settings_from_config(
+        "dev",
+        deep_merge(stack_config("dev"), {"access": {"ldap": {"url": "ldap://ldap.example.com", "startTls": True}}}),
+    )
+
+
+def access_problems(stack: str, access: dict[str, object]) -> list[str]:
+    """Problems of the stack with its whole access block replaced (merging cannot empty a mapping)."""
+    config = {**stack_config(stack), "access": access}
+    with pytest.raises(SettingsError) as info:
+        settings_from_config(stack, config)
+    return [str(p) for p in info.value.problems]
+
+
+def test_token_mode_needs_a_team_or_an_admin() -> None:
+    assert access_problems("dev", {"mode": "token"}) == [
+        "access.teams: {} is empty: in token mode give at least one team a namespace"
+    ]
+
+
+def test_prod_needs_token_mode() -> None:
+    assert access_problems("prod", {"mode": "htpasswd"}) == [
+        'access.mode: "htpasswd": prod needs token: htpasswd lets every user push everywhere'
+    ]
+
+
+def test_htpasswd_mode_carries_no_token_settings() -> None:
+    found = problems("dev", {"access": {"mode": "htpasswd"}})
+    keys = {f"access.{k}" for k in ("teams", "admins", "rules", "users", "robots", "ldap")}
+    assert {p.split(":")[0] for p in found} == keys, found
+    assert all("applies to mode token only" in p for p in found)
+    s = settings_from_config("dev", {**stack_config("dev"), "access": {"mode": "htpasswd"}})
+    assert s.access.mode == "htpasswd" and s.access.ldap is None
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_runs_token_mode_with_the_directory_and_its_robots(stack: str) -> None:
+    s = load_stack_settings(stack)
+    assert s.access.mode == "token" and s.access.ldap is not None and s.access.robots
+    assert s.token_issuer == f"registry-fleet-{stack}"

@@ -1,0 +1,242 @@
+"""RegistryAccess: who may pull, push and delete, in token mode (practices 3 and 4).
+
+Creates what the token service on every registry host needs, and nothing it runs itself:
+- the token signing key (pulumi-tls RSA 2048) and its self-signed certificate: the service signs
+  every token with the key (RS256, the certificate in `x5c`), the registry trusts the certificate
+  (`auth.token.rootcertbundle`);
+- per CI robot a generated token (pulumi-random), kept in its own Secrets Manager secret for CI to
+  read; only its bcrypt hash reaches the service;
+- the service's configuration (auth/config.py), rendered by `components.token_config` from the
+  access settings, the stack's secret inputs and the robots' hashes inside one `apply`, and stored as
+  a Secrets Manager secret (it holds bcrypt hashes and the directory password);
+- the signing key PEM as a Secrets Manager secret;
+- the service's code (components.artifact) as an object in the registry bucket, SSE-KMS, named by
+  its SHA-256, which hosts check before unpacking.
+
+Every secret is encrypted with the registry's KMS key. Hosts read the config and the signing key at
+boot (their instance role names these two secrets, never a robot's token). Everything here is a
+child of the component; no resource is created inside an `apply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+import pulumi_tls as tls
+
+from auth.ldap import LdapSettings
+from components.artifact import Artifact
+from components.errors import ComponentInputError
+from components.host_boot import (
+    SYSTEM_CA_BUNDLE,
+    TOKEN_LDAP_CA_FILE,
+    TOKEN_SIGNING_CERT_FILE,
+    TOKEN_SIGNING_KEY_FILE,
+)
+from components.token_config import render_token_service_config
+from infra.secrets import AccessSecrets, placeholder_bcrypt_hash
+from infra.settings import AccessSettings
+
+# Five years. Rotation is deliberate, never automatic (no early_renewal_hours): a new certificate
+# must be in every host's rootcertbundle before any host signs tokens with it, or the hosts that
+# still trust only the old one refuse every token the new one signed (a roll of the fleet makes
+# both kinds of hosts answer side by side). Rotate in two steps: ship a bundle holding both
+# certificates, then switch the signing key and certificate.
+SIGNING_CERT_VALIDITY_HOURS = 5 * 365 * 24
+ROBOT_TOKEN_LENGTH = 48  # bcrypt reads at most 72 bytes; 48 alphanumerics are about 285 bits
+
+
+@dataclass
+class RegistryAccessArgs:
+    stack: str
+    # Physical-name prefix of the stack (secret names: f"{name_prefix}/robots/{robot}-"...).
+    name_prefix: str
+    access: AccessSettings
+    secrets: AccessSecrets
+    issuer: str  # the tokens' `iss`: the registry's auth.token.issuer
+    service: str  # the tokens' `aud`: the registry's auth.token.service (its host name)
+    # The load balancer's subnets: its nodes add X-Forwarded-For, which the service then believes.
+    trusted_proxies: Sequence[str]
+    artifact: Artifact
+    bucket_name: pulumi.Input[str]  # the registry bucket: the artifact lives beside the images
+    kms_key_arn: pulumi.Input[str]  # the registry key: secrets and the artifact are encrypted with it
+    tags: dict[str, str]
+
+
+def ldap_ca_file(access: AccessSettings) -> str:
+    """Where the service finds the directory's CA on a host: the stack's own CA, else Debian's bundle."""
+    return TOKEN_LDAP_CA_FILE if access.ldap is not None and access.ldap.ca_certificate else SYSTEM_CA_BUNDLE
+
+
+@dataclass(frozen=True)
+class TokenServiceInputs:
+    """What the service's config is rendered from, besides the robots' hashes: plain values only."""
+
+    access: AccessSettings
+    secrets: AccessSecrets
+    issuer: str
+    service: str
+    trusted_proxies: Sequence[str]
+
+    def ldap(self) -> LdapSettings | None:
+        ldap = self.access.ldap
+        if ldap is None:
+            return None
+        if not self.secrets.ldap_bind_password:
+            raise ComponentInputError("RegistryAccess: access.ldap is set but the directory's bind password is not")
+        return ldap.ldap_settings(ldap_ca_file(self.access), self.secrets.ldap_bind_password)
+
+    def config_text(self, ldap: LdapSettings | None, robot_hashes: Mapping[str, str]) -> str:
+        return render_token_service_config(
+            self.access,
+            issuer=self.issuer,
+            service=self.service,
+            signing_key_file=TOKEN_SIGNING_KEY_FILE,
+            signing_cert_file=TOKEN_SIGNING_CERT_FILE,
+            user_hashes=self.secrets.user_hashes,
+            robot_token_hashes=robot_hashes,
+            ldap=ldap,
+            trusted_proxies=list(self.trusted_proxies),
+        )
+
+
+def check_token_service_inputs(inputs: TokenServiceInputs) -> LdapSettings | None:
+    """Raise ComponentInputError if the service would refuse its config; return the directory settings.
+
+    Pure and cheap: the program calls it before registering anything, the component again itself.
+    """
+    if inputs.access.mode != "token":
+        raise ComponentInputError(f"RegistryAccess: access.mode is {inputs.access.mode!r}; it runs in token mode only")
+    if not inputs.trusted_proxies:
+        raise ComponentInputError("RegistryAccess: trusted_proxies is empty (the load balancer's subnet ranges)")
+    ldap = inputs.ldap()
+    # A dry run with stand-in robot hashes (the real ones exist once the passwords do).
+    try:
+        inputs.config_text(ldap, {name: placeholder_bcrypt_hash(name) for name in inputs.access.robots})
+    except ValueError as err:
+        raise ComponentInputError(f"RegistryAccess: the token service would refuse its config: {err}") from None
+    return ldap
+
+
+class RegistryAccess(pulumi.ComponentResource):
+    signing_cert_pem: pulumi.Output[str]
+    config_secret_arn: pulumi.Output[str]
+    # Changes whenever the config's value does: the fleet rolls on it, so hosts read the new config.
+    config_version_id: pulumi.Output[str]
+    signing_key_secret_arn: pulumi.Output[str]
+    robot_secret_arns: dict[str, pulumi.Output[str]]
+    artifact_key: str
+    artifact_sha256: str
+
+    def __init__(self, name: str, args: RegistryAccessArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("registry-fleet:index:RegistryAccess", name, None, opts)
+        inputs = TokenServiceInputs(args.access, args.secrets, args.issuer, args.service, tuple(args.trusted_proxies))
+        ldap = check_token_service_inputs(inputs)
+        tags = args.tags
+        child = pulumi.ResourceOptions(parent=self)
+
+        def stored_secret(
+            label: str, prefix: str, description: str, value: pulumi.Input[str]
+        ) -> tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]:
+            secret = aws.secretsmanager.Secret(
+                f"{name}-{label}",
+                name_prefix=prefix,
+                description=f"registry-fleet {args.name_prefix}: {description}",
+                kms_key_id=args.kms_key_arn,
+                tags=tags,
+                opts=child,
+            )
+            version = aws.secretsmanager.SecretVersion(
+                f"{name}-{label}-value",
+                secret_id=secret.id,
+                secret_string=pulumi.Output.secret(value),
+                opts=child,
+            )
+            return secret, version
+
+        # --- the token signing key and the certificate the registry trusts ---
+        signing_key = tls.PrivateKey(f"{name}-signing-key", algorithm="RSA", rsa_bits=2048, opts=child)
+        signing_cert = tls.SelfSignedCert(
+            f"{name}-signing-cert",
+            private_key_pem=signing_key.private_key_pem,
+            subject={"common_name": f"registry-fleet {args.stack} token signing", "organization": "registry-fleet"},
+            validity_period_hours=SIGNING_CERT_VALIDITY_HOURS,
+            allowed_uses=["digital_signature"],
+            opts=child,
+        )
+        signing_key_secret, _ = stored_secret(
+            "token-signing-key",
+            f"{args.name_prefix}/token-signing-key-",
+            "token signing key (read by registry hosts at boot)",
+            signing_key.private_key_pem,
+        )
+
+        # --- CI robots: a generated token each, for CI to read; the service gets its bcrypt hash ---
+        robot_passwords: dict[str, random.RandomPassword] = {}
+        robot_secrets: dict[str, aws.secretsmanager.Secret] = {}
+        for robot, settings in args.access.robots.items():
+            password = random.RandomPassword(
+                f"{name}-robot-{robot}-random",
+                length=ROBOT_TOKEN_LENGTH,
+                special=False,
+                # Bump access.robots.<name>.rotation to issue a new token (the old one stops working
+                # once the fleet has rolled onto the new config).
+                keepers={"rotation": str(settings.rotation)},
+                opts=child,
+            )
+            robot_passwords[robot] = password
+            robot_secrets[robot], _ = stored_secret(
+                f"robot-{robot}",
+                f"{args.name_prefix}/robots/{robot}-",
+                f"registry token of CI robot {robot} (user name {robot}; namespace {settings.namespace})",
+                password.result,
+            )
+
+        # --- the service's config: rendered once from resolved values, stored as a secret ---
+        names = list(robot_passwords)
+        config = pulumi.Output.all(*[robot_passwords[n].bcrypt_hash for n in names]).apply(
+            lambda hashes: inputs.config_text(ldap, dict(zip(names, hashes, strict=True)))
+        )
+        config_secret, config_version = stored_secret(
+            "token-config",
+            f"{args.name_prefix}/token-config-",
+            "token service config: bcrypt hashes, directory password (read by registry hosts at boot)",
+            config,
+        )
+
+        # --- the service's code, beside the images (hosts reach the bucket through the S3 endpoint) ---
+        # Its key names its SHA-256, so new code is a new object. The old one stays (retain_on_delete):
+        # a rolled-back instance refresh launches the previous template version, whose hosts fetch it.
+        aws.s3.BucketObjectv2(
+            f"{name}-token-service-artifact",
+            bucket=args.bucket_name,
+            key=args.artifact.key,
+            content_base64=args.artifact.content_base64,
+            content_type="application/gzip",
+            server_side_encryption="aws:kms",
+            kms_key_id=args.kms_key_arn,
+            tags=tags,
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+        )
+
+        self.signing_cert_pem = signing_cert.cert_pem
+        self.config_secret_arn = config_secret.arn
+        self.config_version_id = config_version.version_id
+        self.signing_key_secret_arn = signing_key_secret.arn
+        self.robot_secret_arns = {robot: s.arn for robot, s in robot_secrets.items()}
+        self.artifact_key = args.artifact.key
+        self.artifact_sha256 = args.artifact.sha256
+        self.register_outputs(
+            {
+                "signingCertPem": signing_cert.cert_pem,
+                "configSecretArn": config_secret.arn,
+                "signingKeySecretArn": signing_key_secret.arn,
+                "robotSecretArns": self.robot_secret_arns,
+                "artifactKey": args.artifact.key,
+                "artifactSha256": args.artifact.sha256,
+            }
+        )
