@@ -22,7 +22,6 @@ a value: it is rendered by the pure functions of `components.registry_config` an
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from components.host_boot import (
     HostBoot,
     SecretFile,
     TokenServiceBoot,
+    encode_user_data,
     render_cloud_init,
 )
 from components.registry_config import (
@@ -364,7 +364,8 @@ class RegistryFleet(pulumi.ComponentResource):
                 }
             ],
             monitoring={"enabled": True},
-            user_data=self.user_data.apply(lambda text: base64.b64encode(text.encode()).decode()),
+            # gzipped: cloud-init unpacks it, and the 16 KB limit applies to what EC2 receives.
+            user_data=self.user_data.apply(encode_user_data),
             update_default_version=True,
             tag_specifications=[
                 {"resource_type": "instance", "tags": instance_tags},

@@ -24,6 +24,8 @@ here, beside their templates), and the fetch script carries its functions once f
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import shlex
 from collections.abc import Sequence
@@ -40,6 +42,8 @@ DROPIN_PATH = "/etc/systemd/system/docker-registry.service.d/10-registry-fleet.c
 ENV_DIR = "/run/registry-fleet"  # tmpfs: the HTTP secret never reaches a disk
 ENV_FILE = f"{ENV_DIR}/registry.env"
 USER_DATA_LIMIT_BYTES = 16384  # EC2: user data is limited to 16 KB, in raw form, before base64 encoding
+# What EC2 receives is the gzip of the text (cloud-init unpacks gzip itself): about 40% of its size,
+# which leaves room for a second token signing certificate during a rotation and a directory CA.
 ARCHITECTURES = ("arm64", "amd64")  # Debian architecture names, as in the SSM agent's download path
 
 # The token service on a host (token mode): its files, its code, its port.
@@ -474,7 +478,10 @@ def render_token_service_unit(boot: HostBoot) -> str:
     """Return the token service's systemd unit (TOKEN_UNIT_PATH).
 
     Like the registry's drop-in: retries forever (StartLimitIntervalSec=0), fetches its secrets as
-    root outside the sandbox (ExecStartPre=+), the same hardening. `reload` fetches the secrets again,
+    root outside the sandbox (ExecStartPre=+), the same hardening. The install script runs first,
+    also as root: a no-op once the release is installed, and at first boot a failed download or pip
+    install (S3 or the index unreachable) is retried with every restart instead of leaving the host
+    without a token service until the load balancer's health check replaces it. `reload` fetches the secrets again,
     then SIGHUP makes the service re-read its config, keeping the running one if the new one is
     invalid (auth/serve.py). MemoryDenyWriteExecute stays off: cffi (under cryptography) makes
     writable and executable memory for its callbacks, and a refusal would kill the service with
@@ -492,6 +499,7 @@ StartLimitIntervalSec=0
 [Service]
 User={TOKEN_USER}
 Group={TOKEN_USER}
+ExecStartPre=+{TOKEN_INSTALL_SCRIPT_PATH}
 ExecStartPre=+{FETCH_SCRIPT_PATH} {TOKEN_UNIT}
 Environment=PYTHONPATH={TOKEN_SERVICE_DIR}/current/app
 ExecStart={token_service_exec_start(token.port, token.tls_cert_file)}
@@ -523,8 +531,26 @@ def _file(path: str, content: str, permissions: str) -> dict[str, Any]:
     return {"path": path, "content": content, "owner": "root:root", "permissions": permissions, "defer": True}
 
 
+def compress_user_data(text: str) -> bytes:
+    """The bytes EC2 gets: gzip without a timestamp, so the same text always gives the same bytes
+    (a changed byte would be a new launch template version and roll the fleet)."""
+    return gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)
+
+
+def encode_user_data(text: str) -> str:
+    """The launch template's `user_data`: base64 of the gzipped cloud-config."""
+    return base64.b64encode(compress_user_data(text)).decode()
+
+
+def decode_user_data(encoded: str) -> str:
+    """The cloud-config text of a launch template's `user_data` (gzipped or not), e.g. for checks."""
+    raw = base64.b64decode(encoded, validate=True)
+    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+
+
 def render_cloud_init(boot: HostBoot) -> str:
-    """Return the `#cloud-config` user-data. Raises ValueError beyond EC2's 16 KB user-data limit."""
+    """Return the `#cloud-config` user-data text. Raises ValueError when its gzip (what EC2 receives,
+    see `encode_user_data`) exceeds EC2's 16 KB user-data limit."""
     validate_host_boot(boot)
     ssm_install = (
         'set -eu; deb=$(mktemp --suffix=.deb); curl -fsSL --proto =https -o "$deb" '
@@ -546,8 +572,7 @@ def render_cloud_init(boot: HostBoot) -> str:
             _file(TOKEN_UNIT_PATH, render_token_service_unit(boot), "0644"),
         ]
         packages.append("python3-venv")
-        token_steps = [
-            [TOKEN_INSTALL_SCRIPT_PATH],
+        token_steps = [  # the unit's ExecStartPre installs the service (see render_token_service_unit)
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", TOKEN_UNIT],
         ]
@@ -571,10 +596,10 @@ def render_cloud_init(boot: HostBoot) -> str:
         ],
     }
     text = "#cloud-config\n" + yaml.dump(cloud_config, Dumper=_BlockStyleDumper, sort_keys=False, width=1000)
-    size = len(text.encode("utf-8"))
+    size = len(compress_user_data(text))
     if size > USER_DATA_LIMIT_BYTES:
         raise ValueError(
-            f"The cloud-init user-data is {size} bytes; EC2 allows {USER_DATA_LIMIT_BYTES} (16 KB before base64). "
-            f"Shrink HostBoot.public_files (e.g. ship large certificates through Secrets Manager or S3)."
+            f"The cloud-init user-data is {size} bytes gzipped; EC2 allows {USER_DATA_LIMIT_BYTES} (16 KB before "
+            "base64). Shrink HostBoot.public_files (e.g. ship large certificates through Secrets Manager or S3)."
         )
     return text

@@ -41,7 +41,8 @@ STATEFUL_REASONS: Mapping[str, str] = {
         "cannot be deleted at all)"
     ),
     "aws:secretsmanager/secret:Secret": (
-        "holds the registry's http.secret, TLS key, htpasswd and CloudFront signing key; a replacement gets a "
+        "holds the registry's http.secret, TLS key, htpasswd, CloudFront signing key, the token service's config "
+        "and signing key, or a CI robot's token; a replacement gets a "
         "new ARN while the deleted name stays reserved for its recovery window"
     ),
     "aws:lb/loadBalancer:LoadBalancer": (
@@ -50,12 +51,14 @@ STATEFUL_REASONS: Mapping[str, str] = {
     ),
     "aws:cloudwatch/logGroup:LogGroup": "holds the VPC flow logs; a replacement or delete drops them",
     "random:index/randomPassword:RandomPassword": (
-        "is a generated value the fleet shares (the registry's http.secret, the admin password); a replacement "
-        "generates a new one, failing in-flight uploads and every client login"
+        "is a generated value the fleet shares (the registry's http.secret, the admin password, a CI robot's "
+        "token); a replacement generates a new one, failing in-flight uploads and every client login (a robot "
+        "token rotation is one: allow it by type when you mean it)"
     ),
     "tls:index/privateKey:PrivateKey": (
-        "is the internal CA key or the CloudFront URL-signing key; a replacement invalidates the hosts' "
-        "certificate chain or every signed blob URL handed out"
+        "is the internal CA key, the CloudFront URL-signing key or the token signing key; a replacement "
+        "invalidates the hosts' certificate chain, every signed blob URL handed out, or every token while "
+        "the fleet rolls (hosts trust one signing certificate at a time)"
     ),
 }
 STATEFUL_TYPES: frozenset[str] = frozenset(STATEFUL_REASONS)

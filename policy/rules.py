@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import fnmatch
 import functools
+import gzip
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -266,13 +267,22 @@ def denies_plain_http(stmt: Mapping[str, Any]) -> bool:
     return [str(v).lower() for v in as_list(secure)] == ["false"]
 
 
+def user_data_text(raw: str) -> str:
+    """The text of a base64 user-data, gzipped (as the fleet sends it; cloud-init unpacks it) or not.
+    Raises binascii.Error, OSError (bad gzip) or UnicodeDecodeError when it is neither."""
+    data = base64.b64decode(raw, validate=True)
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return data.decode()
+
+
 @functools.lru_cache(maxsize=64)
 def _parse_user_data(raw: str) -> tuple[dict[str, Any] | str, dict[str, Any] | str]:
     """(cloud-init document, registry config.yml) of a base64 user-data; a str says why one is unreadable."""
     try:
-        text = base64.b64decode(raw, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError) as err:
-        return f"userData is not base64 text ({err})", "userData is unreadable"
+        text = user_data_text(raw)
+    except (binascii.Error, OSError, EOFError, UnicodeDecodeError) as err:
+        return f"userData is not base64 (gzipped) text ({err})", "userData is unreadable"
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -745,8 +755,8 @@ def find_no_plain_secrets(resources: Sequence[Res]) -> Iterator[Finding]:
         texts = list(_plain_strings(res.props, ""))
         raw = known_str(res.props.get("userData")) if res.type == LAUNCH_TEMPLATE else None
         if raw is not None:
-            with contextlib.suppress(binascii.Error):
-                texts.append(("userData (decoded)", base64.b64decode(raw).decode(errors="replace")))
+            with contextlib.suppress(binascii.Error, OSError, EOFError, UnicodeDecodeError):
+                texts.append(("userData (decoded)", user_data_text(raw)))
         for path, text in texts:
             leaked = next((name for value, name in passwords.items() if value in text), None)
             if "PRIVATE KEY-----" in text:

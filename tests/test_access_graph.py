@@ -39,6 +39,7 @@ from components.host_boot import (
     TOKEN_SERVICE_PORT,
     TOKEN_SIGNING_CERT_FILE,
     TOKEN_SIGNING_KEY_FILE,
+    decode_user_data,
 )
 from components.network import subnet_plan
 from fleet.audit import resources_of, score
@@ -74,7 +75,7 @@ def settings(rec: Recording) -> Settings:
 def cloud_init(rec: Recording) -> dict[str, Any]:
     raw = rec.named("fleet-lt").inputs["userData"]
     assert not is_secret(raw), "fleet-lt: user-data is a secret: a secret value flowed into it"
-    doc = yaml.safe_load(base64.b64decode(raw).decode())
+    doc = yaml.safe_load(decode_user_data(raw))
     assert isinstance(doc, dict)
     return doc
 
@@ -270,7 +271,7 @@ def leaks(rec: Recording, s: Settings) -> list[str]:
     for r in rec.resources:
         texts = list(plain_strings(r.inputs))
         if r.type == "aws:ec2/launchTemplate:LaunchTemplate":
-            texts.append(base64.b64decode(r.inputs["userData"]).decode())
+            texts.append(decode_user_data(r.inputs["userData"]))
         out += [f"{r.name}: {what}" for what, v in values.items() if any(v in t for t in texts)]
     for key, value in rec.outputs.items():
         if key not in rec.secret_outputs:
@@ -376,7 +377,7 @@ def test_the_artifact_in_the_bucket_is_build_artifact_encrypted_with_the_registr
     assert set(obj["tags"]) >= {"environment", "team", "owner", "stack", "managed-by"}
     assert rec.named("access-token-service-artifact").retain_on_delete, "a rolled-back refresh still needs it"
     # Hosts install exactly that object and check its hash (the install script is in user-data).
-    text = base64.b64decode(rec.named("fleet-lt").inputs["userData"]).decode()
+    text = decode_user_data(rec.named("fleet-lt").inputs["userData"])
     assert artifact.key in text and artifact.sha256 in text
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components.host_boot import decode_user_data
 from fleet.engine import Recording, Resource, fake_secret, is_secret, record, unwrap
 from infra.secrets import placeholder_access_secrets
 from infra.settings import load_stack_settings
@@ -45,7 +46,7 @@ def user_data(rec: Recording) -> str:
     lt = one(rec, "aws:ec2/launchTemplate:LaunchTemplate")
     raw = lt.inputs["userData"]
     assert not is_secret(raw), "user-data is a secret output: a secret value flowed into it"
-    return base64.b64decode(raw).decode()
+    return decode_user_data(raw)
 
 
 def cloud_init(rec: Recording) -> dict[str, Any]:
@@ -218,7 +219,7 @@ def secret_leak_violations(rec: Recording) -> list[str]:
     for r in rec.resources:
         texts = plain_strings(r.inputs)
         if r.type == "aws:ec2/launchTemplate:LaunchTemplate" and isinstance(r.inputs.get("userData"), str):
-            texts.append(base64.b64decode(r.inputs["userData"]).decode())
+            texts.append(decode_user_data(r.inputs["userData"]))
         for text in texts:
             if any(v in text for v in values) or "PRIVATE KEY-----" in text:
                 out.append(f"{r.name}: a secret value in a plain input")
@@ -333,7 +334,7 @@ def test_extra_package_on_hosts_is_caught() -> None:
     rec = recording("dev")
 
     def add_package(inputs: dict[str, Any]) -> None:
-        text = base64.b64decode(inputs["userData"]).decode()
+        text = decode_user_data(inputs["userData"])
         doc = yaml.safe_load(text)
         doc["packages"].append("postgresql")
         inputs["userData"] = base64.b64encode(("#cloud-config\n" + yaml.safe_dump(doc)).encode()).decode()
@@ -398,7 +399,7 @@ def test_broad_instance_policy_is_caught() -> None:
 
 def test_secret_in_user_data_is_caught() -> None:
     def leak(i: dict[str, Any]) -> None:
-        text = base64.b64decode(i["userData"]).decode() + f"\n# {fake_secret('fleet-http-secret-random')}\n"
+        text = decode_user_data(i["userData"]) + f"\n# {fake_secret('fleet-http-secret-random')}\n"
         i["userData"] = base64.b64encode(text.encode()).decode()
 
     assert secret_leak_violations(transformed(recording("dev"), "fleet-lt", leak)) == [

@@ -44,6 +44,7 @@ from pulumi_policy import (
 from pulumi_policy import proxy as policy_proxy
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 
+from components.host_boot import decode_user_data
 from fleet.audit import resources_of
 from policy.crossguard import policies, to_res
 from policy.rules import (
@@ -164,7 +165,7 @@ def user_data(change: Callable[[dict[str, Any]], Any]) -> Change:
     """Change the launch template's cloud-init document."""
 
     def rewrite(props: dict[str, Any]) -> None:
-        doc = yaml.safe_load(base64.b64decode(props["userData"]).decode())
+        doc = yaml.safe_load(decode_user_data(props["userData"]))
         change(doc)
         text = "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
         props["userData"] = base64.b64encode(text.encode()).decode()
@@ -629,8 +630,8 @@ def test_practice_5_and_6_rules_pass_once_built_and_catch_a_weak_build(
 def decoded(text: str) -> str:
     """The text a base64 value (user-data) stands for; '' for anything else."""
     try:
-        return base64.b64decode(text, validate=True).decode() if len(text) > 100 else ""
-    except (ValueError, UnicodeDecodeError):
+        return decode_user_data(text) if len(text) > 100 else ""
+    except (ValueError, OSError, EOFError, UnicodeDecodeError):
         return ""
 
 

@@ -7,8 +7,10 @@ registry binary with the rendered config.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
+import random
 from typing import Any
 
 import pytest
@@ -18,6 +20,9 @@ from components.host_boot import (
     HostBoot,
     SecretFile,
     TokenServiceBoot,
+    compress_user_data,
+    decode_user_data,
+    encode_user_data,
     render_cloud_init,
     render_fetch_secrets_script,
     render_systemd_dropin,
@@ -367,7 +372,9 @@ def test_unknown_architecture_raises() -> None:
 
 
 def test_user_data_over_16_kb_raises() -> None:
-    big_cert = "-----BEGIN CERTIFICATE-----\n" + "A" * 64 * 300 + "\n-----END CERTIFICATE-----\n"
+    # Incompressible: the limit applies to the gzipped bytes EC2 receives.
+    body = base64.b64encode(random.Random(0).randbytes(18_000)).decode()
+    big_cert = "-----BEGIN CERTIFICATE-----\n" + body + "\n-----END CERTIFICATE-----\n"
     boot = base_boot(public_files=(("/etc/docker/registry/tls/ca.crt", big_cert),))
     with pytest.raises(ValueError, match="16384"):
         render_cloud_init(boot)
@@ -454,16 +461,21 @@ def test_token_mode_user_data_holds_arns_and_certificates_but_no_secret() -> Non
         assert secret not in files, f"{secret} is a secret: fetched at start, never in user-data"
 
 
-def test_token_mode_runs_the_install_script_then_enables_the_unit_after_the_registry() -> None:
+def test_token_mode_enables_the_unit_after_the_registry_and_the_unit_installs_first() -> None:
     config = yaml.safe_load(render_cloud_init(token_boot()))
     runcmd = config["runcmd"]
-    install = runcmd.index(["/usr/local/sbin/registry-fleet-install-token-service"])
-    assert runcmd.index(["systemctl", "restart", "docker-registry"]) < install
-    assert runcmd[install + 1 :] == [
+    restart = runcmd.index(["systemctl", "restart", "docker-registry"])
+    assert runcmd[restart + 1 :] == [
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "registry-token"],
     ]
     assert "python3-venv" in config["packages"]
+    # The install runs from the unit (retried on every restart), before the secrets are fetched.
+    pre = [line for line in render_token_service_unit(token_boot()).splitlines() if line.startswith("ExecStartPre=")]
+    assert pre == [
+        "ExecStartPre=+/usr/local/sbin/registry-fleet-install-token-service",
+        "ExecStartPre=+/usr/local/sbin/registry-fleet-fetch-secrets registry-token",
+    ]
 
 
 def test_token_unit_runs_python_m_auth_as_its_own_user() -> None:
@@ -675,5 +687,32 @@ def test_biggest_realistic_token_mode_user_data_fits_in_16_kb() -> None:
     boot = biggest_realistic_boot()
     assert boot.token_service is not None and boot.token_service.ldap_ca_pem is not None
     assert len(boot.token_service.ldap_ca_pem) >= 1500
-    size = len(render_cloud_init(boot).encode())  # raises beyond 16384 bytes
-    assert size <= 16384 - 512, f"user-data is {size} bytes: less than 512 bytes left below EC2's 16 KB"
+    text = render_cloud_init(boot)  # raises when its gzip exceeds 16384 bytes
+    size = len(compress_user_data(text))
+    assert size <= 16384 // 2, f"user-data is {size} bytes gzipped: less than half of EC2's 16 KB left"
+
+
+def test_user_data_with_two_signing_certificates_still_fits() -> None:
+    """A signing-key rotation ships both certificates in the registry's rootcertbundle."""
+    from dataclasses import replace
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    boot = biggest_realistic_boot()
+    assert boot.token_service is not None
+    second = _certificate(rsa.generate_private_key(65537, 2048), "token signer (next)", False)
+    rotated = replace(
+        boot, token_service=replace(boot.token_service, signing_cert_pem=boot.token_service.signing_cert_pem + second)
+    )
+    text = render_cloud_init(rotated)
+    assert len(text.encode()) > 16384, "the raw text alone would not fit: this is why the fleet sends it gzipped"
+    assert len(compress_user_data(text)) < 16384
+
+
+def test_user_data_is_sent_gzipped_and_deterministic() -> None:
+    text = render_cloud_init(biggest_realistic_boot())
+    encoded = encode_user_data(text)
+    assert base64.b64decode(encoded)[:2] == b"\x1f\x8b", "gzip magic: cloud-init unpacks gzip itself"
+    assert encode_user_data(text) == encoded, "same text, same bytes (a new byte is a new template version)"
+    assert decode_user_data(encoded) == text
+    assert decode_user_data(base64.b64encode(text.encode()).decode()) == text, "plain base64 reads too"

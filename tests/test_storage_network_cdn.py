@@ -14,7 +14,6 @@ logical name and region (`<vault>-lock`), not by `backupVaultName`; and ids the 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import copy
 import fnmatch
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components.host_boot import decode_user_data
 from fleet.engine import Recording, Resource, record, unwrap
 from infra.settings import PROJECT, Settings, load_stack_settings
 from tests.conftest import STACKS, recording, settings_with
@@ -187,7 +187,7 @@ def registry_config(rec: Recording) -> tuple[Resource | None, dict[str, Any] | s
         return None, f"{len(templates)} launch templates"
     lt = templates[0]
     try:
-        text = base64.b64decode(str(value(lt, "userData")), validate=True).decode()
+        text = decode_user_data(str(value(lt, "userData")))
     except (binascii.Error, UnicodeDecodeError) as err:
         return lt, f"userData is not base64 text ({err})"
     doc = yaml.safe_load(text)
