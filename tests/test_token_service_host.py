@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import grp
 import json
 import os
@@ -42,11 +41,10 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from auth.local import hash_secret
+from auth.tokens import create_signing_pair
 from components.artifact import AUTH_DIR, LOCK_NAME, Artifact, build_artifact
 from components.host_boot import (
     FETCH_SCRIPT_PATH,
@@ -169,25 +167,10 @@ def host_boot(artifact: Artifact, signing_cert_pem: str, port: int) -> HostBoot:
     )
 
 
-def signing_pair() -> tuple[bytes, str]:
+def signing_pair(directory: Path) -> tuple[bytes, str]:
     """An RSA 2048 key (PKCS#1 PEM) and its self-signed certificate, as pulumi-tls makes them."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry-fleet dev token signer")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_file, cert_file = create_signing_pair(directory)
+    return key_file.read_bytes(), cert_file.read_text()
 
 
 def free_port() -> int:
@@ -244,7 +227,7 @@ def installed() -> Iterator[Installed]:
         artifact_file.write_bytes(artifact.content)
         aws_log = root / "aws-calls.jsonl"
         _stand_in_aws(root / "bin", artifact_file, aws_log)
-        key_pem, cert_pem = signing_pair()
+        key_pem, cert_pem = signing_pair(root / "signing")
         port = free_port()
         boot = host_boot(artifact, cert_pem, port)
         prefix = root / "opt" / "token-service"
