@@ -1,15 +1,18 @@
 """RegistryAccess: who may pull, push and delete, in token mode (practices 3 and 4).
 
 Creates what the token service on every registry host needs, and nothing it runs itself:
-- the token signing key (pulumi-tls RSA 2048) and its self-signed certificate: the service signs
-  every token with the key (RS256, the certificate in `x5c`), the registry trusts the certificate
-  (`auth.token.rootcertbundle`);
+- per live signing generation (access.tokenSigning.generations) a token signing key (pulumi-tls RSA
+  2048) and its self-signed certificate: the service signs every token with the current generation's
+  key (RS256, its certificate in `x5c`), the registry trusts every live generation's certificate
+  (`auth.token.rootcertbundle`), so a rotation never refuses a token (see SIGNING_CERT_VALIDITY_HOURS);
 - per CI robot a generated token (pulumi-random), kept in its own Secrets Manager secret for CI to
   read; only its bcrypt hash reaches the service;
 - the service's configuration (auth/config.py), rendered by `components.token_config` from the
   access settings, the stack's secret inputs and the robots' hashes inside one `apply`, and stored as
   a Secrets Manager secret (it holds bcrypt hashes and the directory password);
-- the signing key PEM as a Secrets Manager secret;
+- each generation's signing key PEM in its own Secrets Manager secret; a host's user-data names the
+  current generation's secret, so a host always reads the key that matches the certificate its
+  template wrote (a restart or a rolled-back refresh never pairs a new key with an old certificate);
 - the service's code (components.artifact) as an object in the registry bucket, SSE-KMS, named by
   its SHA-256, which hosts check before unpacking.
 
@@ -44,10 +47,29 @@ from infra.settings import AccessSettings
 # Five years. Rotation is deliberate, never automatic (no early_renewal_hours): a new certificate
 # must be in every host's rootcertbundle before any host signs tokens with it, or the hosts that
 # still trust only the old one refuse every token the new one signed (a roll of the fleet makes
-# both kinds of hosts answer side by side). Rotate in two steps: ship a bundle holding both
-# certificates, then switch the signing key and certificate.
+# both kinds of hosts answer side by side). access.tokenSigning drives it, one `pulumi up` (one roll)
+# per step: generations [1, 2] current 1 (every host trusts both, signs with 1); current 2 (hosts sign
+# with 2 and still trust 1, whose tokens live token_lifetime_seconds at most); generations [2].
 SIGNING_CERT_VALIDITY_HOURS = 5 * 365 * 24
 ROBOT_TOKEN_LENGTH = 48  # bcrypt reads at most 72 bytes; 48 alphanumerics are about 285 bits
+
+
+def signing_names(name: str, generation: int) -> tuple[str, str]:
+    """Logical names of a generation's key and certificate. Generation 1 keeps the names the stack had
+    before generations existed: a name is a resource's identity, so a new name would replace the key of
+    every existing stack in one step, the very change a rotation exists to avoid."""
+    suffix = "" if generation == 1 else f"-g{generation}"
+    return f"{name}-signing-key{suffix}", f"{name}-signing-cert{suffix}"
+
+
+def signing_key_secret_label(generation: int) -> str:
+    """The label of a generation's key secret (generation 1 keeps the name it had before generations)."""
+    return "token-signing-key" if generation == 1 else f"token-signing-key-g{generation}"
+
+
+def trust_bundle(cert_pems: Sequence[str]) -> str:
+    """The registry's rootcertbundle: the certificates in generation order, each ending with a newline."""
+    return "".join(pem if pem.endswith("\n") else pem + "\n" for pem in cert_pems)
 
 
 @dataclass
@@ -113,6 +135,12 @@ def check_token_service_inputs(inputs: TokenServiceInputs) -> LdapSettings | Non
         raise ComponentInputError(f"RegistryAccess: access.mode is {inputs.access.mode!r}; it runs in token mode only")
     if not inputs.trusted_proxies:
         raise ComponentInputError("RegistryAccess: trusted_proxies is empty (the load balancer's subnet ranges)")
+    signing = inputs.access.token_signing
+    if signing.current not in signing.generations:
+        raise ComponentInputError(
+            f"RegistryAccess: access.tokenSigning.current ({signing.current}) is not one of its generations "
+            f"{list(signing.generations)}"
+        )
     ldap = inputs.ldap()
     # A dry run with stand-in robot hashes (the real ones exist once the passwords do).
     try:
@@ -123,11 +151,19 @@ def check_token_service_inputs(inputs: TokenServiceInputs) -> LdapSettings | Non
 
 
 class RegistryAccess(pulumi.ComponentResource):
+    # The current generation's certificate (the service's signing_cert, in each token's x5c).
     signing_cert_pem: pulumi.Output[str]
+    # Every live generation's certificate, in generation order (the registry's rootcertbundle).
+    trust_bundle_pem: pulumi.Output[str]
     config_secret_arn: pulumi.Output[str]
     # Changes whenever the config's value does: the fleet rolls on it, so hosts read the new config.
     config_version_id: pulumi.Output[str]
+    # The current generation's key secret (named in user-data), and every live generation's (the hosts'
+    # role may read them all: hosts launched from an older template read the generation it names).
     signing_key_secret_arn: pulumi.Output[str]
+    signing_key_secret_arns: list[pulumi.Output[str]]
+    # The current generation's secret version: the launch template waits for it (an instance tag).
+    signing_key_version_id: pulumi.Output[str]
     robot_secret_arns: dict[str, pulumi.Output[str]]
     artifact_key: str
     artifact_sha256: str
@@ -158,22 +194,36 @@ class RegistryAccess(pulumi.ComponentResource):
             )
             return secret, version
 
-        # --- the token signing key and the certificate the registry trusts ---
-        signing_key = tls.PrivateKey(f"{name}-signing-key", algorithm="RSA", rsa_bits=2048, opts=child)
-        signing_cert = tls.SelfSignedCert(
-            f"{name}-signing-cert",
-            private_key_pem=signing_key.private_key_pem,
-            subject={"common_name": f"registry-fleet {args.stack} token signing", "organization": "registry-fleet"},
-            validity_period_hours=SIGNING_CERT_VALIDITY_HOURS,
-            allowed_uses=["digital_signature"],
-            opts=child,
-        )
-        signing_key_secret, _ = stored_secret(
-            "token-signing-key",
-            f"{args.name_prefix}/token-signing-key-",
-            "token signing key (read by registry hosts at boot)",
-            signing_key.private_key_pem,
-        )
+        # --- per live generation a signing key and its certificate; the registry trusts them all ---
+        signing = args.access.token_signing
+        keys: dict[int, tls.PrivateKey] = {}
+        certs: dict[int, tls.SelfSignedCert] = {}
+        for generation in signing.generations:
+            key_name, cert_name = signing_names(name, generation)
+            # Generation 1's subject is the one it always had: a changed input would re-issue the certificate.
+            common_name = f"registry-fleet {args.stack} token signing"
+            if generation != 1:
+                common_name += f" g{generation}"
+            keys[generation] = tls.PrivateKey(key_name, algorithm="RSA", rsa_bits=2048, opts=child)
+            certs[generation] = tls.SelfSignedCert(
+                cert_name,
+                private_key_pem=keys[generation].private_key_pem,
+                subject={"common_name": common_name, "organization": "registry-fleet"},
+                validity_period_hours=SIGNING_CERT_VALIDITY_HOURS,
+                allowed_uses=["digital_signature"],
+                opts=child,
+            )
+        key_secrets: dict[int, tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]] = {}
+        for generation in signing.generations:
+            label = signing_key_secret_label(generation)
+            key_secrets[generation] = stored_secret(
+                label,
+                f"{args.name_prefix}/{label}-",
+                f"token signing key, generation {generation} (read by registry hosts at boot)",
+                keys[generation].private_key_pem,
+            )
+        signing_key_secret, signing_key_version = key_secrets[signing.current]
+        bundle = pulumi.Output.all(*[certs[g].cert_pem for g in signing.generations]).apply(trust_bundle)
 
         # --- CI robots: a generated token each, for CI to read; the service gets its bcrypt hash ---
         robot_passwords: dict[str, random.RandomPassword] = {}
@@ -223,16 +273,20 @@ class RegistryAccess(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
 
-        self.signing_cert_pem = signing_cert.cert_pem
+        self.signing_cert_pem = certs[signing.current].cert_pem
+        self.trust_bundle_pem = bundle
         self.config_secret_arn = config_secret.arn
         self.config_version_id = config_version.version_id
         self.signing_key_secret_arn = signing_key_secret.arn
+        self.signing_key_secret_arns = [key_secrets[g][0].arn for g in signing.generations]
+        self.signing_key_version_id = signing_key_version.version_id
         self.robot_secret_arns = {robot: s.arn for robot, s in robot_secrets.items()}
         self.artifact_key = args.artifact.key
         self.artifact_sha256 = args.artifact.sha256
         self.register_outputs(
             {
-                "signingCertPem": signing_cert.cert_pem,
+                "signingCertPem": self.signing_cert_pem,
+                "trustBundlePem": bundle,
                 "configSecretArn": config_secret.arn,
                 "signingKeySecretArn": signing_key_secret.arn,
                 "robotSecretArns": self.robot_secret_arns,

@@ -35,7 +35,7 @@ from components.errors import ComponentInputError
 from components.host_boot import (
     TOKEN_PATH,
     TOKEN_SERVICE_PORT,
-    TOKEN_SIGNING_CERT_FILE,
+    TOKEN_TRUST_BUNDLE_FILE,
     HostBoot,
     SecretFile,
     TokenServiceBoot,
@@ -63,6 +63,10 @@ CLOUDFRONT_KEY_FILE = "/etc/docker/registry/cloudfront.pem"
 # Instance tag naming the token service config version a host booted with: a new version (a user,
 # a team, a rotated robot token) changes the launch template, so the fleet rolls onto it.
 TOKEN_CONFIG_VERSION_TAG = "registry-fleet:token-config-version"
+# Likewise the signing key's version. Hosts read the key at each start of the service, so the fleet must
+# roll only once the secret holds the current generation's key: the tag makes the launch template wait
+# for the new secret version (a host that booted earlier would pair the old key with the new certificate).
+TOKEN_SIGNING_KEY_VERSION_TAG = "registry-fleet:token-signing-key-version"
 
 
 def token_realm(public_url: str) -> str:
@@ -87,8 +91,13 @@ class FleetTokenService:
     target_group_arn: pulumi.Input[str]  # the load balancer's token target group
     config_secret_arn: pulumi.Input[str]
     config_version_id: pulumi.Input[str]
-    signing_key_secret_arn: pulumi.Input[str]
-    signing_cert_pem: pulumi.Input[str]
+    signing_key_secret_arn: pulumi.Input[str]  # the current generation's: named in user-data
+    # Every live generation's key secret: the role may read them all (hosts from an older template
+    # version, e.g. mid-rotation or after a rolled-back refresh, read the generation it names).
+    signing_key_secret_arns: Sequence[pulumi.Input[str]]
+    signing_key_version_id: pulumi.Input[str]
+    signing_cert_pem: pulumi.Input[str]  # the current generation's: the service's signing_cert
+    trust_bundle_pem: pulumi.Input[str]  # every live generation's: the registry's rootcertbundle
     artifact_key: str
     artifact_sha256: str
     pip_index_url: str
@@ -299,7 +308,7 @@ class RegistryFleet(pulumi.ComponentResource):
         # robot's token: hosts check robots against bcrypt hashes in the config.
         own_secrets: list[pulumi.Input[str]] = [s.arn for s in secrets.values()]
         if token is not None:
-            own_secrets += [token.config_secret_arn, token.signing_key_secret_arn]
+            own_secrets += [token.config_secret_arn, *token.signing_key_secret_arns]
         aws.iam.RolePolicy(
             f"{name}-role-policy",
             role=role.id,
@@ -324,6 +333,7 @@ class RegistryFleet(pulumi.ComponentResource):
             token_config_arn=token.config_secret_arn if token else "",
             token_signing_key_arn=token.signing_key_secret_arn if token else "",
             token_signing_cert=token.signing_cert_pem if token else "",
+            token_trust_bundle=token.trust_bundle_pem if token else "",
         ).apply(lambda v: self._render(args, v))
 
         image_id: pulumi.Input[str] = args.image_id or self._newest_debian(args.architecture)
@@ -331,6 +341,7 @@ class RegistryFleet(pulumi.ComponentResource):
         if token is not None:
             # Hosts read the service's config at boot only: a new config version rolls the fleet.
             instance_tags[TOKEN_CONFIG_VERSION_TAG] = token.config_version_id
+            instance_tags[TOKEN_SIGNING_KEY_VERSION_TAG] = token.signing_key_version_id
         template = aws.ec2.LaunchTemplate(
             f"{name}-lt",
             name_prefix=f"{args.name_prefix}-registry-",
@@ -453,7 +464,8 @@ class RegistryFleet(pulumi.ComponentResource):
                     realm=token_realm(args.public_url),
                     service=token.service,
                     issuer=token.issuer,
-                    rootcertbundle=TOKEN_SIGNING_CERT_FILE,
+                    # Every live signing generation: hosts of a rolling fleet accept each other's tokens.
+                    rootcertbundle=TOKEN_TRUST_BUNDLE_FILE,
                 )
                 if token
                 else None
@@ -477,6 +489,7 @@ class RegistryFleet(pulumi.ComponentResource):
                 # The service terminates the load balancer's HTTPS with the host's own certificate.
                 tls_key_secret_arn=arns["tls-key"],
                 signing_cert_pem=v["token_signing_cert"],
+                trust_bundle_pem=v["token_trust_bundle"],
                 tls_cert_file=HOST_CERT_FILE,
                 ldap_ca_pem=token.ldap_ca_pem,
             )

@@ -54,7 +54,12 @@ TOKEN_USER = "registry-token"
 TOKEN_CONFIG_FILE = "/etc/registry-token/config.json"  # secret: hashes, directory password
 TOKEN_SIGNING_KEY_FILE = "/etc/registry-token/signing.key"  # secret
 TOKEN_TLS_KEY_FILE = "/etc/registry-token/tls.key"  # secret: the host key, the service's own copy
-TOKEN_SIGNING_CERT_FILE = "/etc/registry-fleet/token-signing.crt"  # public: also the registry's rootcertbundle
+# Public. The service's signing_cert: the current generation's certificate only (auth/tokens.py wants
+# the signing key's own certificate first; it goes into each token's x5c).
+TOKEN_SIGNING_CERT_FILE = "/etc/registry-fleet/token-signing.crt"
+# Public. The registry's rootcertbundle: every live generation's certificate, so during a rotation a
+# host accepts tokens signed by any host of the fleet, whichever generation it signs with.
+TOKEN_TRUST_BUNDLE_FILE = "/etc/registry-fleet/token-trust.crt"
 TOKEN_LDAP_CA_FILE = "/etc/registry-fleet/ldap-ca.crt"  # public: the directory's CA, when the stack gives one
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's; the directory's CA when the stack gives none
 TOKEN_SERVICE_DIR = "/opt/registry-fleet/token-service"  # releases/<sha256>/{app,venv}; current -> the running one
@@ -72,7 +77,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!_.*'()/-]{0,1023}$")
 _INDEX_URL = re.compile(r"^https://[^\s/@]+(/\S*)?$")  # no credentials: user-data is readable
-_PEM_CERTS = re.compile(r"(-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*)+")
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----")
+_PEM_CERTS = re.compile(rf"({_PEM_BLOCK.pattern}\s*)+")
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,9 @@ class TokenServiceBoot:
     tls_cert_file: str  # the host certificate, already among HostBoot.public_files
     ldap_ca_pem: str | None = None  # -> TOKEN_LDAP_CA_FILE
     port: int = TOKEN_SERVICE_PORT
+    # -> TOKEN_TRUST_BUNDLE_FILE: every live signing generation's certificate; it must hold the signing
+    # certificate. None: the signing certificate alone (no rotation under way).
+    trust_bundle_pem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,9 +136,15 @@ def token_secret_files(token: TokenServiceBoot) -> tuple[SecretFile, ...]:
     )
 
 
+def token_trust_bundle(token: TokenServiceBoot) -> str:
+    """The certificates the registry trusts tokens from: the bundle, or the signing certificate alone."""
+    return token.signing_cert_pem if token.trust_bundle_pem is None else token.trust_bundle_pem
+
+
 def token_public_files(token: TokenServiceBoot) -> tuple[tuple[str, str], ...]:
-    """(path, content) of the token service's public files: the signing certificate, the directory's CA."""
-    files = [(TOKEN_SIGNING_CERT_FILE, token.signing_cert_pem)]
+    """(path, content) of the token service's public files: the signing certificate, the registry's
+    trust bundle, the directory's CA."""
+    files = [(TOKEN_SIGNING_CERT_FILE, token.signing_cert_pem), (TOKEN_TRUST_BUNDLE_FILE, token_trust_bundle(token))]
     if token.ldap_ca_pem is not None:
         files.append((TOKEN_LDAP_CA_FILE, token.ldap_ca_pem))
     return tuple(files)
@@ -218,12 +233,28 @@ def _validate_token_service(token: TokenServiceBoot, public_paths: list[str]) ->
             f"{field}.tls_cert_file must be the absolute path of one of HostBoot.public_files (the host "
             f"certificate); got {token.tls_cert_file!r}."
         )
-    for name, pem in (("signing_cert_pem", token.signing_cert_pem), ("ldap_ca_pem", token.ldap_ca_pem)):
+    pems = (
+        ("signing_cert_pem", token.signing_cert_pem),
+        ("trust_bundle_pem", token.trust_bundle_pem),
+        ("ldap_ca_pem", token.ldap_ca_pem),
+    )
+    for name, pem in pems:
         if pem is not None and ("PRIVATE KEY" in pem or not _PEM_CERTS.fullmatch(pem.strip() + "\n")):
             raise ValueError(
                 f"{field}.{name} must hold only PEM certificates (-----BEGIN CERTIFICATE-----), never a private key: "
                 f"user-data is readable by anyone who can describe the instance."
             )
+    # The signing certificates are self-signed: the registry trusts exactly the certificates in the bundle.
+    if _pem_blocks(token.signing_cert_pem)[0] not in _pem_blocks(token_trust_bundle(token)):
+        raise ValueError(
+            f"{field}.trust_bundle_pem must hold the signing certificate (signing_cert_pem): otherwise the registry "
+            f"on the host refuses every token its own service signs."
+        )
+
+
+def _pem_blocks(pem: str) -> list[str]:
+    """The certificates of a PEM text, each with LF line ends, for comparison."""
+    return [m.group(0).replace("\r\n", "\n") for m in _PEM_BLOCK.finditer(pem)]
 
 
 def _validate_registry_config_text(text: str) -> None:
@@ -565,7 +596,7 @@ def render_cloud_init(boot: HostBoot) -> str:
     packages = ["docker-registry", "awscli", "ca-certificates", "curl"]
     token_steps: list[list[str]] = []
     if boot.token_service is not None:
-        # The signing certificate is also the registry's auth.token.rootcertbundle.
+        # The signing certificate (the service's) and the trust bundle (the registry's rootcertbundle).
         write_files += [_file(path, content, "0644") for path, content in token_public_files(boot.token_service)]
         write_files += [
             _file(TOKEN_INSTALL_SCRIPT_PATH, render_token_install_script(boot), "0700"),

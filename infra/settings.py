@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -380,6 +389,33 @@ class RobotSettings(_Model):
         return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC)
 
 
+class TokenSigningSettings(_Model):
+    """The token signing key generations the stack keeps, and the one the token service signs with.
+
+    Each live generation is a key and its self-signed certificate (components/access.py); every host
+    trusts all of them (the registry's rootcertbundle) and signs with `current`. Rotating is three
+    `pulumi up`s, each rolling the fleet: add the next generation ([1, 2], current 1), sign with it
+    (current 2), drop the old one ([2], current 2). Skipping a step makes hosts refuse each other's tokens.
+    """
+
+    # Strict: a generation is a number, never `true` or "2" (YAML would coerce them silently).
+    generations: tuple[StrictInt, ...] = (1,)
+    current: StrictInt = 1
+
+    @field_validator("generations")
+    @classmethod
+    def _generations(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not 1 <= len(v) <= 2:
+            raise _rule("must list 1 or 2 generations: the one in use and, during a rotation, the next (e.g. [1, 2])")
+        if any(g < 1 for g in v):
+            raise _rule("must hold positive integers: generations are numbered 1, 2, 3...")
+        if len(set(v)) != len(v):
+            raise _rule("must list distinct generations: one key each (e.g. [1, 2])")
+        if list(v) != sorted(v):
+            raise _rule("is not in ascending order: list the older generation first (e.g. [1, 2])")
+        return v
+
+
 class AccessSettings(_Model):
     """Who may pull, push and delete: token auth (the token service) or, for small stacks, htpasswd.
 
@@ -397,6 +433,7 @@ class AccessSettings(_Model):
     users: tuple[str, ...] = ()
     robots: dict[str, RobotSettings] = Field(default_factory=dict)
     ldap: DirectorySettings | None = None
+    token_signing: TokenSigningSettings = TokenSigningSettings()
     # Where hosts install the token service's pinned, hash-checked wheels from (a company mirror, or PyPI).
     pip_index_url: str = "https://pypi.org/simple"
 
@@ -654,9 +691,28 @@ def _access_problems(s: Settings) -> list[Problem]:
         for key in ("teams", "admins", "rules", "users", "robots", "ldap"):
             if getattr(a, key):
                 out.append(Problem(f"access.{key}", "(set)", "applies to mode token only; remove it or use mode token"))
+        # Pulumi.yaml gives every stack the default: only a value that differs from it is a mistake.
+        if a.token_signing != TokenSigningSettings():
+            out.append(
+                Problem(
+                    "access.tokenSigning",
+                    a.token_signing.model_dump(by_alias=True, mode="json"),
+                    "applies to mode token only; remove it or use mode token",
+                )
+            )
         return out
     if not a.teams and not a.admins:
         out.append(Problem("access.teams", {}, "is empty: in token mode give at least one team a namespace"))
+    signing = a.token_signing
+    if signing.current not in signing.generations:
+        out.append(
+            Problem(
+                "access.tokenSigning.current",
+                signing.current,
+                f"is not in access.tokenSigning.generations ({list(signing.generations)}): the service signs "
+                "with a live generation only",
+            )
+        )
     for key, message in ownership_problems(a.teams, {n: r.namespace for n, r in a.robots.items()}):
         out.append(Problem(f"access.{key}", _lookup_access(a, key), message))
     accounts = [(f"access.users[{i}]", u) for i, u in enumerate(a.users)]

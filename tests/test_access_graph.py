@@ -18,6 +18,7 @@ import base64
 import copy
 import datetime
 import functools
+import itertools
 import json
 import runpy
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ import yaml
 from components.access import SIGNING_CERT_VALIDITY_HOURS
 from components.artifact import build_artifact
 from components.errors import ComponentInputError
-from components.fleet import TOKEN_CONFIG_VERSION_TAG
+from components.fleet import TOKEN_CONFIG_VERSION_TAG, TOKEN_SIGNING_KEY_VERSION_TAG
 from components.host_boot import (
     SYSTEM_CA_BUNDLE,
     TOKEN_HEALTH_PATH,
@@ -39,6 +40,7 @@ from components.host_boot import (
     TOKEN_SERVICE_PORT,
     TOKEN_SIGNING_CERT_FILE,
     TOKEN_SIGNING_KEY_FILE,
+    TOKEN_TRUST_BUNDLE_FILE,
     decode_user_data,
 )
 from components.network import subnet_plan
@@ -124,7 +126,7 @@ def test_registry_config_outputs_and_token_config_name_one_realm_service_and_iss
     assert token["realm"] == rec.outputs["tokenRealm"] == f"https://{s.registry_host}{TOKEN_PATH}"
     assert token["service"] == rec.outputs["tokenService"] == s.registry_host
     assert token["issuer"] == rec.outputs["tokenIssuer"] == s.token_issuer
-    assert token["rootcertbundle"] == TOKEN_SIGNING_CERT_FILE
+    assert token["rootcertbundle"] == TOKEN_TRUST_BUNDLE_FILE
     service = token_config(rec)
     assert (service["issuer"], service["service"]) == (token["issuer"], token["service"])
     assert (service["signing_key"], service["signing_cert"]) == (TOKEN_SIGNING_KEY_FILE, TOKEN_SIGNING_CERT_FILE)
@@ -142,8 +144,10 @@ def test_the_registry_trusts_the_certificate_of_the_key_the_service_signs_with(s
     assert stack in cert.inputs["subject"]["commonName"]
     assert cert.inputs["validityPeriodHours"] == SIGNING_CERT_VALIDITY_HOURS >= 5 * 365 * 24
     assert "earlyRenewalHours" not in cert.inputs, "rotation is deliberate (two steps), never automatic"
-    # The rootcertbundle file on the hosts is that certificate, from user-data (it is public).
+    # One generation: the service's certificate and the registry's bundle (user-data: public) are both it.
+    assert signing_resources(rec) == (["access-signing-key"], ["access-signing-cert"])
     assert host_files(rec)[TOKEN_SIGNING_CERT_FILE] == cert.outputs["certPem"]
+    assert host_files(rec)[TOKEN_TRUST_BUNDLE_FILE] == cert.outputs["certPem"]
     version = rec.named("access-token-signing-key-value").inputs["secretString"]
     assert is_secret(version) and unwrap(version) == key.outputs["privateKeyPem"]
 
@@ -406,6 +410,152 @@ def test_rotating_a_robot_token_changes_the_config_and_so_rolls_the_fleet(
     assert instance_tags(rotated)[TOKEN_CONFIG_VERSION_TAG] != instance_tags(before)[TOKEN_CONFIG_VERSION_TAG]
 
 
+# --- rotating the signing key: three runs, each rolling the fleet, no token refused -----------------
+
+PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
+# access.tokenSigning per phase; "before" is the dev stack as it is (the Pulumi.yaml default).
+PHASES: dict[str, dict[str, Any] | None] = {
+    "before": None,
+    "a-trust-both": {"generations": [1, 2], "current": 1},
+    "b-sign-with-2": {"generations": [1, 2], "current": 2},
+    "c-drop-1": {"generations": [2], "current": 2},
+}
+_phase_recordings: dict[str, Recording] = {}
+
+
+def phase(name: str, record_variant: Callable[..., Recording]) -> Recording:
+    """dev recorded in a rotation phase, once per session (as conftest's `recording` does for stacks)."""
+    if name not in _phase_recordings:
+        signing = PHASES[name]
+        rec = recording("dev") if signing is None else record_variant("dev", {"access": {"tokenSigning": signing}})
+        _phase_recordings[name] = rec
+    return _phase_recordings[name]
+
+
+def signing_resources(rec: Recording) -> tuple[list[str], list[str]]:
+    """The token signing keys and certificates (children of the access component), sorted by name:
+    the engine registers them in no fixed order."""
+    mine = [r for r in rec.resources if r.parent_name == "access"]
+    return sorted(r.name for r in mine if r.type == PRIVATE_KEY), sorted(
+        r.name for r in mine if r.type == SELF_SIGNED_CERT
+    )
+
+
+def cert_pem(rec: Recording, generation: int) -> str:
+    name = "access-signing-cert" if generation == 1 else f"access-signing-cert-g{generation}"
+    return str(rec.named(name).outputs["certPem"])
+
+
+BOTH_KEYS, BOTH_CERTS = (
+    ["access-signing-key", "access-signing-key-g2"],
+    ["access-signing-cert", "access-signing-cert-g2"],
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "keys", "certs"),
+    [
+        ("before", ["access-signing-key"], ["access-signing-cert"]),
+        ("a-trust-both", BOTH_KEYS, BOTH_CERTS),
+        ("b-sign-with-2", BOTH_KEYS, BOTH_CERTS),
+        ("c-drop-1", ["access-signing-key-g2"], ["access-signing-cert-g2"]),
+    ],
+)
+def test_each_live_generation_has_its_key_and_certificate_and_generation_1_keeps_its_names(
+    name: str, keys: list[str], certs: list[str], record_variant: Callable[..., Recording]
+) -> None:
+    rec = phase(name, record_variant)
+    assert signing_resources(rec) == (keys, certs), f"{name}: access signing keys and certificates"
+    for key_name, cert_name in zip(keys, certs, strict=True):
+        key, cert = rec.named(key_name), rec.named(cert_name)
+        assert (key.inputs["algorithm"], key.inputs["rsaBits"]) == ("RSA", 2048), key_name
+        assert unwrap(cert.inputs["privateKeyPem"]) == key.outputs["privateKeyPem"], f"{cert_name} is not {key_name}'s"
+        assert cert.inputs["validityPeriodHours"] == SIGNING_CERT_VALIDITY_HOURS, cert_name
+        assert "earlyRenewalHours" not in cert.inputs, cert_name
+    if "access-signing-cert" in certs:  # generation 1 keeps every input it had: nothing is re-issued
+        assert rec.named("access-signing-cert").inputs == recording("dev").named("access-signing-cert").inputs
+    assert len({rec.named(c).inputs["subject"]["commonName"] for c in certs}) == len(certs), "one subject each"
+
+
+def key_secret(generation: int) -> str:
+    return "access-token-signing-key" if generation == 1 else f"access-token-signing-key-g{generation}"
+
+
+@pytest.mark.parametrize(
+    ("name", "current", "live"),
+    [("before", 1, [1]), ("a-trust-both", 1, [1, 2]), ("b-sign-with-2", 2, [1, 2]), ("c-drop-1", 2, [2])],
+)
+def test_each_generation_keeps_its_key_in_its_own_secret_and_hosts_read_the_current_one(
+    name: str, current: int, live: list[int], record_variant: Callable[..., Recording]
+) -> None:
+    rec = phase(name, record_variant)
+    assert sorted(r.name for r in rec.of_type(SECRET) if "signing" in r.name) == sorted(key_secret(g) for g in live)
+    for generation in live:
+        key = rec.named("access-signing-key" if generation == 1 else f"access-signing-key-g{generation}")
+        version = rec.named(f"{key_secret(generation)}-value").inputs["secretString"]
+        assert is_secret(version), f"{key_secret(generation)}-value: secretString is not a secret"
+        assert unwrap(version) == key.outputs["privateKeyPem"], f"{name}: {key_secret(generation)} is not {key.name}'s"
+    # The user-data names the current generation's secret: a host's key always matches the
+    # certificate its own template wrote, whatever restarts or rollbacks happen mid-rotation.
+    fetch = host_files(rec)["/usr/local/sbin/registry-fleet-fetch-secrets"]
+    token_lines = [
+        line for line in fetch.splitlines() if line.endswith(f"{TOKEN_SIGNING_KEY_FILE} 0640 root registry-token")
+    ]
+    assert token_lines == [
+        f"write_secret {arn(rec, key_secret(current))} {TOKEN_SIGNING_KEY_FILE} 0640 root registry-token"
+    ]
+    # The hosts' role may read every live generation (hosts from the previous template read theirs).
+    policy = json.loads(rec.named("fleet-role-policy").inputs["policy"])
+    (own,) = [st for st in policy["Statement"] if st["Sid"] == "OwnSecrets"]
+    assert {arn(rec, key_secret(g)) for g in live} <= set(own["Resource"]), name
+
+
+@pytest.mark.parametrize(
+    ("name", "current", "trusted"),
+    [("before", 1, [1]), ("a-trust-both", 1, [1, 2]), ("b-sign-with-2", 2, [1, 2]), ("c-drop-1", 2, [2])],
+)
+def test_hosts_sign_with_the_current_certificate_and_trust_every_live_one(
+    name: str, current: int, trusted: list[int], record_variant: Callable[..., Recording]
+) -> None:
+    rec = phase(name, record_variant)
+    files = host_files(rec)
+    assert files[TOKEN_SIGNING_CERT_FILE] == cert_pem(rec, current), f"{name}: the service's signing_cert"
+    assert files[TOKEN_TRUST_BUNDLE_FILE] == "".join(cert_pem(rec, g) for g in trusted), f"{name}: the bundle"
+    assert registry_config(rec)["auth"]["token"]["rootcertbundle"] == TOKEN_TRUST_BUNDLE_FILE
+    service = token_config(rec)
+    assert (service["signing_key"], service["signing_cert"]) == (TOKEN_SIGNING_KEY_FILE, TOKEN_SIGNING_CERT_FILE)
+    assert leaks(rec, settings(rec)) == [], f"{name}: a secret in plain text"
+
+
+def test_every_rotation_phase_rolls_the_fleet_and_only_the_switch_changes_the_key(
+    record_variant: Callable[..., Recording],
+) -> None:
+    order = list(PHASES)
+    for before, after in itertools.pairwise(order):
+        old, new = phase(before, record_variant), phase(after, record_variant)
+        assert old.named("fleet-lt").inputs["userData"] != new.named("fleet-lt").inputs["userData"], (
+            f"{before} -> {after}: fleet-lt user-data is unchanged, so no instance refresh would run"
+        )
+        # The service's config is untouched (it names the files, not their content): no new config version.
+        assert token_config(old) == token_config(new), f"{before} -> {after}"
+        assert instance_tags(old)[TOKEN_CONFIG_VERSION_TAG] == instance_tags(new)[TOKEN_CONFIG_VERSION_TAG]
+        # The current key changes only at the switch (another secret); the template then waits for its version.
+        key_changed = arn(old, key_secret(2 if before in ("b-sign-with-2", "c-drop-1") else 1)) != arn(
+            new, key_secret(2 if after in ("b-sign-with-2", "c-drop-1") else 1)
+        )
+        tag_changed = (
+            instance_tags(old)[TOKEN_SIGNING_KEY_VERSION_TAG] != instance_tags(new)[TOKEN_SIGNING_KEY_VERSION_TAG]
+        )
+        assert key_changed == tag_changed == (after == "b-sign-with-2"), f"{before} -> {after}"
+
+
+def test_hosts_are_tagged_with_the_signing_key_version_they_booted_with() -> None:
+    rec = recording("dev")
+    version = rec.named("access-token-signing-key-value").outputs["versionId"]
+    assert instance_tags(rec)[TOKEN_SIGNING_KEY_VERSION_TAG] == version
+
+
 # --- htpasswd stays a mode --------------------------------------------------------------------------
 
 
@@ -417,7 +567,8 @@ def test_htpasswd_mode_has_no_token_resources() -> None:
     assert not [r.name for r in rec.resources if TOKEN_SERVICE_PORT in ports(r)]
     assert rec.named("fleet-asg").inputs["targetGroupArns"] == [arn(rec, "lb-tg")]
     assert list(registry_config(rec)["auth"]) == ["htpasswd"]
-    assert TOKEN_SIGNING_CERT_FILE not in host_files(rec) and "registry-token" not in json.dumps(cloud_init(rec))
+    assert not {TOKEN_SIGNING_CERT_FILE, TOKEN_TRUST_BUNDLE_FILE} & set(host_files(rec))
+    assert "registry-token" not in json.dumps(cloud_init(rec))
 
 
 def test_htpasswd_mode_exports_the_admin_password_as_a_secret_and_no_token_outputs() -> None:

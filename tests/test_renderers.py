@@ -402,6 +402,7 @@ def test_notifications_over_plain_http_are_refused() -> None:
 # --- host boot: the token service (token mode) ----------------------------------------------------
 
 SIGNING_CERT = "-----BEGIN CERTIFICATE-----\nMIIBfakeSIGNINGcert\n-----END CERTIFICATE-----\n"
+NEXT_SIGNING_CERT = "-----BEGIN CERTIFICATE-----\nMIIBfakeNEXTsigningCERT\n-----END CERTIFICATE-----\n"
 LDAP_CA = "-----BEGIN CERTIFICATE-----\nMIIBfakeLDAPca\n-----END CERTIFICATE-----\n"
 ARTIFACT_SHA256 = "0123456789abcdef" * 4
 TOKEN_UNIT_EXEC_START = (
@@ -442,6 +443,7 @@ def test_token_mode_user_data_writes_the_unit_the_install_script_and_the_certifi
         "/usr/local/sbin/registry-fleet-install-token-service": (render_token_install_script(boot), "0700"),
         "/etc/systemd/system/registry-token.service": (render_token_service_unit(boot), "0644"),
         "/etc/registry-fleet/token-signing.crt": (SIGNING_CERT, "0644"),
+        "/etc/registry-fleet/token-trust.crt": (SIGNING_CERT, "0644"),  # no bundle given: the signing cert alone
         "/etc/registry-fleet/ldap-ca.crt": (LDAP_CA, "0644"),
         "/usr/local/sbin/registry-fleet-fetch-secrets": (render_fetch_secrets_script(boot), "0700"),
     }
@@ -575,12 +577,17 @@ def test_install_script_downloads_verifies_then_unpacks_and_installs_from_the_lo
         ({"port": 65536}, r"token_service\.port must be an integer in 1\.\.65535"),
         ({"signing_cert_pem": FAKE_PEM}, r"token_service\.signing_cert_pem must hold only PEM certificates"),
         ({"signing_cert_pem": CERT + FAKE_PEM}, r"token_service\.signing_cert_pem must hold only PEM certificates"),
+        ({"trust_bundle_pem": SIGNING_CERT + FAKE_PEM}, r"token_service\.trust_bundle_pem must hold only PEM cert"),
+        ({"trust_bundle_pem": "not a certificate"}, r"token_service\.trust_bundle_pem must hold only PEM cert"),
+        ({"trust_bundle_pem": ""}, r"token_service\.trust_bundle_pem must hold only PEM certificates"),
+        ({"trust_bundle_pem": NEXT_SIGNING_CERT}, r"token_service\.trust_bundle_pem must hold the signing certificate"),
         ({"ldap_ca_pem": "not a certificate"}, r"token_service\.ldap_ca_pem must hold only PEM certificates"),
         ({"tls_cert_file": "/etc/ssl/other.crt"}, r"token_service\.tls_cert_file must be the absolute path of one"),
     ],
     ids=[
         "sha-upper", "sha-short", "bucket", "key-dotdot", "key-absolute", "config-arn", "pem-as-arn", "s3-arn",
-        "index-http", "index-credentials", "port-0", "port-65536", "pem-key-as-cert", "cert-plus-key", "ca-text",
+        "index-http", "index-credentials", "port-0", "port-65536", "pem-key-as-cert", "cert-plus-key",
+        "bundle-plus-key", "bundle-text", "bundle-empty", "bundle-without-signing-cert", "ca-text",
         "tls-cert-not-public",
     ],
 )  # fmt: skip
@@ -606,11 +613,40 @@ def test_a_public_file_at_a_token_service_path_is_a_duplicate() -> None:
 def test_without_token_service_nothing_token_related_is_rendered() -> None:
     boot = base_boot()
     text = render_cloud_init(boot)
-    for word in ("registry-token", "token-service", "token-signing", "ldap-ca", "python3-venv", "/opt/registry-fleet"):
+    words = ("registry-token", "token-service", "token-signing", "token-trust", "ldap-ca", "python3-venv", "/opt/")
+    for word in words:
         assert word not in text, f"user-data mentions {word} without a token service"
     for render in (render_token_install_script, render_token_service_unit):
         with pytest.raises(ValueError, match=r"HostBoot\.token_service is None"):
             render(boot)
+
+
+def test_token_mode_writes_the_trust_bundle_beside_the_signing_certificate() -> None:
+    """During a rotation the registry trusts every live generation; the service signs with the current one."""
+    for bundle in (SIGNING_CERT + NEXT_SIGNING_CERT, NEXT_SIGNING_CERT + SIGNING_CERT):
+        files = user_data_files(token_boot(trust_bundle_pem=bundle))
+        trust, signing = files["/etc/registry-fleet/token-trust.crt"], files["/etc/registry-fleet/token-signing.crt"]
+        assert (trust["content"], trust["permissions"], trust["owner"], trust["defer"]) == (
+            bundle,
+            "0644",
+            "root:root",
+            True,
+        )
+        assert signing["content"] == SIGNING_CERT, "the service's signing_cert holds the current certificate only"
+
+
+def test_the_trust_bundle_may_spell_the_signing_certificate_with_other_line_ends() -> None:
+    crlf = SIGNING_CERT.replace("\n", "\r\n")
+    files = user_data_files(token_boot(trust_bundle_pem=NEXT_SIGNING_CERT + crlf))
+    assert files["/etc/registry-fleet/token-trust.crt"]["content"] == NEXT_SIGNING_CERT + crlf
+
+
+def test_a_public_file_at_the_trust_bundle_path_is_a_duplicate() -> None:
+    boot = dataclasses.replace(
+        token_boot(), public_files=(*base_boot().public_files, ("/etc/registry-fleet/token-trust.crt", CERT))
+    )
+    with pytest.raises(ValueError, match=r"more than once: /etc/registry-fleet/token-trust\.crt"):
+        render_cloud_init(boot)
 
 
 def test_token_mode_without_ldap_ca_writes_no_ldap_ca_file() -> None:
@@ -693,20 +729,31 @@ def test_biggest_realistic_token_mode_user_data_fits_in_16_kb() -> None:
 
 
 def test_user_data_with_two_signing_certificates_still_fits() -> None:
-    """A signing-key rotation ships both certificates in the registry's rootcertbundle."""
+    """A signing-key rotation ships both certificates in the registry's rootcertbundle (the trust bundle),
+    beside the signing certificate: three certificates, two of them distinct."""
     from dataclasses import replace
 
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     boot = biggest_realistic_boot()
     assert boot.token_service is not None
+    one = compress_user_data(render_cloud_init(boot))
     second = _certificate(rsa.generate_private_key(65537, 2048), "token signer (next)", False)
-    rotated = replace(
-        boot, token_service=replace(boot.token_service, signing_cert_pem=boot.token_service.signing_cert_pem + second)
-    )
-    text = render_cloud_init(rotated)
-    assert len(text.encode()) > 16384, "the raw text alone would not fit: this is why the fleet sends it gzipped"
-    assert len(compress_user_data(text)) < 16384
+    for signing, bundle in (
+        (boot.token_service.signing_cert_pem, boot.token_service.signing_cert_pem + second),  # phase a
+        (second, boot.token_service.signing_cert_pem + second),  # phase b
+    ):
+        rotated = replace(
+            boot, token_service=replace(boot.token_service, signing_cert_pem=signing, trust_bundle_pem=bundle)
+        )
+        text = render_cloud_init(rotated)  # raises when its gzip exceeds 16384 bytes
+        files = user_data_files(rotated)
+        assert files["/etc/registry-fleet/token-trust.crt"]["content"] == bundle
+        assert files["/etc/registry-fleet/token-signing.crt"]["content"] == signing
+        assert len(text.encode()) > 16384, "the raw text alone would not fit: this is why the fleet sends it gzipped"
+        size = len(compress_user_data(text))
+        assert size - len(one) < 1500, f"the second certificate costs {size - len(one)} bytes gzipped"
+        assert size <= 16384 // 2, f"user-data is {size} bytes gzipped: less than half of EC2's 16 KB left"
 
 
 def test_user_data_is_sent_gzipped_and_deterministic() -> None:

@@ -294,3 +294,69 @@ def test_every_stack_runs_token_mode_with_the_directory_and_its_robots(stack: st
     s = load_stack_settings(stack)
     assert s.access.mode == "token" and s.access.ldap is not None and s.access.robots
     assert s.token_issuer == f"registry-fleet-{stack}"
+
+
+# --- access.tokenSigning: the signing key generations (a rotation in three runs) -----------------
+
+
+def test_token_signing_defaults_to_one_generation_from_pulumi_yaml() -> None:
+    assert project_defaults()["access"]["tokenSigning"] == {"generations": [1], "current": 1}
+    signing = load_stack_settings("dev").access.token_signing
+    assert (signing.generations, signing.current) == ((1,), 1)
+
+
+@pytest.mark.parametrize(
+    "signing",
+    [
+        {"generations": [1, 2], "current": 1},
+        {"generations": [1, 2], "current": 2},
+        {"generations": [2], "current": 2},
+    ],
+    ids=["trust-both", "sign-with-2", "drop-1"],
+)
+def test_every_rotation_phase_is_valid(signing: dict[str, object]) -> None:
+    s = settings_from_config("dev", deep_merge(stack_config("dev"), {"access": {"tokenSigning": signing}}))
+    assert (list(s.access.token_signing.generations), s.access.token_signing.current) == (
+        signing["generations"],
+        signing["current"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("signing", "expected"),
+    [
+        ({"generations": []}, "access.tokenSigning.generations: [] must list 1 or 2 generations"),
+        ({"generations": [1, 2, 3]}, "access.tokenSigning.generations: [1, 2, 3] must list 1 or 2 generations"),
+        ({"generations": [0, 1]}, "access.tokenSigning.generations: [0, 1] must hold positive integers"),
+        ({"generations": [-1]}, "access.tokenSigning.generations: [-1] must hold positive integers"),
+        ({"generations": [2, 2]}, "access.tokenSigning.generations: [2, 2] must list distinct generations"),
+        ({"generations": [2, 1]}, "access.tokenSigning.generations: [2, 1] is not in ascending order"),
+        ({"generations": ["2"]}, 'access.tokenSigning.generations.0: "2": Input should be a valid integer'),
+        ({"generations": [2]}, "access.tokenSigning.current: 1 is not in access.tokenSigning.generations ([2])"),
+        (
+            {"generations": [1, 2], "current": 3},
+            "access.tokenSigning.current: 3 is not in access.tokenSigning.generations ([1, 2])",
+        ),
+        ({"current": True}, "access.tokenSigning.current: true: Input should be a valid integer"),
+        ({"next": 2}, "access.tokenSigning.next: 2: unknown key; allowed here: current, generations"),
+    ],
+    ids=[
+        "empty", "three", "zero", "negative", "twice", "descending", "string", "current-dropped", "current-unknown",
+        "current-bool", "unknown-key",
+    ],
+)  # fmt: skip
+def test_bad_token_signing_is_named(signing: dict[str, object], expected: str) -> None:
+    found = problems("dev", {"access": {"tokenSigning": signing}})
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_htpasswd_mode_refuses_token_signing_but_not_the_pulumi_yaml_default() -> None:
+    # Merged over the Pulumi.yaml defaults, as a stack file is: the default tokenSigning is no mistake.
+    htpasswd = {"mode": "htpasswd", "ldap": None}
+    s = settings_from_config("dev", deep_merge(project_defaults(), {**stack_config("dev"), "access": htpasswd}))
+    assert s.access.mode == "htpasswd" and s.access.token_signing.generations == (1,)
+    rotating = {**htpasswd, "tokenSigning": {"generations": [1, 2], "current": 1}}
+    assert access_problems("dev", rotating) == [
+        'access.tokenSigning: {"generations": [1, 2], "current": 1}: applies to mode token only; '
+        "remove it or use mode token"
+    ]
