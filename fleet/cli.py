@@ -34,6 +34,18 @@ def validate(stack: str, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
         f"{settings.registry_host}, {settings.region} -> {settings.replica_region})",
         file=out,
     )
+    access = settings.access
+    if access.mode == "token":
+        directory = access.ldap.url if access.ldap else "no directory"
+        print(
+            f"  access: token mode, {len(access.teams)} team(s), {len(access.users)} local user(s), "
+            f"{len(access.robots)} robot(s), {directory}; the secrets registry-fleet:accessUserHashes"
+            f"{' and registry-fleet:ldapBindPassword' if access.ldap else ''} are checked by pulumi preview/up "
+            "(this offline check cannot decrypt them)",
+            file=out,
+        )
+    else:
+        print("  access: htpasswd mode (one admin account that may do everything)", file=out)
 
 
 # --- plan -------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ def prod_plan() -> dict[str, object]:
 def test_validate_accepts_a_good_stack() -> None:
     code, out, _ = run("validate", "prod")
     assert code == 0 and "stack prod: valid" in out
+    assert "access: token mode, 3 team(s), 1 local user(s), 2 robot(s), ldaps://ldap.example.com" in out
+    assert "registry-fleet:accessUserHashes and registry-fleet:ldapBindPassword are checked by pulumi" in out
 
 
 def test_validate_rejects_a_broken_stack_with_exit_2_naming_the_key(tmp_path: Path) -> None:
