@@ -40,6 +40,7 @@ from components.host_boot import (
     TOKEN_SIGNING_CERT_FILE,
     TOKEN_SIGNING_KEY_FILE,
 )
+from components.stored_secret import stored_secret
 from components.token_config import render_token_service_config
 from infra.secrets import AccessSecrets, placeholder_bcrypt_hash
 from infra.settings import AccessSettings
@@ -175,24 +176,18 @@ class RegistryAccess(pulumi.ComponentResource):
         tags = args.tags
         child = pulumi.ResourceOptions(parent=self)
 
-        def stored_secret(
+        def access_secret(
             label: str, prefix: str, description: str, value: pulumi.Input[str]
         ) -> tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]:
-            secret = aws.secretsmanager.Secret(
+            return stored_secret(
                 f"{name}-{label}",
                 name_prefix=prefix,
                 description=f"registry-fleet {args.name_prefix}: {description}",
-                kms_key_id=args.kms_key_arn,
+                value=value,
+                kms_key_arn=args.kms_key_arn,
                 tags=tags,
                 opts=child,
             )
-            version = aws.secretsmanager.SecretVersion(
-                f"{name}-{label}-value",
-                secret_id=secret.id,
-                secret_string=pulumi.Output.secret(value),
-                opts=child,
-            )
-            return secret, version
 
         # --- per live generation a signing key and its certificate; the registry trusts them all ---
         signing = args.access.token_signing
@@ -216,7 +211,7 @@ class RegistryAccess(pulumi.ComponentResource):
         key_secrets: dict[int, tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]] = {}
         for generation in signing.generations:
             label = signing_key_secret_label(generation)
-            key_secrets[generation] = stored_secret(
+            key_secrets[generation] = access_secret(
                 label,
                 f"{args.name_prefix}/{label}-",
                 f"token signing key, generation {generation} (read by registry hosts at boot)",
@@ -239,7 +234,7 @@ class RegistryAccess(pulumi.ComponentResource):
                 opts=child,
             )
             robot_passwords[robot] = password
-            robot_secrets[robot], _ = stored_secret(
+            robot_secrets[robot], _ = access_secret(
                 f"robot-{robot}",
                 f"{args.name_prefix}/robots/{robot}-",
                 f"registry token of CI robot {robot} (user name {robot}; namespace {settings.namespace})",
@@ -251,7 +246,7 @@ class RegistryAccess(pulumi.ComponentResource):
         config = pulumi.Output.all(*[robot_passwords[n].bcrypt_hash for n in names]).apply(
             lambda hashes: inputs.config_text(ldap, dict(zip(names, hashes, strict=True)))
         )
-        config_secret, config_version = stored_secret(
+        config_secret, config_version = access_secret(
             "token-config",
             f"{args.name_prefix}/token-config-",
             "token service config: bcrypt hashes, directory password (read by registry hosts at boot)",

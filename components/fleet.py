@@ -49,6 +49,7 @@ from components.registry_config import (
     TokenAuth,
     render_registry_config,
 )
+from components.stored_secret import stored_secret
 
 DEBIAN_OWNER_ID = "136693071363"  # Debian's official AWS account (https://wiki.debian.org/Cloud/AmazonEC2Image)
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -213,21 +214,15 @@ class RegistryFleet(pulumi.ComponentResource):
             values["cloudfront-key"] = args.cdn.private_key_pem
         secrets: dict[str, aws.secretsmanager.Secret] = {}
         for label, value in values.items():
-            secret = aws.secretsmanager.Secret(
+            secrets[label], _ = stored_secret(
                 f"{name}-{label}",
                 name_prefix=f"{args.name_prefix}/{label}-",
                 description=f"registry-fleet {args.name_prefix}: {label} (read by registry hosts at boot)",
-                kms_key_id=args.kms_key_arn,
+                value=value,
+                kms_key_arn=args.kms_key_arn,
                 tags=tags,
                 opts=child,
             )
-            aws.secretsmanager.SecretVersion(
-                f"{name}-{label}-value",
-                secret_id=secret.id,
-                secret_string=pulumi.Output.secret(value),
-                opts=child,
-            )
-            secrets[label] = secret
         self.secret_arns = {label: s.arn for label, s in secrets.items()}
 
         # --- network identity: only the load balancer gets in ---
@@ -238,29 +233,23 @@ class RegistryFleet(pulumi.ComponentResource):
             tags={**tags, "Name": f"{name}-sg"},
             opts=child,
         )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-in-from-lb",
-            security_group_id=sg.id,
-            referenced_security_group_id=args.lb_security_group_id,
-            ip_protocol="tcp",
-            from_port=REGISTRY_PORT,
-            to_port=REGISTRY_PORT,
-            description="registry (HTTPS) from the load balancer",
-            tags=tags,
-            opts=child,
-        )
+        # Only the load balancer gets in, on the port of each service it forwards to.
+        inbound = [("in-from-lb", REGISTRY_PORT, "registry (HTTPS) from the load balancer")]
         if token is not None:
+            inbound.append(("in-token-from-lb", TOKEN_SERVICE_PORT, "token service (HTTPS) from the load balancer"))
+        for rule, port, description in inbound:
             aws.vpc.SecurityGroupIngressRule(
-                f"{name}-in-token-from-lb",
+                f"{name}-{rule}",
                 security_group_id=sg.id,
                 referenced_security_group_id=args.lb_security_group_id,
                 ip_protocol="tcp",
-                from_port=TOKEN_SERVICE_PORT,
-                to_port=TOKEN_SERVICE_PORT,
-                description="token service (HTTPS) from the load balancer",
+                from_port=port,
+                to_port=port,
+                description=description,
                 tags=tags,
                 opts=child,
             )
+        if token is not None:
             for i, cidr in enumerate(token.ldap_cidrs):
                 aws.vpc.SecurityGroupEgressRule(
                     f"{name}-out-ldap-{i}",

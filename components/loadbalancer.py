@@ -187,27 +187,20 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                     cidr_ipv4=cidr,
                     opts=child,
                 )
-        for i, cidr in enumerate(args.host_cidrs):
-            aws.vpc.SecurityGroupEgressRule(
-                f"{name}-out-hosts-{i}",
-                security_group_id=sg.id,
-                ip_protocol="tcp",
-                from_port=REGISTRY_PORT,
-                to_port=REGISTRY_PORT,
-                cidr_ipv4=cidr,
-                description="registry hosts (HTTPS)",
-                tags=tags,
-                opts=child,
-            )
-            if args.token_service:
+        # Out to the hosts only, on the port of each service the listener forwards to.
+        outbound = [("out-hosts", REGISTRY_PORT, "registry hosts (HTTPS)")]
+        if args.token_service:
+            outbound.append(("out-hosts-token", TOKEN_SERVICE_PORT, "token service on the registry hosts (HTTPS)"))
+        for rule, port, description in outbound:
+            for i, cidr in enumerate(args.host_cidrs):
                 aws.vpc.SecurityGroupEgressRule(
-                    f"{name}-out-hosts-token-{i}",
+                    f"{name}-{rule}-{i}",
                     security_group_id=sg.id,
                     ip_protocol="tcp",
-                    from_port=TOKEN_SERVICE_PORT,
-                    to_port=TOKEN_SERVICE_PORT,
+                    from_port=port,
+                    to_port=port,
                     cidr_ipv4=cidr,
-                    description="token service on the registry hosts (HTTPS)",
+                    description=description,
                     tags=tags,
                     opts=child,
                 )

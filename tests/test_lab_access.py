@@ -21,7 +21,6 @@ import re
 import secrets
 import ssl
 import subprocess
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -168,15 +167,6 @@ def manifest_digest(state: LabState, repo: str, tag: str, bearer_token: str) -> 
     )
     assert status == 200, body
     return headers["docker-content-digest"]
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not seen within {timeout:.0f}s")
 
 
 # --- the wiring ---------------------------------------------------------------------------------------
