@@ -219,28 +219,35 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[logs_policy]),
         )
-        tg = aws.lb.TargetGroup(
-            f"{name}-tg",
-            vpc_id=args.vpc_id,
-            port=REGISTRY_PORT,
-            protocol="HTTPS",
-            target_type="instance",
-            # The registry's draintimeout is 60s: let in-flight requests finish before deregistering.
-            deregistration_delay=60,
-            health_check={
-                "enabled": True,
-                "protocol": "HTTPS",
-                "path": "/",
-                "port": "traffic-port",
-                "matcher": "200",
-                "interval": 15,
-                "timeout": 5,
-                "healthy_threshold": 2,
-                "unhealthy_threshold": 3,
-            },
-            tags=tags,
-            opts=child,
-        )
+
+        def https_target_group(
+            resource_name: str, port: int, health_path: str, deregistration_delay: int
+        ) -> aws.lb.TargetGroup:
+            """Hosts behind HTTPS on `port`, healthy while `health_path` answers 200."""
+            return aws.lb.TargetGroup(
+                resource_name,
+                vpc_id=args.vpc_id,
+                port=port,
+                protocol="HTTPS",
+                target_type="instance",
+                deregistration_delay=deregistration_delay,
+                health_check={
+                    "enabled": True,
+                    "protocol": "HTTPS",
+                    "path": health_path,
+                    "port": "traffic-port",
+                    "matcher": "200",
+                    "interval": 15,
+                    "timeout": 5,
+                    "healthy_threshold": 2,
+                    "unhealthy_threshold": 3,
+                },
+                tags=tags,
+                opts=child,
+            )
+
+        # The registry's draintimeout is 60s: let in-flight requests finish before deregistering.
+        tg = https_target_group(f"{name}-tg", REGISTRY_PORT, "/", deregistration_delay=60)
         https = aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=lb.arn,
@@ -269,27 +276,9 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
 
         self.token_target_group_arn = None
         if args.token_service:
-            token_tg = aws.lb.TargetGroup(
-                f"{name}-token-tg",
-                vpc_id=args.vpc_id,
-                port=TOKEN_SERVICE_PORT,
-                protocol="HTTPS",
-                target_type="instance",
-                # A token request is one short round trip.
-                deregistration_delay=15,
-                health_check={
-                    "enabled": True,
-                    "protocol": "HTTPS",
-                    "path": TOKEN_HEALTH_PATH,
-                    "port": "traffic-port",
-                    "matcher": "200",
-                    "interval": 15,
-                    "timeout": 5,
-                    "healthy_threshold": 2,
-                    "unhealthy_threshold": 3,
-                },
-                tags=tags,
-                opts=child,
+            # A token request is one short round trip.
+            token_tg = https_target_group(
+                f"{name}-token-tg", TOKEN_SERVICE_PORT, TOKEN_HEALTH_PATH, deregistration_delay=15
             )
             aws.lb.ListenerRule(
                 f"{name}-token-route",
