@@ -9,7 +9,8 @@
     users: {alice: {password_hash: $2b$12$...}}
     policy: {teams: ..., robots: ..., admins: ..., rules: ...}      # auth/policy.py
     lockout: {threshold: 5, window_seconds: 300, max_lock_seconds: 900}
-    trusted_proxies: [10.0.0.0/16]          # whose X-Forwarded-For names the client (the ALB)
+    refresh_tokens: {enabled: true, lifetime_seconds: 604800, revoked: []}   # auth/refresh.py
+    trusted_proxies: [10.0.0.0/16]          # only the load balancer: its X-Forwarded-For names the client
 
 Errors name the key, e.g. `policy.teams.team-b: ...` or `users.alice.password_hash: ...`.
 """
@@ -24,8 +25,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from auth.identity import account_key
 from auth.ldap import LdapSettings
 from auth.policy import Policy, bcrypt_cost
+from auth.refresh import RefreshTokenSettings
 
 MAX_ACCOUNT_CHARS = 256
 
@@ -75,6 +78,7 @@ class ServiceConfig(_Frozen):
     users: dict[str, LocalUser] = Field(default_factory=dict)
     policy: Policy = Field(default_factory=Policy)
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    refresh_tokens: RefreshTokenSettings = Field(default_factory=RefreshTokenSettings)
     trusted_proxies: tuple[str, ...] = ()
     max_scopes: int = Field(default=20, ge=1, le=100)
     # The company directory (LDAP/AD); local users and robots are tried first.
@@ -100,6 +104,15 @@ class ServiceConfig(_Frozen):
         both = sorted(set(self.users) & set(self.policy.robots))
         if both:
             raise ValueError(f"users.{both[0]}: also a robot (policy.robots.{both[0]}); an account is one or the other")
+        seen: dict[str, str] = {}
+        for kind, names in (("users", self.users), ("policy.robots", self.policy.robots)):
+            for name in names:
+                other = seen.setdefault(account_key(name), f"{kind}.{name}")
+                if other != f"{kind}.{name}":
+                    raise ValueError(
+                        f"{kind}.{name}: the same account name as {other} once case and spacing are folded "
+                        "(they would share one lockout counter and one directory spelling)"
+                    )
         hashes = [(f"users.{n}.password_hash", u.password_hash) for n, u in self.users.items()]
         hashes += [(f"policy.robots.{n}.token_hash", r.token_hash) for n, r in self.policy.robots.items()]
         for key, value in hashes:

@@ -10,8 +10,14 @@ The flow for every `authenticate(username, password)`:
    anyone, so it raises :class:`BackendUnavailable`, never returns None;
 3. search `user_base_dn` with `user_filter`, the username escaped with
    `ldap3.utils.conv.escape_filter_chars` so `*`, `(`, `)`, `\\` and NUL stay literal; exactly one
-   entry, else None;
-4. bind as that entry's DN with the password, on a new connection (invalidCredentials -> None);
+   entry, else None; the entry's stored name (`username_attribute`; with several values, the least
+   one) is the account's canonical name, and a login whose `account_key` is not that name's key is
+   refused (the server folds what it compares; a spelling it maps elsewhere never gets a counter of
+   its own);
+4. bind as that entry's DN with the password, on a new connection (invalidCredentials -> None).
+   When step 3 found no usable entry, the same connect, TLS handshake and bind happen against a
+   fixed DN that does not exist, so unknown and known accounts cost the directory, and the
+   client, the same work (no timing oracle for which accounts exist);
 5. groups: the `memberOf` values of the user entry (the RDN of each DN, kept only under
    `group_base_dn` when set) or a search under `group_base_dn` with `group_filter`, the user's DN
    escaped the same way.
@@ -26,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import secrets
 import socket
 import ssl
 import unicodedata
@@ -44,12 +51,14 @@ from ldap3.utils.dn import parse_dn
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from auth.identity import BackendUnavailable, Identity
+from auth.identity import BackendUnavailable, Identity, account_key
 
 log = logging.getLogger(__name__)
 
 DEFAULT_USER_FILTER = "(&(objectClass=inetOrgPerson)(uid={username}))"
-AD_USER_FILTER = "(&(objectClass=user)(sAMAccountName={username}))"
+# Active Directory: disabled accounts (userAccountControl bit 2) match no entry, so their refresh
+# tokens stop working at once (their binds fail anyway).
+AD_USER_FILTER = "(&(objectClass=user)(sAMAccountName={username})(!(userAccountControl:1.2.840.113556.1.4.803:=2)))"
 DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(member={user_dn}))"
 AD_GROUP_FILTER = "(&(objectClass=group)(member={user_dn}))"
 MAX_USERNAME_LENGTH = 256
@@ -274,6 +283,10 @@ class LdapDirectory:
         self.settings = settings
         self._tls = VerifiedTls(settings.ca_file)
         self._group_base = _dn_key(settings.group_base_dn) if settings.group_base_dn else None
+        # The bind an unknown account gets instead of its own: a DN no entry has, a password nobody knows.
+        absent = f"registry-fleet-absent-{secrets.token_hex(8)}"
+        self._absent_dn = f"{settings.username_attribute}={absent},{settings.user_base_dn}"
+        self._absent_password = secrets.token_urlsafe(24)
 
     def __repr__(self) -> str:
         return f"LdapDirectory(url={self.settings.url!r}, bind_dn={self.settings.bind_dn!r})"
@@ -290,22 +303,37 @@ class LdapDirectory:
         s = self.settings
         with self._bound(s.bind_dn, s.bind_password.get_secret_value(), "service account bind") as service:
             found = self._find_user(service, username)
-            if found is None:
+            name = self._name(found[1], username) if found else None
+            if found is None or name is None:
+                self._user_password_ok(self._absent_dn, self._absent_password)  # the same work as a known account
                 return None
             user_dn, attributes = found
             if not self._user_password_ok(user_dn, password):
-                log.info("ldap: wrong password for %r", username)
+                log.info("ldap: wrong password for %r", name)
                 return None
-            name = self._name(attributes, username)
-            if name is None:
-                log.warning("ldap: %s has no usable %s value", user_dn, s.username_attribute)
-                return None
-            if s.group_mode == "memberOf":
-                groups = self._groups_from_member_of(_values(attributes, "memberOf"))
-            else:
-                groups = self._search_groups(service, user_dn)
+            groups = self._groups(service, user_dn, attributes)
         log.info("ldap: authenticated %r (%d groups)", name, len(groups))
         return Identity(name=name, kind="directory", groups=frozenset(groups))
+
+    def lookup(self, name: str) -> Identity | None:
+        """The account as the directory has it now (groups re-read), without a bind as the user:
+        None when no entry matches `user_filter` any more (deleted, or disabled where the filter
+        excludes disabled accounts, as AD_USER_FILTER does)."""
+        if not acceptable_username(name):
+            return None
+        s = self.settings
+        with self._bound(s.bind_dn, s.bind_password.get_secret_value(), "service account bind") as service:
+            found = self._find_user(service, name)
+            stored = self._name(found[1], name) if found else None
+            if found is None or stored is None:
+                return None
+            groups = self._groups(service, found[0], found[1])
+        return Identity(name=stored, kind="directory", groups=frozenset(groups))
+
+    def _groups(self, conn: Connection, user_dn: str, attributes: Any) -> set[str]:
+        if self.settings.group_mode == "memberOf":
+            return self._groups_from_member_of(_values(attributes, "memberOf"))
+        return self._search_groups(conn, user_dn)
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -410,11 +438,17 @@ class LdapDirectory:
         return str(entries[0]["dn"]), entries[0].get("attributes")
 
     def _name(self, attributes: Any, username: str) -> str | None:
-        """The account name as the directory stores it (the search may have matched it ignoring case)."""
-        values = _values(attributes, self.settings.username_attribute)
-        same = [v for v in values if v.casefold() == username.casefold()]
-        candidates = same or sorted(values)
-        return candidates[0] if candidates else None
+        """The account's canonical name: the stored value (the least, if there are several), when
+        the login names it (same `account_key`); else None, and the login is refused."""
+        values = sorted(v for v in _values(attributes, self.settings.username_attribute) if account_key(v))
+        if not values:
+            log.warning("ldap: the entry for %r has no usable %s value", username, self.settings.username_attribute)
+            return None
+        canonical = min(values, key=lambda v: (account_key(v), v))
+        if account_key(canonical) != account_key(username):
+            log.warning("ldap: %r is not a spelling of the account %r: refused", username, canonical)
+            return None
+        return canonical
 
     def _groups_from_member_of(self, dns: list[str]) -> set[str]:
         wanted = self.settings.group_name_attribute.lower()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import hashlib
 import logging
 import secrets
 import time
@@ -23,6 +24,12 @@ log = logging.getLogger("registry_fleet.auth.local")
 
 BCRYPT_MAX_BYTES = 72  # bcrypt >= 5 refuses longer passwords instead of truncating them
 DEFAULT_COST = 12
+
+
+def credential_digest(stored_hash: str) -> str:
+    """What a refresh token remembers of an account's stored hash: a new password or robot token
+    changes it. A digest of a salted bcrypt hash tells nothing about the secret."""
+    return hashlib.sha256(stored_hash.encode()).hexdigest()[:32]
 
 
 def hash_secret(secret: str, cost: int = DEFAULT_COST) -> str:
@@ -62,9 +69,20 @@ class LocalAuthenticator:
         if not bcrypt.checkpw(secret, stored):
             return None
         if robot is not None:
-            now = datetime.datetime.fromtimestamp(self._now(), datetime.UTC)
-            if now >= robot.expires:
+            if self._expired(robot):
                 log.warning("robot %r refused: expired at %s", username, robot.expires.isoformat())
                 return None
-            return Identity(name=username, kind="robot")
-        return Identity(name=username, kind="user")
+            return Identity(name=username, kind="robot", credential=credential_digest(robot.token_hash))
+        return Identity(name=username, kind="user", credential=credential_digest(stored.decode()))
+
+    def lookup(self, name: str) -> Identity | None:
+        """The account as configured now (None: gone, or an expired robot); no secret is checked."""
+        if name in self._users:
+            return Identity(name=name, kind="user", credential=credential_digest(self._users[name].decode()))
+        robot = self._robots.get(name)
+        if robot is None or self._expired(robot):
+            return None
+        return Identity(name=name, kind="robot", credential=credential_digest(robot.token_hash))
+
+    def _expired(self, robot: Robot) -> bool:
+        return datetime.datetime.fromtimestamp(self._now(), datetime.UTC) >= robot.expires

@@ -98,6 +98,10 @@ class TokenSigner:
         return cls(key, chain, issuer, lifetime)
 
     @property
+    def private_key(self) -> rsa.RSAPrivateKey:
+        return self._key
+
+    @property
     def public_key(self) -> rsa.RSAPublicKey:
         return self._key.public_key()
 

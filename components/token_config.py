@@ -63,6 +63,7 @@ def token_service_config(
             "rules": [rule.model_dump(mode="json", exclude_none=True, exclude_defaults=True) for rule in access.rules],
         },
         "trusted_proxies": list(trusted_proxies),
+        "refresh_tokens": access.refresh_tokens.model_dump(mode="json"),
     }
     if ldap is not None:
         directory = ldap.model_dump(mode="json", exclude={"bind_password"})

@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 from auth.config import check_account_name
 from auth.ldap import DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER, LdapSettings
 from auth.policy import Action, Rule, Team, ownership_problems
+from auth.refresh import RefreshTokenSettings
 
 PROJECT = "registry-fleet"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -434,6 +435,8 @@ class AccessSettings(_Model):
     robots: dict[str, RobotSettings] = Field(default_factory=dict)
     ldap: DirectorySettings | None = None
     token_signing: TokenSigningSettings = TokenSigningSettings()
+    # OAuth2 refresh tokens (`access_type=offline`): lifetime and revoked ids; the service's own model.
+    refresh_tokens: RefreshTokenSettings = RefreshTokenSettings()
     # Where hosts install the token service's pinned, hash-checked wheels from (a company mirror, or PyPI).
     pip_index_url: str = "https://pypi.org/simple"
 
@@ -692,6 +695,10 @@ def _access_problems(s: Settings) -> list[Problem]:
             if getattr(a, key):
                 out.append(Problem(f"access.{key}", "(set)", "applies to mode token only; remove it or use mode token"))
         # Pulumi.yaml gives every stack the default: only a value that differs from it is a mistake.
+        if a.refresh_tokens != RefreshTokenSettings():
+            out.append(
+                Problem("access.refreshTokens", "(set)", "applies to mode token only; remove it or use mode token")
+            )
         if a.token_signing != TokenSigningSettings():
             out.append(
                 Problem(

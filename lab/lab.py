@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import ssl
@@ -52,6 +53,7 @@ from lab.accounts import (
 from lab.nginx import NginxSite, render_nginx_conf
 from lab.overrides import (
     LAB_BUCKET,
+    LAB_LB_ADDRESS,
     LAB_USER,
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
@@ -61,6 +63,7 @@ from lab.overrides import (
     lab_token_service_config,
 )
 from lab.pki import LabPki, create_pki
+from lab.redact import ENV_VAR
 from lab.slapd import SLAPADD, SLAPD, SlapdHandle, start_slapd
 from lab.supervisor import Service
 
@@ -259,18 +262,22 @@ class Lab:
             )
         if (self.state_dir / STATE_FILE).exists():
             raise LabError(f"a lab already runs from {self.state_dir}: stop it with lab down, or use another state dir")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-            (self.state_dir / sub).chmod(0o777)  # nginx workers run as an unprivileged user
+        # Logs, configs and keys: 0600 files in 0700 directories, whoever else uses the machine.
+        umask = os.umask(0o077)
         started: list[Service] = []
         try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.state_dir.chmod(0o700)
+            for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+                (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
             return self._start(started)
         except BaseException:
             for service in reversed(started):
                 supervisor.stop(service)
             (self.state_dir / STATE_FILE).unlink(missing_ok=True)
             raise
+        finally:
+            os.umask(umask)
 
     def _start(self, started: list[Service]) -> LabState:
         s, d = self.settings, self.state_dir
@@ -374,11 +381,12 @@ class Lab:
             config_file = d / f"{name}.yml"
             config_file.write_text(render_registry_config(config))
             config_file.chmod(0o600)  # holds the events token
-            env = {**creds, **trust, "REGISTRY_HTTP_SECRET": http_secret}
+            # The registry logs the events endpoint's headers (the bearer token) at start: filtered.
+            env = {**creds, **trust, "REGISTRY_HTTP_SECRET": http_secret, ENV_VAR: json.dumps([token, http_secret])}
             registries.append(
                 launch(
                     name,
-                    [REGISTRY_BINARY, "serve", str(config_file)],
+                    [python, "-m", "lab.redact", "--", REGISTRY_BINARY, "serve", str(config_file)],
                     env,
                     {"https": ports[port_key], "debug": ports[f"{port_key}-debug"]},
                 )
@@ -396,6 +404,8 @@ class Lab:
                     ca_file=pki.ca_cert,
                     state_dir=d,
                     token_port=ports["token"] if access.token else None,
+                    source_address=LAB_LB_ADDRESS,
+                    worker_user=pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None,
                 )
             )
         )

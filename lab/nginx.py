@@ -3,7 +3,12 @@
 In token mode `location = /auth` (the realm's path, components/host_boot.TOKEN_PATH) goes to the
 token service over HTTPS, as the ALB's listener rule sends it to the token target group; nginx
 adds the client to X-Forwarded-For, as the ALB does, so the service's lockout and `clients` rules
-see the client, not the proxy.
+see the client, not the proxy. nginx connects to its upstreams from an address of its own
+(`source_address`, 127.0.0.2: lab/overrides.LAB_LB_ADDRESS), the only address the token service
+trusts to forward: a client on 127.0.0.1 that writes its own X-Forwarded-For is not believed.
+
+Workers run as the user that runs the lab (nginx's default is an unprivileged account), so every
+file of the lab can stay 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ class NginxSite:
     # nginx checks DNS names only (not IP SANs): verify the registries as "localhost".
     upstream_name: str = "localhost"
     token_port: int | None = None  # token mode: the token service on 127.0.0.1
+    source_address: str = "127.0.0.1"  # where nginx connects to upstreams from (the LB's own address)
+    worker_user: str | None = None  # `user` for the workers when nginx starts as root
 
 
 def _proxy_to(upstream: str, site: NginxSite) -> str:
     return f"""      proxy_pass https://{upstream};
+      proxy_bind {site.source_address};
       proxy_http_version 1.1;
       proxy_ssl_verify on;
       proxy_ssl_trusted_certificate {site.ca_file};
@@ -65,8 +73,9 @@ def render_nginx_conf(site: NginxSite) -> str:
     d = site.state_dir
     servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in site.upstreams)
     token_upstream, token_location = _token_service(site)
+    user = f"user {site.worker_user};\n" if site.worker_user else ""
     return f"""# Rendered by lab/nginx.py: the lab's load balancer.
-worker_processes 1;
+{user}worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
 events {{ worker_connections 256; }}

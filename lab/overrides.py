@@ -25,8 +25,10 @@ S3_ACCESS_KEY = "lab-access-key"
 S3_SECRET_KEY = "lab-secret-key"
 LAB_USER = "lab"
 LAB_BUCKET = "registry-lab"
-# nginx stands in for the ALB in front of the token service: its X-Forwarded-For names the client.
-LAB_TRUSTED_PROXIES = ("127.0.0.1/32",)
+# nginx stands in for the ALB in front of the token service: it connects from its own loopback
+# address, and only that address may name the client in X-Forwarded-For (lab clients are 127.0.0.1).
+LAB_LB_ADDRESS = "127.0.0.2"
+LAB_TRUSTED_PROXIES = (f"{LAB_LB_ADDRESS}/32",)
 
 
 @dataclass(frozen=True)

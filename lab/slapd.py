@@ -286,6 +286,29 @@ class SlapdHandle:
             if not conn.modify(group_dn(group), changes):
                 raise RuntimeError(f"lab slapd: adding {uid} to {group}: {conn.result.get('description')}")
 
+    def add_user(self, uid: str, password: str, groups: tuple[str, ...] = ()) -> None:
+        """A new person, as the seed makes them, then added to `groups`."""
+        attrs = {
+            "objectClass": ["inetOrgPerson"],
+            "uid": uid,
+            "cn": f"lab {uid}",
+            "sn": uid,
+            "userPassword": ssha(password),
+        }
+        with self.admin() as conn:
+            if not conn.add(user_dn(uid), attributes=attrs):
+                raise RuntimeError(f"lab slapd: adding {uid}: {conn.result.get('description')}")
+        for group in groups:
+            self.add_to_group(uid, group)
+
+    def delete_user(self, uid: str, groups: tuple[str, ...] = ()) -> None:
+        """Take a person out of `groups`, then delete their entry, as leaving the company does."""
+        for group in groups:
+            self.remove_from_group(uid, group)
+        with self.admin() as conn:
+            if not conn.delete(user_dn(uid)):
+                raise RuntimeError(f"lab slapd: deleting {uid}: {conn.result.get('description')}")
+
     def stop(self) -> None:
         supervisor.stop(self.service)
 

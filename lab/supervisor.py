@@ -92,7 +92,9 @@ def log_tail(path: str | Path, lines: int = 20) -> str:
 
 
 def start(service: Service, cwd: Path) -> Service:
-    with open(service.log, "ab") as log:
+    """Start the process; its log, and every file it makes, readable by the lab's user only."""
+    fd = os.open(service.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
             service.argv,
             cwd=cwd,
@@ -101,6 +103,7 @@ def start(service: Service, cwd: Path) -> Service:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o077,
         )
     service.pid = proc.pid
     return service
@@ -131,9 +134,17 @@ def stop(service: Service, timeout: float = 10.0) -> None:
             time.sleep(0.05)
         if not _group_alive(service.pid):
             break
-    if service.pid:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(service.pid, os.WNOHANG)
+    # A Go program's leader shows as a zombie while its other threads still exit: reap our child
+    # for real (a few ms later), so that nothing of it is left when stop returns.
+    deadline = time.monotonic() + 5.0
+    while service.pid and time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(service.pid, os.WNOHANG)
+        except ChildProcessError:
+            break  # not our child (another command started it), or already reaped
+        if done:
+            break
+        time.sleep(0.02)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -8,8 +8,10 @@ installs the Debian packages slapd and ldap-utils first.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import ssl
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -161,6 +163,71 @@ def test_the_connection_count_sees_an_authenticate(slapd: SlapdHandle) -> None:
     assert connections(slapd) == before + 2, "service account + user bind"
 
 
+def test_an_unknown_account_costs_the_directory_the_same_connections(slapd: SlapdHandle) -> None:
+    """No timing oracle: an unknown name gets a bind of its own (a DN no entry has), as a known one does."""
+    ldap = directory(slapd)
+    before = connections(slapd)
+    assert ldap.authenticate("mallory", "whatever") is None
+    assert connections(slapd) == before + 2, "service account + a bind as an absent DN"
+    logged = f'BIND dn="{ldap._absent_dn}"'.lower()
+    deadline = time.monotonic() + 5
+    while logged not in slapd_log(slapd).lower() and time.monotonic() < deadline:
+        time.sleep(0.05)  # slapd writes its log as it goes
+    assert logged in slapd_log(slapd).lower()
+
+
+# Known accounts must not answer measurably later than unknown ones: the medians of 40 shuffled
+# tries each stay within this bound. The broken twin below shows that the missing bind (about 2 ms
+# here) exceeds it.
+TIMING_BOUND_SECONDS = 0.0008
+
+
+def timing_gap(ldap: LdapDirectory) -> float:
+    trials = [("alice", "known"), ("bob", "known"), ("carol", "known"), ("dave", "known")] * 10
+    trials += [(f"ghost{i}", "unknown") for i in range(40)]
+    random.Random(11).shuffle(trials)
+    times: dict[str, list[float]] = {"known": [], "unknown": []}
+    ldap.authenticate("alice", "warm-up")
+    for name, kind in trials:
+        t0 = time.perf_counter()
+        assert ldap.authenticate(name, "not-the-password") is None
+        times[kind].append(time.perf_counter() - t0)
+    return statistics.median(times["known"]) - statistics.median(times["unknown"])
+
+
+def test_unknown_and_known_accounts_take_the_same_time(slapd: SlapdHandle) -> None:
+    gap = timing_gap(directory(slapd))
+    assert abs(gap) < TIMING_BOUND_SECONDS, f"known - unknown = {gap * 1000:.2f} ms"
+
+
+def test_without_the_absent_bind_the_timing_test_fails(slapd: SlapdHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    ldap = directory(slapd)
+    real = ldap._user_password_ok
+    monkeypatch.setattr(ldap, "_user_password_ok", lambda dn, pw: dn != ldap._absent_dn and real(dn, pw))
+    gap = timing_gap(ldap)
+    assert gap > TIMING_BOUND_SECONDS, f"the broken twin: known - unknown = {gap * 1000:.2f} ms"
+
+
+def test_a_spelling_of_another_stored_name_is_refused(slapd: SlapdHandle) -> None:
+    ldap = directory(slapd)
+    assert ldap._name({"uid": ["alice", "zed"]}, " ALICE") == "alice"
+    assert ldap._name({"uid": ["alice", "zed"]}, "zed") is None, "one canonical name per entry: the least"
+    assert ldap._name({"uid": ["Bob"]}, "bob") == "Bob", "the stored spelling is the account"
+    assert ldap._name({"uid": []}, "bob") is None
+
+
+def test_lookup_rereads_the_account_without_a_user_bind(slapd: SlapdHandle) -> None:
+    ldap = directory(slapd)
+    before = connections(slapd)
+    assert ldap.lookup("ALICE") == Identity("alice", "directory", frozenset(EXPECTED["alice"]))
+    assert connections(slapd) == before + 1, "the service account only"
+    assert ldap.lookup("mallory") is None
+    slapd.add_user("leaver", "leaver-Pw-1", ("team-a-devs",))
+    assert ldap.lookup("leaver") == Identity("leaver", "directory", frozenset({"team-a-devs"}))
+    slapd.delete_user("leaver", ("team-a-devs",))
+    assert ldap.lookup("leaver") is None
+
+
 @pytest.mark.parametrize("password", ["", "\x00", "a\x00b", "\u00ad"])
 def test_empty_or_unusable_passwords_are_refused_before_the_directory(slapd: SlapdHandle, password: str) -> None:
     before = connections(slapd)
@@ -202,9 +269,17 @@ def test_malformed_usernames_never_reach_the_directory(slapd: SlapdHandle, usern
 
 def test_more_than_one_matching_entry_is_none(slapd: SlapdHandle) -> None:
     # bob and carol are both Smiths: a filter on a non-unique attribute matches two entries.
-    ldap = directory(slapd, user_filter="(&(objectClass=inetOrgPerson)(sn={username}))")
+    ldap = directory(slapd, user_filter="(&(objectClass=inetOrgPerson)(sn={username}))", username_attribute="sn")
     assert ldap.authenticate("Smith", PASSWORDS["bob"]) is None
-    assert ldap.authenticate("Archer", PASSWORDS["alice"]) is not None, "one match still logs in"
+    archer = ldap.authenticate("Archer", PASSWORDS["alice"])
+    assert archer is not None and archer.name == "Archer", "one match still logs in"
+
+
+def test_a_login_by_another_attribute_than_the_account_name_is_refused(slapd: SlapdHandle) -> None:
+    """The filter may find the entry by another attribute (sn here, mail in many directories), but
+    the account is its uid: a login under another name would count failures apart."""
+    ldap = directory(slapd, user_filter="(&(objectClass=inetOrgPerson)(sn={username}))")
+    assert ldap.authenticate("Archer", PASSWORDS["alice"]) is None
 
 
 # --- group changes ----------------------------------------------------------------------------

@@ -530,19 +530,22 @@ def test_malformed_and_hostile_requests_get_a_clear_4xx_and_no_token(stack: Stac
     assert status == 431 and b"token" not in body
     status, _, body = call(stack.ca_file, "GET", f"{stack.auth_url}/auth?service={SERVICE}&{'x' * 9000}=1")
     assert status == 414 and b"token" not in body
-    # Bodies are refused, whatever the method.
+    # A GET takes no body; a POST is an OAuth2 form of at most 16 KiB; other methods are refused.
     status, _, body = call(stack.ca_file, "GET", f"{stack.auth_url}/auth?service={SERVICE}", body=b"x" * 4096)
     assert status == 413 and b"token" not in body
-    status, _, _ = call(stack.ca_file, "POST", f"{stack.auth_url}/auth", body=b"grant_type=password")
+    status, _, body = call(stack.ca_file, "POST", f"{stack.auth_url}/auth", body=b"grant_type=password")
+    assert status == 400 and b"application/x-www-form-urlencoded" in body
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, _ = call(stack.ca_file, "POST", f"{stack.auth_url}/auth", headers=form, body=b"x" * 20_000)
     assert status == 413
-    status, _, _ = call(stack.ca_file, "POST", f"{stack.auth_url}/auth?service={SERVICE}")
+    status, _, _ = call(stack.ca_file, "PUT", f"{stack.auth_url}/auth?service={SERVICE}")
     assert status == 405
 
 
 def test_repeated_failures_back_off_with_429(stack: Stack) -> None:
-    for _ in range(5):
-        assert token_for(stack, "mallory", password="guess")[0] == 401
-    status, headers, body = token_for(stack, "mallory", password="guess")
+    for i in range(5):
+        assert token_for(stack, "mallory", password=f"guess-{i}")[0] == 401
+    status, headers, body = token_for(stack, "mallory", password="guess-5")
     assert status == 429 and 0 < int(headers["retry-after"]) <= 32, body
     status, headers, _ = token_for(stack, "mallory")  # even the right password waits
     assert status == 429 and int(headers["retry-after"]) > 0

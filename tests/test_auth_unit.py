@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import datetime
+import itertools
 import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +30,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from auth.config import ConfigError, ServiceConfig, load_config, parse_config
-from auth.identity import BackendUnavailable, Identity
+from auth.identity import BackendUnavailable, Identity, account_key
 from auth.local import LocalAuthenticator, hash_secret
-from auth.lockout import Lockout
+from auth.lockout import Locked, Lockout
 from auth.policy import Policy
 from auth.scopes import Scope, ScopeError, parse_scope, parse_scopes
 from auth.server import AUDIT_LOGGER, client_address, create_app
@@ -381,13 +383,44 @@ def test_cli_check_validates_and_reports_errors(tmp_path: Path) -> None:
 # --- lockout ------------------------------------------------------------------------------------------
 
 
+_guesses = itertools.count()
+
+
+def in_parallel(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """`work(0..count-1)` in as many threads, released together; their results in order."""
+    start = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = work(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def fail(lockout: Lockout, account: str, client: str, secret: str | None = None) -> int:
+    """One wrong try through a reservation (a new wrong secret each time unless given)."""
+    with lockout.attempt(account, client) as attempt:
+        return attempt.failure(secret if secret is not None else f"guess-{next(_guesses)}")
+
+
+def succeed(lockout: Lockout, account: str, client: str) -> None:
+    with lockout.attempt(account, client) as attempt:
+        attempt.success()
+
+
 def test_lockout_backs_off_exponentially_and_a_success_resets() -> None:
     clock = Clock()
     lockout = Lockout(now=clock)
     for _ in range(4):
-        assert lockout.failure("bob", "10.0.0.1") == 0
+        assert fail(lockout, "bob", "10.0.0.1") == 0
     assert lockout.retry_after("bob", "10.0.0.1") == 0
-    assert lockout.failure("bob", "10.0.0.1") == 32  # 5th failure: 2**5 s
+    assert fail(lockout, "bob", "10.0.0.1") == 32  # 5th failure: 2**5 s
     assert lockout.retry_after("bob", "10.0.0.1") == 32
     assert lockout.retry_after("bob", "10.0.0.2") == 0, "another address is another pair"
     assert lockout.retry_after("alice", "10.0.0.1") == 0, "another account is another pair"
@@ -395,33 +428,34 @@ def test_lockout_backs_off_exponentially_and_a_success_resets() -> None:
     assert lockout.retry_after("bob", "10.0.0.1") == 1
     clock.advance(0.5)
     assert lockout.retry_after("bob", "10.0.0.1") == 0
-    assert lockout.failure("bob", "10.0.0.1") == 64
+    assert fail(lockout, "bob", "10.0.0.1") == 64
     locks = []
     for _ in range(6):
         clock.advance(lockout.retry_after("bob", "10.0.0.1"))
-        locks.append(lockout.failure("bob", "10.0.0.1"))
+        locks.append(fail(lockout, "bob", "10.0.0.1"))
     assert locks == [128, 256, 512, 900, 900, 900]  # capped at 15 minutes
-    lockout.success("bob", "10.0.0.1")
+    clock.advance(900)
+    succeed(lockout, "bob", "10.0.0.1")
     assert lockout.retry_after("bob", "10.0.0.1") == 0
-    assert lockout.failure("bob", "10.0.0.1") == 0
+    assert fail(lockout, "bob", "10.0.0.1") == 0
 
 
 def test_lockout_starts_over_after_a_quiet_window_once_the_lock_ends() -> None:
     clock = Clock()
     lockout = Lockout(now=clock)
     for _ in range(5):
-        lockout.failure("bob", "10.0.0.1")
+        fail(lockout, "bob", "10.0.0.1")
     clock.advance(32 + 300)  # the lock ended, then a whole window without failures
-    assert [lockout.failure("bob", "10.0.0.1") for _ in range(5)] == [0, 0, 0, 0, 32]
+    assert [fail(lockout, "bob", "10.0.0.1") for _ in range(5)] == [0, 0, 0, 0, 32]
     clock.advance(32 + 299)  # within the window after the lock: the back-off goes on
-    assert lockout.failure("bob", "10.0.0.1") == 64
+    assert fail(lockout, "bob", "10.0.0.1") == 64
 
 
 def test_lockout_forgets_failures_outside_the_window() -> None:
     clock = Clock()
     lockout = Lockout(now=clock)
     for _ in range(20):
-        assert lockout.failure("bob", "10.0.0.1") == 0
+        assert fail(lockout, "bob", "10.0.0.1") == 0
         clock.advance(76)  # 4 failures per 5 minutes never lock
     assert lockout.retry_after("bob", "10.0.0.1") == 0
 
@@ -430,11 +464,75 @@ def test_lockout_memory_is_bounded() -> None:
     clock = Clock()
     lockout = Lockout(max_entries=100, now=clock)
     for i in range(10_000):
-        lockout.failure(f"user{i}", "10.0.0.1")
+        fail(lockout, f"user{i}", "10.0.0.1")
     assert len(lockout) == 100
-    lockout.failure("x" * 100_000, "10.0.0.1")
+    fail(lockout, "x" * 100_000, "10.0.0.1")
     assert lockout.retry_after("x" * 100_000, "10.0.0.1") == 0
     assert max(len(k[0]) for k in lockout._entries) == 256
+
+
+def test_a_locked_pair_cannot_even_reserve_a_try() -> None:
+    clock = Clock()
+    lockout = Lockout(now=clock)
+    for _ in range(5):
+        fail(lockout, "bob", "10.0.0.1")
+    with pytest.raises(Locked) as locked, lockout.attempt("bob", "10.0.0.1"):
+        pytest.fail("a reservation while locked")
+    assert locked.value.retry_after == 32 and not locked.value.busy
+
+
+def test_the_same_wrong_secret_counts_once() -> None:
+    """A client retrying one login (containerd's POST, then GET) or a repeated typo is one failure."""
+    lockout = Lockout(now=Clock())
+    assert [fail(lockout, "bob", "10.0.0.1", "typo") for _ in range(10)] == [0] * 10
+    assert lockout.retry_after("bob", "10.0.0.1") == 0
+    assert [fail(lockout, "bob", "10.0.0.1") for _ in range(4)] == [0, 0, 0, 32], "new guesses still count"
+
+
+def test_parallel_wrong_tries_never_exceed_the_threshold() -> None:
+    """Check, credential work and count are one step: 24 threads guessing at once get 5 tries."""
+    lockout = Lockout(now=time.time, max_wait=10)
+    tried: list[int] = []
+    refused: list[int] = []
+
+    def guess(i: int) -> None:
+        try:
+            with lockout.attempt("bob", "10.0.0.1") as attempt:
+                time.sleep(0.05)  # the password check
+                tried.append(i)
+                attempt.failure(f"guess-{i}")
+        except Locked:
+            refused.append(i)
+
+    in_parallel(24, guess)
+    assert len(tried) == 5 and len(refused) == 19
+
+
+def test_parallel_right_secrets_all_go_through() -> None:
+    """Reservations bound failures, not logins: 24 parallel successes all get their try."""
+    lockout = Lockout(now=time.time, max_wait=10)
+    fail(lockout, "bob", "10.0.0.1")
+    fail(lockout, "bob", "10.0.0.1")
+    fail(lockout, "bob", "10.0.0.1")
+    done: list[int] = []
+
+    def login(i: int) -> None:
+        with lockout.attempt("bob", "10.0.0.1") as attempt:
+            time.sleep(0.02)
+            attempt.success()
+            done.append(i)
+
+    in_parallel(24, login)
+    assert len(done) == 24
+
+
+def test_an_unsettled_try_is_released_uncounted() -> None:
+    lockout = Lockout(now=Clock(), threshold=1, max_wait=0)
+    with lockout.attempt("bob", "10.0.0.1"):
+        with pytest.raises(Locked) as busy, lockout.attempt("bob", "10.0.0.1"):
+            pass
+        assert busy.value.busy, "the one try left is in flight"
+    assert fail(lockout, "bob", "10.0.0.1") == 2, "the released try did not count; this one locks"
 
 
 # --- tokens -------------------------------------------------------------------------------------------
@@ -564,19 +662,31 @@ def test_expired_robot_fails_like_a_wrong_password_and_is_logged(caplog: pytest.
 
 
 class Directory:
-    """A stand-in directory backend (the LDAP one lives in auth/ldap.py)."""
+    """A stand-in directory backend (the LDAP one lives in auth/ldap.py): it stores `zoe` and, as
+    LDAP does, finds her under any spelling with the same account key."""
 
-    def __init__(self, down: bool = False) -> None:
+    def __init__(self, down: bool = False, delay: float = 0.0) -> None:
         self.down = down
+        self.delay = delay
         self.calls = 0
+        self.entries = {"zoe": ("zoe-pw", frozenset({"a-devs"}))}
+
+    def _find(self, username: str) -> str | None:
+        if self.down:
+            raise BackendUnavailable("ldaps://dc1: connection refused")
+        return next((n for n in self.entries if account_key(n) == account_key(username)), None)
 
     def authenticate(self, username: str, password: str) -> Identity | None:
         self.calls += 1
-        if self.down:
-            raise BackendUnavailable("ldaps://dc1: connection refused")
-        if (username, password) == ("zoe", "zoe-pw"):
-            return Identity("zoe", "directory", frozenset({"a-devs"}))
+        time.sleep(self.delay)
+        name = self._find(username)
+        if name is not None and self.entries[name][0] == password:
+            return Identity(name, "directory", self.entries[name][1])
         return None
+
+    def lookup(self, name: str) -> Identity | None:
+        found = self._find(name)
+        return Identity(found, "directory", self.entries[found][1]) if found else None
 
 
 def make_app(tmp_path: Path, clock: Clock, directory: Directory | None = None, **changes: Any) -> Flask:
@@ -705,8 +815,8 @@ def test_wrong_credentials_get_401_with_a_basic_challenge(client: FlaskClient) -
 
 
 def test_repeated_failures_get_429_and_success_resets(client: FlaskClient, clock: Clock) -> None:
-    for _ in range(5):
-        assert get_token(client, who=("bob", "wrong")).status_code == 401
+    for i in range(5):
+        assert get_token(client, who=("bob", f"wrong-{i}")).status_code == 401
     resp = get_token(client, who=("bob", "bob-pw"))
     assert resp.status_code == 429 and resp.headers["Retry-After"] == "32"
     assert get_token(client, who=("alice", "alice-pw")).status_code == 200
@@ -728,8 +838,11 @@ def test_a_directory_that_is_down_is_503_and_not_a_failure(tmp_path: Path, clock
 
 def test_bodies_and_other_methods_are_refused(client: FlaskClient) -> None:
     assert client.get(f"/auth?service={SERVICE}", data=b"x" * 10).status_code == 413
-    assert client.post(f"/auth?service={SERVICE}", data=b"grant_type=password").status_code == 413
-    assert client.post(f"/auth?service={SERVICE}").status_code == 405
+    assert client.put(f"/auth?service={SERVICE}").status_code == 405
+    assert client.delete("/auth").status_code == 405
+    assert client.post("/healthz", data=b"x").status_code == 405
+    too_big = client.post("/auth", data=b"a" * 20_000, content_type="application/x-www-form-urlencoded")
+    assert too_big.status_code == 413
     assert body_of(client.get("/nope"))["errors"][0]["code"] == "NOT_FOUND"
     assert client.get("/healthz").status_code == 200
 
@@ -741,19 +854,23 @@ def test_audit_lines_record_each_decision_and_no_secret(client: FlaskClient, cap
         get_token(client, "repository:team-b/app:push", who=("alice", "alice-pw"))
         get_token(client, "repository:team-a/app:pull", who=("carol", secret))
         get_token(client, "repository:BAD:pull", who=("carol", secret))
-        for _ in range(5):
-            get_token(client, who=("x", secret))
+        for i in range(5):
+            get_token(client, who=("x", f"{secret}{i}"))
     lines = audit_lines(caplog)
     assert lines[0] == {
         "event": "token",
+        "grant": "basic",
         "account": "alice",
+        "login": "alice",
         "client": "127.0.0.1",
+        "client_id": None,
         "service": SERVICE,
         "requested": ["repository:team-a/app:pull,push"],
         "granted": ["repository:team-a/app:pull"],
         "outcome": "granted",
         "reason": None,
         "jti": claims_of(ok)["jti"],
+        "refresh_id": None,
     }
     assert lines[1]["outcome"] == "denied" and lines[1]["granted"] == []
     assert lines[2]["outcome"] == "unauthenticated" and lines[2]["account"] == "carol"

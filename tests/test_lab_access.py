@@ -187,7 +187,7 @@ def test_registries_trust_the_lab_token_service_as_the_fleet_renders_it(lab: Lab
     service_config = Path(lab.state_dir) / TOKEN_CONFIG_FILE
     assert service_config.stat().st_mode & 0o077 == 0, "holds bcrypt hashes and the directory's password"
     rendered = json.loads(service_config.read_text())
-    assert rendered["trusted_proxies"] == ["127.0.0.1/32"]
+    assert rendered["trusted_proxies"] == ["127.0.0.2/32"], "only the lab LB forwards"
     assert rendered["ldap"]["url"] == lab.directory["url_ldaps"], "the stack's ldaps:// scheme, the lab's slapd"
     assert all(h.startswith("$2b$10$") for h in [u["password_hash"] for u in rendered["users"].values()])
     nginx = (Path(lab.state_dir) / "nginx.conf").read_text()

@@ -360,3 +360,32 @@ def test_htpasswd_mode_refuses_token_signing_but_not_the_pulumi_yaml_default() -
         'access.tokenSigning: {"generations": [1, 2], "current": 1}: applies to mode token only; '
         "remove it or use mode token"
     ]
+
+
+# --- access.refreshTokens -----------------------------------------------------------------------------
+
+
+def test_refresh_token_settings_reach_the_token_service_and_are_checked() -> None:
+    from components.token_config import token_service_config
+    from tests.conftest import settings_with
+
+    revoked = "AbCdEfGhIjKlMnOpQrStUvWx"
+    s = settings_with("dev", {"access": {"refreshTokens": {"lifetimeSeconds": 86400, "revoked": [revoked]}}})
+    hashes = {n: "$2b$10$" + "a" * 53 for n in s.access.users}
+    robots = {n: "$2b$10$" + "b" * 53 for n in s.access.robots}
+    config = token_service_config(
+        s.access,
+        issuer="i",
+        service="s",
+        signing_key_file="/k",
+        signing_cert_file="/c",
+        user_hashes=hashes,
+        robot_token_hashes=robots,
+        ldap=None,
+    )
+    assert config["refresh_tokens"] == {"enabled": True, "lifetime_seconds": 86400, "revoked": [revoked]}
+    found = problems("dev", {"access": {"refreshTokens": {"lifetimeSeconds": 10, "revoked": ["x"]}}})
+    assert any(p.startswith("access.refreshTokens.lifetimeSeconds") for p in found), found
+    assert any("is not a refresh token id" in p for p in found), found
+    found = problems("dev", {"access": {"mode": "htpasswd", "refreshTokens": {"enabled": False}}})
+    assert any(p.startswith("access.refreshTokens") and "mode token only" in p for p in found), found
