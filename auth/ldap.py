@@ -302,12 +302,11 @@ class LdapDirectory:
             return None
         s = self.settings
         with self._bound(s.bind_dn, s.bind_password.get_secret_value(), "service account bind") as service:
-            found = self._find_user(service, username)
-            name = self._name(found[1], username) if found else None
-            if found is None or name is None:
+            account = self._account(service, username)
+            if account is None:
                 self._user_password_ok(self._absent_dn, self._absent_password)  # the same work as a known account
                 return None
-            user_dn, attributes = found
+            user_dn, attributes, name = account
             if not self._user_password_ok(user_dn, password):
                 log.info("ldap: wrong password for %r", name)
                 return None
@@ -323,12 +322,20 @@ class LdapDirectory:
             return None
         s = self.settings
         with self._bound(s.bind_dn, s.bind_password.get_secret_value(), "service account bind") as service:
-            found = self._find_user(service, name)
-            stored = self._name(found[1], name) if found else None
-            if found is None or stored is None:
+            account = self._account(service, name)
+            if account is None:
                 return None
-            groups = self._groups(service, found[0], found[1])
+            user_dn, attributes, stored = account
+            groups = self._groups(service, user_dn, attributes)
         return Identity(name=stored, kind="directory", groups=frozenset(groups))
+
+    def _account(self, conn: Connection, username: str) -> tuple[str, Any, str] | None:
+        """(DN, attributes, canonical name) of the one entry the login names, or None."""
+        found = self._find_user(conn, username)
+        name = self._name(found[1], username) if found else None
+        if found is None or name is None:
+            return None
+        return found[0], found[1], name
 
     def _groups(self, conn: Connection, user_dn: str, attributes: Any) -> set[str]:
         if self.settings.group_mode == "memberOf":

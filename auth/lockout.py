@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-MAX_KEY_CHARS = 256
+from auth.identity import MAX_KEY_CHARS
+
 REMEMBERED_SECRETS = 4  # wrong secrets per pair not counted again
 _MAX_EXPONENT = 40  # 2**40 s is far beyond any max_lock; keeps the arithmetic small
 

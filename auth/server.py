@@ -294,12 +294,13 @@ class TokenEndpoint:
     def basic(self) -> Response:
         decision = Decision(client=self._client(), grant="basic")
         try:
-            scopes = self._scopes(decision, request.args.getlist("scope"))
+            raw_scopes = request.args.getlist("scope")
+            self._note_requested(decision, raw_scopes)
             credentials = basic_credentials(request.headers.get("Authorization"))
             if credentials is not None:
                 decision.login = decision.account = credentials[0]
             self._service(decision, _single(request.args.getlist("service"), "service"))
-            self._check_scopes(decision, scopes)
+            scopes = self._check_scopes(decision, raw_scopes)
             account = _single(request.args.getlist("account"), "account")
             if account is not None and (credentials is None or account != credentials[0]):
                 raise bad_request("account must be the user of the Basic credentials")
@@ -321,7 +322,8 @@ class TokenEndpoint:
 
             grant = one("grant_type")
             decision.grant = grant if grant in ("password", "refresh_token") else "unknown"
-            scopes = self._scopes(decision, form.get("scope", []))
+            raw_scopes = form.get("scope", [])
+            self._note_requested(decision, raw_scopes)
             username = one("username")
             if username is not None and grant == "password":
                 decision.login = decision.account = username
@@ -335,7 +337,7 @@ class TokenEndpoint:
             access_type = one("access_type") or "online"
             if access_type not in ("online", "offline"):
                 raise bad_request(f"access_type {_cut(access_type)!r}: online or offline")
-            self._check_scopes(decision, scopes)
+            scopes = self._check_scopes(decision, raw_scopes)
             refresh_token: str | None = None
             if grant == "password":
                 password = one("password")
@@ -378,9 +380,9 @@ class TokenEndpoint:
 
     # -- shared steps -------------------------------------------------------------------------------
 
-    def _scopes(self, decision: Decision, raw: list[str]) -> list[str]:
+    def _note_requested(self, decision: Decision, raw: list[str]) -> None:
+        """What the audit line shows as requested if the request fails before its scopes parse."""
         decision.requested = [_cut(s) or "" for s in raw[: self.config.max_scopes]]
-        return raw
 
     def _service(self, decision: Decision, service: str | None) -> None:
         decision.service = service
@@ -455,11 +457,10 @@ class TokenEndpoint:
         self,
         decision: Decision,
         identity: Identity | None,
-        raw_scopes: list[str],
+        scopes: list[Scope],
         oauth: bool,
         refresh_token: str | None = None,
     ) -> Response:
-        scopes = parse_scopes(raw_scopes)  # checked before
         granted: list[Scope] = []
         for scope in scopes:
             allowed = self.config.policy.allowed(identity, scope, decision.client)

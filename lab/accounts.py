@@ -27,7 +27,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -202,11 +202,16 @@ def demo_account(entries: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], str
 
 
 def registry_token(
-    realm: str, service: str, ca_file: str, account: tuple[str, str] | None, scopes: Sequence[str]
+    realm: str,
+    service: str,
+    ca_file: str,
+    account: tuple[str, str] | None,
+    scopes: Sequence[str],
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """GET the realm as a registry client does; returns (HTTP status, JSON body)."""
     query = urllib.parse.urlencode([("service", service), *(("scope", s) for s in scopes)])
-    request = urllib.request.Request(f"{realm}?{query}")
+    request = urllib.request.Request(f"{realm}?{query}", headers=dict(headers or {}))
     if account is not None:
         basic = base64.b64encode(f"{account[0]}:{account[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {basic}")

@@ -149,26 +149,8 @@ def oauth(state: LabState, **fields: str) -> tuple[int, dict[str, Any]]:
 
 def basic_token(state: LabState, user: str, password: str, headers: dict[str, str] | None = None) -> int:
     """GET the realm (through nginx) with Basic credentials; the HTTP status."""
-    if headers is None:
-        return registry_token(state.token["realm"], state.token["service"], state.ca_file, (user, password), ())[0]
-    import base64
-
-    parts = urllib.parse.urlsplit(state.token["realm"])
-    conn = http.client.HTTPSConnection(
-        parts.hostname, parts.port, context=ssl.create_default_context(cafile=state.ca_file), timeout=30
-    )
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    try:
-        conn.request(
-            "GET",
-            f"{parts.path}?service={state.token['service']}",
-            headers={"Authorization": f"Basic {auth}", **headers},
-        )
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
+    realm, service = state.token["realm"], state.token["service"]
+    return registry_token(realm, service, state.ca_file, (user, password), (), headers)[0]
 
 
 def new_person(state: LabState, prefix: str, groups: tuple[str, ...] = ()) -> tuple[str, str]:
