@@ -54,6 +54,7 @@ class Scorecard:
 
 
 def resources_of(rec: Recording) -> list[Res]:
+    # The program registers resources concurrently; in URN order the audit reads the same every run.
     return [
         Res(
             type=r.type,
@@ -65,7 +66,7 @@ def resources_of(rec: Recording) -> list[Res]:
             id=r.id,
             outputs=r.outputs,
         )
-        for r in rec.resources
+        for r in sorted(rec.resources, key=lambda r: r.urn)
     ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,10 +29,42 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+_PORT_FLOOR = 10000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, chosen outside the kernel's ephemeral range.
+
+    A port the kernel picked for us (bind to 0) lies inside the ephemeral range, from which every
+    outgoing connection also takes its local port: between choosing a port and the service binding
+    it, a lab client's connection could take it ("address already in use", seen in CI). Ports
+    below the ephemeral range are never given to outgoing connections. A port is handed out once
+    per process.
+    """
+    low, high = _ephemeral_range()
+    candidates: list[int] = [*range(_PORT_FLOOR, low), *range(high + 1, 65536)] or list(range(1024, 65536))
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port between {_PORT_FLOOR} and {low - 1}")
 
 
 def port_open(port: int, timeout: float = 0.5) -> bool:

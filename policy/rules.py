@@ -644,7 +644,7 @@ def find_signing_key(resources: Sequence[Res]) -> Iterator[Finding]:
     yield (
         STACK,
         f"no {KMS_KEY} with keyUsage 'SIGN_VERIFY' and an ECC_* or RSA_* customerMasterKeySpec (the cosign key); "
-        f"keys: {seen or 'none'}",
+        f"keys: {sorted(seen) or 'none'}",
     )
 
 

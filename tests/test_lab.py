@@ -414,3 +414,13 @@ def test_registry_health_fails_without_s3_and_recovers(lab: LabState) -> None:
 
 def test_edge_served_the_blob_bytes(lab: LabState) -> None:
     assert edge_bytes(lab) > 0
+
+
+def test_free_ports_lie_outside_the_ephemeral_range_and_are_handed_out_once() -> None:
+    # Outgoing connections take their local port from the ephemeral range: a port chosen there could
+    # be taken before the service binds it (CI once saw "address already in use").
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [supervisor.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports), f"a port was handed out twice: {sorted(ports)}"
+    inside = [p for p in ports if low <= p <= high]
+    assert not inside, f"ports inside the ephemeral range {low}-{high}: {inside}"

@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import selectors
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lab.cloudfront import Verdict, canned_policy, cf_b64decode, cf_b64encode, sign_url, verify_signed_url
 from lab.pki import LabPki as Pki
 from lab.pki import create_pki
+from lab.supervisor import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "docker/registry/v2/blobs/sha256/aa/aaaa/data"
@@ -225,12 +225,6 @@ def test_sha256_variant_and_percent_encoded_signature(signing_key: KeyPair) -> N
 def make_pki(directory: Path) -> Pki:
     """The lab's own PKI (a CA and a server certificate for 127.0.0.1): the edge is tested as the lab runs it."""
     return create_pki(directory, ["127.0.0.1", "localhost"])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def child_env(home: Path) -> dict[str, str]:

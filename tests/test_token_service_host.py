@@ -26,7 +26,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -65,6 +64,7 @@ from components.registry_config import RegistryConfig, render_registry_config
 from components.token_config import render_token_service_config
 from infra.settings import load_stack_settings
 from lab.pki import create_pki
+from lab.supervisor import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 REGION = "eu-west-1"
@@ -171,12 +171,6 @@ def signing_pair(directory: Path) -> tuple[bytes, str]:
     """An RSA 2048 key (PKCS#1 PEM) and its self-signed certificate, as pulumi-tls makes them."""
     key_file, cert_file = create_signing_pair(directory)
     return key_file.read_bytes(), cert_file.read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def user_exists(name: str) -> bool:
