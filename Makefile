@@ -35,9 +35,9 @@ plan: .venv/.installed
 	$(PY) -m fleet plan $(STACK)
 
 lint: .venv/.installed
-	$(PY) -m ruff check infra components fleet lab policy auth tests
-	$(PY) -m ruff format --check infra components fleet lab policy auth tests
-	$(PY) -m mypy infra components fleet lab policy auth
+	$(PY) -m ruff check infra components host fleet lab policy auth tests
+	$(PY) -m ruff format --check infra components host fleet lab policy auth tests
+	$(PY) -m mypy infra components host fleet lab policy auth
 
 unit: .venv/.installed lab-packages
 	$(PY) -m pytest -q

@@ -7,13 +7,13 @@ Creates what the token service on every registry host needs, and nothing it runs
   (`auth.token.rootcertbundle`), so a rotation never refuses a token (see SIGNING_CERT_VALIDITY_HOURS);
 - per CI robot a generated token (pulumi-random), kept in its own Secrets Manager secret for CI to
   read; only its bcrypt hash reaches the service;
-- the service's configuration (auth/config.py), rendered by `components.token_config` from the
+- the service's configuration (auth/config.py), rendered by `host.token_config` from the
   access settings, the stack's secret inputs and the robots' hashes inside one `apply`, and stored as
   a Secrets Manager secret (it holds bcrypt hashes and the directory password);
 - each generation's signing key PEM in its own Secrets Manager secret; a host's user-data names the
   current generation's secret, so a host always reads the key that matches the certificate its
   template wrote (a restart or a rolled-back refresh never pairs a new key with an old certificate);
-- the service's code (components.artifact) as an object in the registry bucket, SSE-KMS, named by
+- the service's code (host.artifact) as an object in the registry bucket, SSE-KMS, named by
   its SHA-256, which hosts check before unpacking.
 
 Every secret is encrypted with the registry's KMS key. Hosts read the config and the signing key at
@@ -32,16 +32,11 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from auth.ldap import LdapSettings
-from components.artifact import Artifact
 from components.errors import ComponentInputError
-from components.host_boot import (
-    SYSTEM_CA_BUNDLE,
-    TOKEN_LDAP_CA_FILE,
-    TOKEN_SIGNING_CERT_FILE,
-    TOKEN_SIGNING_KEY_FILE,
-)
 from components.stored_secret import stored_secret
-from components.token_config import render_token_service_config
+from host.artifact import Artifact
+from host.contract import SYSTEM_CA_BUNDLE, TOKEN_LDAP_CA_FILE, TOKEN_SIGNING_CERT_FILE, TOKEN_SIGNING_KEY_FILE
+from host.token_config import render_token_service_config
 from infra.secrets import AccessSecrets, placeholder_bcrypt_hash
 from infra.settings import AccessSettings
 

@@ -16,8 +16,8 @@ generated admin account signs in with a password.
 Secrets (the shared `http.secret`, the TLS host key, the htpasswd file, the CloudFront signing
 key; in token mode the service's config and signing key, made by `components.access`) are Pulumi
 secrets stored in Secrets Manager; hosts read them at boot. User-data holds only their ARNs, never
-a value: it is rendered by the pure functions of `components.registry_config` and
-`components.host_boot` from resolved, non-secret outputs.
+a value: it is rendered by the pure functions of `host.registry_config` and `host.boot` from
+resolved, non-secret outputs; the ports and paths are the host contract's (`host.contract`).
 """
 
 from __future__ import annotations
@@ -32,35 +32,26 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components.errors import ComponentInputError
-from components.host_boot import (
+from components.stored_secret import stored_secret
+from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
+from host.contract import (
+    CA_CERT_FILE,
+    CLOUDFRONT_KEY_FILE,
+    HOST_CERT_FILE,
+    HOST_KEY_FILE,
+    HTPASSWD_FILE,
+    REGISTRY_PORT,
     TOKEN_PATH,
     TOKEN_SERVICE_PORT,
     TOKEN_TRUST_BUNDLE_FILE,
-    HostBoot,
-    SecretFile,
-    TokenServiceBoot,
-    encode_user_data,
-    render_cloud_init,
 )
-from components.registry_config import (
-    REGISTRY_PORT,
-    CloudFrontSettings,
-    RegistryConfig,
-    TokenAuth,
-    render_registry_config,
-)
-from components.stored_secret import stored_secret
+from host.registry_config import CloudFrontSettings, RegistryConfig, TokenAuth, render_registry_config
+from host.user_data import encode_user_data
 
 DEBIAN_OWNER_ID = "136693071363"  # Debian's official AWS account (https://wiki.debian.org/Cloud/AmazonEC2Image)
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 ADMIN_USER = "admin"
 
-TLS_DIR = "/etc/docker/registry/tls"
-HOST_CERT_FILE = f"{TLS_DIR}/host.crt"
-HOST_KEY_FILE = f"{TLS_DIR}/host.key"
-CA_CERT_FILE = f"{TLS_DIR}/ca.crt"
-HTPASSWD_FILE = "/etc/docker/registry/htpasswd"
-CLOUDFRONT_KEY_FILE = "/etc/docker/registry/cloudfront.pem"
 # Instance tag naming the token service config version a host booted with: a new version (a user,
 # a team, a rotated robot token) changes the launch template, so the fleet rolls onto it.
 TOKEN_CONFIG_VERSION_TAG = "registry-fleet:token-config-version"
@@ -491,4 +482,4 @@ class RegistryFleet(pulumi.ComponentResource):
             architecture=args.architecture,
             token_service=token_service,
         )
-        return render_cloud_init(boot)
+        return render_host(boot).user_data

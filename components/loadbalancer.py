@@ -21,8 +21,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components.host_boot import TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
-from components.registry_config import REGISTRY_PORT
+from host.contract import REGISTRY_PORT, TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
 
 # Elastic Load Balancing's log-writer accounts for regions opened before August 2022; newer
 # regions use the logdelivery.elasticloadbalancing.amazonaws.com service principal (both are

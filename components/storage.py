@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pulumi
 import pulumi_aws as aws
 
-from components.registry_config import BLOB_PREFIX
+from host.contract import BLOB_PREFIX
 
 BACKUP_MANAGED_POLICIES = (
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Backup",

@@ -16,7 +16,6 @@ import pulumi
 import pulumi_aws as aws
 
 from components.access import RegistryAccess, RegistryAccessArgs, TokenServiceInputs, check_token_service_inputs
-from components.artifact import build_artifact
 from components.cdn import BlobCdn, BlobCdnArgs
 from components.certificates import DnsValidatedCertificate, DnsValidatedCertificateArgs
 from components.dns import RegistryDns, RegistryDnsArgs
@@ -32,6 +31,7 @@ from components.storage import (
     RegistryStorageArgs,
 )
 from components.waivers import PolicyWaivers, WaiverArgs
+from host.artifact import build_artifact
 from infra.secrets import AccessSecrets
 from infra.settings import Settings
 

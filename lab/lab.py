@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from auth.tokens import create_signing_pair
-from components.host_boot import TOKEN_HEALTH_PATH
-from components.registry_config import render_registry_config
+from host.contract import TOKEN_HEALTH_PATH
+from host.registry_config import render_registry_config
 from infra.settings import AccessSettings, Settings
 from lab import supervisor
 from lab.accounts import (

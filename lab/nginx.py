@@ -1,6 +1,6 @@
 """nginx standing in for the ALB: TLS 1.2+ only, HTTP -> 301, HTTPS to the registries, verified.
 
-In token mode `location = /auth` (the realm's path, components/host_boot.TOKEN_PATH) goes to the
+In token mode `location = /auth` (the realm's path, host/contract.TOKEN_PATH) goes to the
 token service over HTTPS, as the ALB's listener rule sends it to the token target group; nginx
 adds the client to X-Forwarded-For, as the ALB does, so the service's lockout and `clients` rules
 see the client, not the proxy. nginx connects to its upstreams from an address of its own
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.host_boot import TOKEN_HEALTH_PATH, TOKEN_PATH
+from host.contract import TOKEN_HEALTH_PATH, TOKEN_PATH
 
 
 @dataclass(frozen=True)

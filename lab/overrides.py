@@ -1,8 +1,8 @@
 """The one place where the lab departs from the fleet: endpoints, ports, paths, credentials.
 
 Everything else in a lab registry's config.yml, and in the token service's config, comes from the
-stack's settings through the same renderers the fleet's hosts use (components/registry_config.py,
-components/token_config.py). If a value below is not an endpoint, a port, a path or a credential,
+stack's settings through the same renderers the fleet's hosts use (host/registry_config.py,
+host/token_config.py). If a value below is not an endpoint, a port, a path or a credential,
 it does not belong here.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from auth.ldap import LdapSettings
-from components.host_boot import TOKEN_PATH
-from components.registry_config import CloudFrontSettings, NotificationEndpoint, RegistryConfig, TokenAuth
-from components.token_config import render_token_service_config
+from host.contract import TOKEN_PATH
+from host.registry_config import CloudFrontSettings, NotificationEndpoint, RegistryConfig, TokenAuth
+from host.token_config import render_token_service_config
 from infra.settings import DirectorySettings, Settings
 from lab.slapd import SlapdHandle
 

@@ -30,10 +30,13 @@ import pytest
 import yaml
 
 from components.access import SIGNING_CERT_VALIDITY_HOURS
-from components.artifact import build_artifact
 from components.errors import ComponentInputError
 from components.fleet import TOKEN_CONFIG_VERSION_TAG, TOKEN_SIGNING_KEY_VERSION_TAG
-from components.host_boot import (
+from components.network import subnet_plan
+from fleet.audit import resources_of, score
+from fleet.engine import Recording, RecordingMocks, RecordingMonitor, Resource, fake_secret, record
+from host.artifact import build_artifact
+from host.contract import (
     SYSTEM_CA_BUNDLE,
     TOKEN_HEALTH_PATH,
     TOKEN_PATH,
@@ -41,11 +44,8 @@ from components.host_boot import (
     TOKEN_SIGNING_CERT_FILE,
     TOKEN_SIGNING_KEY_FILE,
     TOKEN_TRUST_BUNDLE_FILE,
-    decode_user_data,
 )
-from components.network import subnet_plan
-from fleet.audit import resources_of, score
-from fleet.engine import Recording, RecordingMocks, RecordingMonitor, Resource, fake_secret, record
+from host.user_data import decode_user_data
 from infra.program import build, name_prefix
 from infra.secrets import (
     LDAP_PASSWORD_KEY,

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.host_boot import decode_user_data
 from fleet.engine import Recording, Resource, fake_secret, is_secret, record, unwrap
+from host.contract import HOST_PACKAGES, HOST_SERVICES
+from host.user_data import decode_user_data
 from infra.secrets import placeholder_access_secrets
 from infra.settings import load_stack_settings
 from tests.conftest import STACKS, recording
@@ -30,10 +31,6 @@ from tests.conftest import STACKS, recording
 REQUIRED_TAGS = {"environment", "team", "owner", "stack", "managed-by"}
 # Generated secrets: the registry's http.secret and, in token mode, every robot's token.
 SECRET_PREFIXES = ("fleet-http-secret-random", "fleet-admin-password-random", "access-robot-")
-# What a registry host may install: the registry and the token service (its venv), and what boots
-# them (AWS CLI for secrets, curl for SSM).
-HOST_PACKAGES = {"docker-registry", "awscli", "ca-certificates", "curl", "python3-venv"}
-HOST_SERVICES = ("docker-registry", "registry-token", "amazon-ssm-agent")
 
 
 def one(rec: Recording, type_: str, name: str | None = None) -> Resource:

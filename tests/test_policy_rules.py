@@ -44,8 +44,8 @@ from pulumi_policy import (
 from pulumi_policy import proxy as policy_proxy
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 
-from components.host_boot import decode_user_data
 from fleet.audit import resources_of
+from host.user_data import decode_user_data
 from policy.crossguard import policies, to_res
 from policy.rules import (
     KMS_KEY,

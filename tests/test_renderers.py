@@ -11,30 +11,24 @@ import base64
 import dataclasses
 import datetime
 import random
+from importlib import resources
 from typing import Any
 
 import pytest
 import yaml
 
-from components.host_boot import (
-    HostBoot,
-    SecretFile,
-    TokenServiceBoot,
-    compress_user_data,
-    decode_user_data,
-    encode_user_data,
-    render_cloud_init,
-    render_fetch_secrets_script,
-    render_systemd_dropin,
-    render_token_install_script,
-    render_token_service_unit,
-)
-from components.registry_config import (
+from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
+from host.contract import DROPIN_PATH, FETCH_SCRIPT_PATH, TOKEN_INSTALL_SCRIPT_PATH, TOKEN_UNIT_PATH
+from host.registry_config import (
     CloudFrontSettings,
+    NotificationEndpoint,
     RegistryConfig,
+    TokenAuth,
     registry_config_dict,
     render_registry_config,
 )
+from host.template import PLACEHOLDER, render_file, template_text
+from host.user_data import compress_user_data, decode_user_data, encode_user_data
 
 KMS_KEY = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 FAKE_PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfakefakefake\n-----END RSA PRIVATE KEY-----\n"
@@ -92,11 +86,31 @@ def config_text_with(**sections: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def cloud_init(boot: HostBoot) -> str:
+    return render_host(boot).user_data
+
+
+def fetch_script(boot: HostBoot) -> str:
+    return render_host(boot).content(FETCH_SCRIPT_PATH)
+
+
+def registry_dropin(boot: HostBoot) -> str:
+    return render_host(boot).content(DROPIN_PATH)
+
+
+def install_script(boot: HostBoot) -> str:
+    return render_host(boot).content(TOKEN_INSTALL_SCRIPT_PATH)
+
+
+def token_unit(boot: HostBoot) -> str:
+    return render_host(boot).content(TOKEN_UNIT_PATH)
+
+
 def all_boot_texts(boot: HostBoot) -> dict[str, str]:
     return {
-        "fetch script": render_fetch_secrets_script(boot),
-        "drop-in": render_systemd_dropin(boot),
-        "cloud-init": render_cloud_init(boot),
+        "fetch script": fetch_script(boot),
+        "drop-in": registry_dropin(boot),
+        "cloud-init": cloud_init(boot),
     }
 
 
@@ -227,27 +241,27 @@ def test_chunk_size_of_exactly_5_mib_is_allowed() -> None:
 
 
 def test_fetch_script_names_every_secret_arn() -> None:
-    script = render_fetch_secrets_script(base_boot())
+    script = fetch_script(base_boot())
     for name in ("http-secret", "tls-key", "htpasswd", "cloudfront-key"):
         assert arn(name) in script, f"{name} ARN missing from the fetch script"
 
 
 def test_fetch_script_is_strict_bash_and_never_traces() -> None:
-    script = render_fetch_secrets_script(base_boot())
+    script = fetch_script(base_boot())
     assert script.startswith("#!/bin/bash\n")
     assert "set -euo pipefail" in script and "umask 077" in script
     assert "set -x" not in script and "xtrace" not in script
 
 
 def test_fetch_script_reads_secrets_with_the_aws_cli_in_the_region() -> None:
-    script = render_fetch_secrets_script(base_boot())
+    script = fetch_script(base_boot())
     assert "REGION=eu-west-1" in script
     assert 'aws --region "$REGION" secretsmanager get-secret-value --secret-id' in script
     assert "--query SecretString --output text" in script
 
 
 def test_fetch_script_writes_http_secret_to_root_only_env_file() -> None:
-    script = render_fetch_secrets_script(base_boot())
+    script = fetch_script(base_boot())
     assert f"write_http_secret {arn('http-secret')}" in script.splitlines()
     assert "REGISTRY_HTTP_SECRET=" in script
     assert 'mv -f "$tmp" /run/registry-fleet/registry.env' in script
@@ -256,7 +270,7 @@ def test_fetch_script_writes_http_secret_to_root_only_env_file() -> None:
 
 def test_fetch_script_installs_secret_files_readable_by_the_registry_group_only() -> None:
     boot = base_boot(secret_files=(SecretFile(arn("tls-key"), "/etc/docker/registry/tls/host.key"),))
-    script = render_fetch_secrets_script(boot)
+    script = fetch_script(boot)
     line = f"write_secret {arn('tls-key')} /etc/docker/registry/tls/host.key 0640 root docker-registry"
     assert line in script.splitlines()
 
@@ -294,23 +308,21 @@ def test_rendered_boot_texts_hold_no_private_key() -> None:
     ids=["http-secret-value", "pem-as-arn", "pem-as-public-file", "http.secret-in-config", "s3-key-in-config", "pem"],
 )
 def test_no_field_accepts_a_secret_value(changes: dict[str, Any], message: str) -> None:
-    boot = base_boot(**changes)
-    for render in (render_fetch_secrets_script, render_systemd_dropin, render_cloud_init):
-        with pytest.raises(ValueError, match=message):
-            render(boot)
+    with pytest.raises(ValueError, match=message):
+        render_host(base_boot(**changes))
 
 
 def test_dropin_runs_fetch_script_as_root_before_start() -> None:
-    dropin = render_systemd_dropin(base_boot())
+    dropin = registry_dropin(base_boot())
     assert "ExecStartPre=+/usr/local/sbin/registry-fleet-fetch-secrets\n" in dropin
 
 
 def test_dropin_reads_the_environment_file() -> None:
-    assert "EnvironmentFile=-/run/registry-fleet/registry.env\n" in render_systemd_dropin(base_boot())
+    assert "EnvironmentFile=-/run/registry-fleet/registry.env\n" in registry_dropin(base_boot())
 
 
 def test_dropin_sandboxes_the_registry() -> None:
-    lines = set(render_systemd_dropin(base_boot()).splitlines())
+    lines = set(registry_dropin(base_boot()).splitlines())
     for setting in (
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -323,13 +335,13 @@ def test_dropin_sandboxes_the_registry() -> None:
 
 
 def test_cloud_init_first_line_is_cloud_config_and_parses() -> None:
-    text = render_cloud_init(base_boot())
+    text = cloud_init(base_boot())
     assert text.splitlines()[0] == "#cloud-config"
     assert isinstance(yaml.safe_load(text), dict)
 
 
 def test_cloud_init_installs_packages_over_https_mirrors() -> None:
-    config = yaml.safe_load(render_cloud_init(base_boot()))
+    config = yaml.safe_load(cloud_init(base_boot()))
     assert config["apt"]["primary"][0]["uri"] == "https://deb.debian.org/debian"
     assert config["apt"]["security"][0]["uri"] == "https://deb.debian.org/debian-security"
     assert config["package_update"] is True
@@ -338,12 +350,12 @@ def test_cloud_init_installs_packages_over_https_mirrors() -> None:
 
 def test_cloud_init_writes_config_script_dropin_and_public_files_deferred() -> None:
     boot = base_boot()
-    files = {f["path"]: f for f in yaml.safe_load(render_cloud_init(boot))["write_files"]}
+    files = {f["path"]: f for f in yaml.safe_load(cloud_init(boot))["write_files"]}
     expected = {
         "/etc/docker/registry/config.yml": (boot.registry_config_yaml, "0644"),
         "/etc/docker/registry/tls/host.crt": (CERT, "0644"),
-        "/usr/local/sbin/registry-fleet-fetch-secrets": (render_fetch_secrets_script(boot), "0700"),
-        "/etc/systemd/system/docker-registry.service.d/10-registry-fleet.conf": (render_systemd_dropin(boot), "0644"),
+        "/usr/local/sbin/registry-fleet-fetch-secrets": (fetch_script(boot), "0700"),
+        "/etc/systemd/system/docker-registry.service.d/10-registry-fleet.conf": (registry_dropin(boot), "0644"),
     }
     assert set(files) == set(expected), "secret files must not be in user-data"
     for path, (content, mode) in expected.items():
@@ -351,13 +363,13 @@ def test_cloud_init_writes_config_script_dropin_and_public_files_deferred() -> N
 
 
 def test_cloud_init_ssm_agent_url_uses_region_and_arch() -> None:
-    text = render_cloud_init(base_boot(region="ap-southeast-2", architecture="amd64"))
+    text = cloud_init(base_boot(region="ap-southeast-2", architecture="amd64"))
     url = "https://s3.ap-southeast-2.amazonaws.com/amazon-ssm-ap-southeast-2/latest/debian_amd64/amazon-ssm-agent.deb"
     assert url in text
 
 
 def test_cloud_init_restarts_registry_after_daemon_reload() -> None:
-    runcmd = yaml.safe_load(render_cloud_init(base_boot()))["runcmd"]
+    runcmd = yaml.safe_load(cloud_init(base_boot()))["runcmd"]
     assert runcmd.index(["systemctl", "daemon-reload"]) < runcmd.index(["systemctl", "restart", "docker-registry"])
     assert ["systemctl", "enable", "--now", "docker-registry"] in runcmd
 
@@ -368,7 +380,7 @@ def test_boot_rendering_is_deterministic() -> None:
 
 def test_unknown_architecture_raises() -> None:
     with pytest.raises(ValueError, match=r"HostBoot\.architecture"):
-        render_cloud_init(base_boot(architecture="x86_64"))
+        cloud_init(base_boot(architecture="x86_64"))
 
 
 def test_user_data_over_16_kb_raises() -> None:
@@ -377,12 +389,10 @@ def test_user_data_over_16_kb_raises() -> None:
     big_cert = "-----BEGIN CERTIFICATE-----\n" + body + "\n-----END CERTIFICATE-----\n"
     boot = base_boot(public_files=(("/etc/docker/registry/tls/ca.crt", big_cert),))
     with pytest.raises(ValueError, match="16384"):
-        render_cloud_init(boot)
+        cloud_init(boot)
 
 
 def test_notifications_are_rendered_only_when_asked_with_the_bearer_header() -> None:
-    from components.registry_config import NotificationEndpoint
-
     assert "notifications" not in parsed(base_config())
     endpoint = NotificationEndpoint("events", "https://127.0.0.1:9000/events", "tok")
     config = parsed(dataclasses.replace(base_config(), notifications=(endpoint,)))
@@ -392,8 +402,6 @@ def test_notifications_are_rendered_only_when_asked_with_the_bearer_header() -> 
 
 
 def test_notifications_over_plain_http_are_refused() -> None:
-    from components.registry_config import NotificationEndpoint
-
     endpoint = NotificationEndpoint("events", "http://127.0.0.1:9000/events", "tok")
     with pytest.raises(ValueError, match=r"notifications\[events\] needs an https:// url"):
         render_registry_config(dataclasses.replace(base_config(), notifications=(endpoint,)))
@@ -433,19 +441,19 @@ def token_boot(**changes: Any) -> HostBoot:
 
 
 def user_data_files(boot: HostBoot) -> dict[str, dict[str, Any]]:
-    return {f["path"]: f for f in yaml.safe_load(render_cloud_init(boot))["write_files"]}
+    return {f["path"]: f for f in yaml.safe_load(cloud_init(boot))["write_files"]}
 
 
 def test_token_mode_user_data_writes_the_unit_the_install_script_and_the_certificates() -> None:
     boot = token_boot()
     files = user_data_files(boot)
     expected = {
-        "/usr/local/sbin/registry-fleet-install-token-service": (render_token_install_script(boot), "0700"),
-        "/etc/systemd/system/registry-token.service": (render_token_service_unit(boot), "0644"),
+        "/usr/local/sbin/registry-fleet-install-token-service": (install_script(boot), "0700"),
+        "/etc/systemd/system/registry-token.service": (token_unit(boot), "0644"),
         "/etc/registry-fleet/token-signing.crt": (SIGNING_CERT, "0644"),
         "/etc/registry-fleet/token-trust.crt": (SIGNING_CERT, "0644"),  # no bundle given: the signing cert alone
         "/etc/registry-fleet/ldap-ca.crt": (LDAP_CA, "0644"),
-        "/usr/local/sbin/registry-fleet-fetch-secrets": (render_fetch_secrets_script(boot), "0700"),
+        "/usr/local/sbin/registry-fleet-fetch-secrets": (fetch_script(boot), "0700"),
     }
     for path, (content, mode) in expected.items():
         assert path in files, f"user-data lacks {path}"
@@ -454,7 +462,7 @@ def test_token_mode_user_data_writes_the_unit_the_install_script_and_the_certifi
 
 def test_token_mode_user_data_holds_arns_and_certificates_but_no_secret() -> None:
     boot = token_boot()
-    text = render_cloud_init(boot)
+    text = cloud_init(boot)
     assert "PRIVATE KEY" not in text
     for name in ("token-config", "token-signing-key", "tls-key"):
         assert arn(name) in text, f"the {name} ARN is missing"
@@ -464,7 +472,7 @@ def test_token_mode_user_data_holds_arns_and_certificates_but_no_secret() -> Non
 
 
 def test_token_mode_enables_the_unit_after_the_registry_and_the_unit_installs_first() -> None:
-    config = yaml.safe_load(render_cloud_init(token_boot()))
+    config = yaml.safe_load(cloud_init(token_boot()))
     runcmd = config["runcmd"]
     restart = runcmd.index(["systemctl", "restart", "docker-registry"])
     assert runcmd[restart + 1 :] == [
@@ -473,7 +481,7 @@ def test_token_mode_enables_the_unit_after_the_registry_and_the_unit_installs_fi
     ]
     assert "python3-venv" in config["packages"]
     # The install runs from the unit (retried on every restart), before the secrets are fetched.
-    pre = [line for line in render_token_service_unit(token_boot()).splitlines() if line.startswith("ExecStartPre=")]
+    pre = [line for line in token_unit(token_boot()).splitlines() if line.startswith("ExecStartPre=")]
     assert pre == [
         "ExecStartPre=+/usr/local/sbin/registry-fleet-install-token-service",
         "ExecStartPre=+/usr/local/sbin/registry-fleet-fetch-secrets registry-token",
@@ -481,7 +489,7 @@ def test_token_mode_enables_the_unit_after_the_registry_and_the_unit_installs_fi
 
 
 def test_token_unit_runs_python_m_auth_as_its_own_user() -> None:
-    lines = render_token_service_unit(token_boot()).splitlines()
+    lines = token_unit(token_boot()).splitlines()
     for line in (
         "User=registry-token",
         "Group=registry-token",
@@ -499,13 +507,13 @@ def test_token_unit_runs_python_m_auth_as_its_own_user() -> None:
 
 
 def test_token_unit_port_follows_the_boot() -> None:
-    unit = render_token_service_unit(token_boot(port=8443))
+    unit = token_unit(token_boot(port=8443))
     assert "--bind 0.0.0.0:8443 " in unit
 
 
 def test_token_unit_has_the_registry_sandbox_except_memory_deny_write_execute() -> None:
-    dropin = set(render_systemd_dropin(base_boot()).splitlines())
-    unit = render_token_service_unit(token_boot()).splitlines()
+    dropin = set(registry_dropin(base_boot()).splitlines())
+    unit = token_unit(token_boot()).splitlines()
     sandbox = {
         line for line in dropin if line.startswith(("No", "Protect", "Private", "Restrict", "Cap", "Lock", "Sys"))
     }
@@ -517,7 +525,7 @@ def test_token_unit_has_the_registry_sandbox_except_memory_deny_write_execute() 
 
 
 def test_fetch_script_writes_the_token_secrets_for_registry_token_only() -> None:
-    lines = render_fetch_secrets_script(token_boot()).splitlines()
+    lines = fetch_script(token_boot()).splitlines()
     case = lines[lines.index("case ${1:-docker-registry} in") :]
     registry, token = case.index("docker-registry)"), case.index("registry-token)")
     for name, path in (
@@ -532,13 +540,13 @@ def test_fetch_script_writes_the_token_secrets_for_registry_token_only() -> None
 
 
 def test_fetch_script_without_token_service_writes_the_registry_set_by_default() -> None:
-    script = render_fetch_secrets_script(base_boot())
+    script = fetch_script(base_boot())
     assert "case ${1:-docker-registry} in\ndocker-registry)\nwrite_http_secret " in script
     assert "registry-token" not in script
 
 
 def test_install_script_downloads_verifies_then_unpacks_and_installs_from_the_lock() -> None:
-    script = render_token_install_script(token_boot())
+    script = install_script(token_boot())
     assert script.startswith("#!/bin/bash\n") and "set -euo pipefail\n" in script
     assert f"BUCKET=registry-fleet-dev-blobs KEY=registry-fleet/token-service/auth-{ARTIFACT_SHA256}.tar.gz " in script
     assert f"SHA256={ARTIFACT_SHA256} INDEX=https://pypi.org/simple\n" in script
@@ -594,12 +602,10 @@ def test_install_script_downloads_verifies_then_unpacks_and_installs_from_the_lo
 def test_invalid_token_service_raises_naming_the_field_and_never_echoing_a_secret(
     changes: dict[str, Any], message: str
 ) -> None:
-    boot = token_boot(**changes)
-    for render in (render_cloud_init, render_fetch_secrets_script, render_token_install_script):
-        with pytest.raises(ValueError, match=message) as err:
-            render(boot)
-        for secret in ("s3cr3t", "MIIEowIBAAKCAQEAfakefakefake"):
-            assert secret not in str(err.value), f"the error echoes a secret: {err.value}"
+    with pytest.raises(ValueError, match=message) as err:
+        render_host(token_boot(**changes))
+    for secret in ("s3cr3t", "MIIEowIBAAKCAQEAfakefakefake"):
+        assert secret not in str(err.value), f"the error echoes a secret: {err.value}"
 
 
 def test_a_public_file_at_a_token_service_path_is_a_duplicate() -> None:
@@ -607,18 +613,17 @@ def test_a_public_file_at_a_token_service_path_is_a_duplicate() -> None:
         token_boot(), public_files=(*base_boot().public_files, ("/etc/registry-fleet/token-signing.crt", CERT))
     )
     with pytest.raises(ValueError, match=r"more than once: /etc/registry-fleet/token-signing\.crt"):
-        render_cloud_init(boot)
+        cloud_init(boot)
 
 
 def test_without_token_service_nothing_token_related_is_rendered() -> None:
     boot = base_boot()
-    text = render_cloud_init(boot)
+    text = cloud_init(boot)
     words = ("registry-token", "token-service", "token-signing", "token-trust", "ldap-ca", "python3-venv", "/opt/")
     for word in words:
         assert word not in text, f"user-data mentions {word} without a token service"
-    for render in (render_token_install_script, render_token_service_unit):
-        with pytest.raises(ValueError, match=r"HostBoot\.token_service is None"):
-            render(boot)
+    paths = {f.path for f in render_host(boot).files}
+    assert not paths & {TOKEN_INSTALL_SCRIPT_PATH, TOKEN_UNIT_PATH}, "token service files without a token service"
 
 
 def test_token_mode_writes_the_trust_bundle_beside_the_signing_certificate() -> None:
@@ -646,7 +651,7 @@ def test_a_public_file_at_the_trust_bundle_path_is_a_duplicate() -> None:
         token_boot(), public_files=(*base_boot().public_files, ("/etc/registry-fleet/token-trust.crt", CERT))
     )
     with pytest.raises(ValueError, match=r"more than once: /etc/registry-fleet/token-trust\.crt"):
-        render_cloud_init(boot)
+        cloud_init(boot)
 
 
 def test_token_mode_without_ldap_ca_writes_no_ldap_ca_file() -> None:
@@ -688,8 +693,6 @@ def biggest_realistic_boot() -> HostBoot:
     of about 1.5 KB (RSA 3072), ECDSA host and CA certificates as pulumi-tls makes them, long names."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from components.registry_config import TokenAuth
-
     host = "registry.payments-prod.example.com"
     cfg = base_config(
         environment="payments-prod",
@@ -723,7 +726,7 @@ def test_biggest_realistic_token_mode_user_data_fits_in_16_kb() -> None:
     boot = biggest_realistic_boot()
     assert boot.token_service is not None and boot.token_service.ldap_ca_pem is not None
     assert len(boot.token_service.ldap_ca_pem) >= 1500
-    text = render_cloud_init(boot)  # raises when its gzip exceeds 16384 bytes
+    text = cloud_init(boot)  # raises when its gzip exceeds 16384 bytes
     size = len(compress_user_data(text))
     assert size <= 16384 // 2, f"user-data is {size} bytes gzipped: less than half of EC2's 16 KB left"
 
@@ -737,7 +740,7 @@ def test_user_data_with_two_signing_certificates_still_fits() -> None:
 
     boot = biggest_realistic_boot()
     assert boot.token_service is not None
-    one = compress_user_data(render_cloud_init(boot))
+    one = compress_user_data(cloud_init(boot))
     second = _certificate(rsa.generate_private_key(65537, 2048), "token signer (next)", False)
     for signing, bundle in (
         (boot.token_service.signing_cert_pem, boot.token_service.signing_cert_pem + second),  # phase a
@@ -746,7 +749,7 @@ def test_user_data_with_two_signing_certificates_still_fits() -> None:
         rotated = replace(
             boot, token_service=replace(boot.token_service, signing_cert_pem=signing, trust_bundle_pem=bundle)
         )
-        text = render_cloud_init(rotated)  # raises when its gzip exceeds 16384 bytes
+        text = cloud_init(rotated)  # raises when its gzip exceeds 16384 bytes
         files = user_data_files(rotated)
         assert files["/etc/registry-fleet/token-trust.crt"]["content"] == bundle
         assert files["/etc/registry-fleet/token-signing.crt"]["content"] == signing
@@ -757,9 +760,40 @@ def test_user_data_with_two_signing_certificates_still_fits() -> None:
 
 
 def test_user_data_is_sent_gzipped_and_deterministic() -> None:
-    text = render_cloud_init(biggest_realistic_boot())
+    text = cloud_init(biggest_realistic_boot())
     encoded = encode_user_data(text)
     assert base64.b64decode(encoded)[:2] == b"\x1f\x8b", "gzip magic: cloud-init unpacks gzip itself"
     assert encode_user_data(text) == encoded, "same text, same bytes (a new byte is a new template version)"
     assert decode_user_data(encoded) == text
     assert decode_user_data(base64.b64encode(text.encode()).decode()) == text, "plain base64 reads too"
+
+
+# --- the templates in host/files (one template function) -------------------------------------------
+
+TEMPLATES = sorted(
+    p.name for p in resources.files("host").joinpath("files").iterdir() if p.name.endswith((".sh", ".conf", ".service"))
+)
+
+
+def test_a_template_refuses_a_missing_or_an_unknown_value() -> None:
+    with pytest.raises(ValueError, match=r"without a value: \['ENV_FILE', 'FETCH_SCRIPT', 'SANDBOX', 'STATE_DIR'\]"):
+        render_file("docker-registry-dropin.conf")
+    with pytest.raises(ValueError, match=r"sandbox\.conf: .* values without a placeholder: \['STATE_DIRECTORY'\]"):
+        render_file("sandbox.conf", STATE_DIRECTORY="/var/lib/docker-registry")
+
+
+def test_a_value_is_inserted_as_it_is_and_never_filled_again() -> None:
+    values = {"FETCH_SCRIPT": "${ENV_FILE}", "ENV_FILE": "/run/e", "SANDBOX": "S=1", "STATE_DIR": "/var/x"}
+    assert "ExecStartPre=+${ENV_FILE}\n" in render_file("docker-registry-dropin.conf", **values)
+
+
+def test_a_rendered_host_holds_no_placeholder() -> None:
+    for f in render_host(token_boot()).files:
+        assert not PLACEHOLDER.search(f.content), f"{f.path} holds {PLACEHOLDER.search(f.content)}"
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_template_is_rendered_into_a_token_mode_host(name: str) -> None:
+    """A template that no renderer uses is dead text: its first line without a placeholder is in some file."""
+    line = next(line for line in template_text(name).splitlines() if line and not PLACEHOLDER.search(line))
+    assert any(line in f.content.splitlines() for f in render_host(token_boot()).files), f"{name}: {line!r}"

@@ -366,7 +366,7 @@ def test_htpasswd_mode_refuses_token_signing_but_not_the_pulumi_yaml_default() -
 
 
 def test_refresh_token_settings_reach_the_token_service_and_are_checked() -> None:
-    from components.token_config import token_service_config
+    from host.token_config import token_service_config
     from tests.conftest import settings_with
 
     revoked = "AbCdEfGhIjKlMnOpQrStUvWx"

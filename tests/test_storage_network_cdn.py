@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components.host_boot import decode_user_data
 from fleet.engine import Recording, Resource, record, unwrap
+from host.user_data import decode_user_data
 from infra.settings import PROJECT, Settings, load_stack_settings
 from tests.conftest import STACKS, recording, settings_with
 

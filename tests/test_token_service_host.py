@@ -1,7 +1,7 @@
 """The token service as a registry host installs and runs it, with real processes.
 
-The rendered install script (components/host_boot.py) runs for real as root: it creates the
-service user, "downloads" the artifact that `components.artifact.build_artifact()` builds, checks
+The rendered install script (host/files/install-token-service.sh) runs for real as root: it creates the
+service user, "downloads" the artifact that `host.artifact.build_artifact()` builds, checks
 its SHA-256, unpacks it, creates a venv with `python3 -m venv` and pip-installs the hash-pinned lock
 from PyPI (auth/requirements.lock, `--require-hashes --only-binary=:all:`), then switches `current`.
 The service then starts exactly as the rendered unit's ExecStart and Environment say (paths moved to
@@ -44,24 +44,21 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth.local import hash_secret
 from auth.tokens import create_signing_pair
-from components.artifact import AUTH_DIR, LOCK_NAME, Artifact, build_artifact
-from components.host_boot import (
+from host.artifact import AUTH_DIR, LOCK_NAME, Artifact, build_artifact
+from host.boot import FetchSet, HostBoot, SecretFile, TokenServiceBoot, render_fetch_script, render_host
+from host.contract import (
     FETCH_SCRIPT_PATH,
+    HOST_CERT_FILE,
     TOKEN_CONFIG_FILE,
+    TOKEN_INSTALL_SCRIPT_PATH,
     TOKEN_RELEASE_MARKER,
     TOKEN_SERVICE_DIR,
     TOKEN_TLS_KEY_FILE,
+    TOKEN_UNIT_PATH,
     TOKEN_USER,
-    FetchSet,
-    HostBoot,
-    SecretFile,
-    TokenServiceBoot,
-    render_fetch_script,
-    render_token_install_script,
-    render_token_service_unit,
 )
-from components.registry_config import RegistryConfig, render_registry_config
-from components.token_config import render_token_service_config
+from host.registry_config import RegistryConfig, render_registry_config
+from host.token_config import render_token_service_config
 from infra.settings import load_stack_settings
 from lab.pki import create_pki
 from lab.supervisor import free_port
@@ -69,7 +66,6 @@ from lab.supervisor import free_port
 REPO = Path(__file__).resolve().parent.parent
 REGION = "eu-west-1"
 BUCKET = "registry-fleet-dev-blobs"
-HOST_CERT_FILE = "/etc/docker/registry/tls/host.crt"
 SERVICE = "registry.dev.example.com"
 ISSUER = "registry-fleet-dev-token"
 PASSWORD = "correct horse battery staple"  # the dev stack's local admin, in this test only
@@ -197,7 +193,7 @@ class Installed:
 
 def run_install(boot: HostBoot, root: Path, prefix: Path, bin_dir: Path) -> subprocess.CompletedProcess[str]:
     script = root / "install-token-service"
-    script.write_text(render_token_install_script(boot))
+    script.write_text(render_host(boot).content(TOKEN_INSTALL_SCRIPT_PATH))
     script.chmod(0o700)
     return subprocess.run(
         [str(script), "--prefix", str(prefix)],
@@ -426,7 +422,7 @@ def test_service_starts_as_the_unit_says_and_issues_a_token(installed: Installed
     config = files / "config.json"
     write_owned(config, config_text.encode(), 0o640, gid)
 
-    unit = unit_settings(render_token_service_unit(installed.boot))
+    unit = unit_settings(render_host(installed.boot).content(TOKEN_UNIT_PATH))
     assert unit["User"] == unit["Group"] == TOKEN_USER
 
     def local(text: str) -> str:

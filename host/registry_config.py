@@ -24,13 +24,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-REGISTRY_PORT = 5000  # registry HTTPS listener on hosts (the ALB target port)
-DEBUG_PORT = 5001  # http.debug.addr: /debug/health and /metrics (prometheus)
-BLOB_PREFIX = (
-    "docker/registry/v2/blobs/"  # S3 key prefix of blobs when rootdirectory is unset (CloudFront reads only this)
-)
-CONFIG_PATH = "/etc/docker/registry/config.yml"  # the Debian package's config path
-STATE_DIR = "/var/lib/docker-registry"  # the Debian package's state directory (home of user docker-registry)
+from host.contract import DEBUG_PORT, DRAIN_FILE, HOST_CERT_FILE, HOST_KEY_FILE, HTPASSWD_FILE, REGISTRY_PORT
 
 MIN_CHUNK_SIZE_BYTES = 5 * 1024 * 1024  # the S3 driver refuses a chunksize below the S3 multipart minimum
 LOG_LEVELS = ("error", "warn", "info", "debug")  # what the registry accepts for log.level
@@ -86,15 +80,15 @@ class RegistryConfig:
     region: str
     listen_addr: str = f":{REGISTRY_PORT}"
     debug_addr: str = f"127.0.0.1:{DEBUG_PORT}"  # loopback: the debug server exposes metrics and health details
-    tls_cert_file: str = "/etc/docker/registry/tls/host.crt"
-    tls_key_file: str = "/etc/docker/registry/tls/host.key"
+    tls_cert_file: str = HOST_CERT_FILE
+    tls_key_file: str = HOST_KEY_FILE
     kms_key_id: str | None = None  # set -> s3 `encrypt: true` + `keyid`
     s3_endpoint: str | None = None  # lab only: sets `regionendpoint` AND `forcepathstyle: true`
     chunk_size_bytes: int = 16 * 1024 * 1024
-    htpasswd_file: str = "/etc/docker/registry/htpasswd"
+    htpasswd_file: str = HTPASSWD_FILE
     htpasswd_realm: str = "registry"
     token: TokenAuth | None = None  # set: token auth (htpasswd_* unused); None: htpasswd
-    drain_file: str = f"{STATE_DIR}/drain"  # `health.file`: while it exists `/` answers 503 and the LB drains the host
+    drain_file: str = DRAIN_FILE  # `health.file`: while it exists `/` answers 503 and the LB drains the host
     cloudfront: CloudFrontSettings | None = None
     log_level: str = "info"
     notifications: tuple[NotificationEndpoint, ...] = ()

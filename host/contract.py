@@ -1,0 +1,68 @@
+"""The host contract: what a registry host is, as every other part of the project sees it.
+
+A registry host is a Debian 12 instance that runs the registry (the Debian package `docker-registry`,
+CNCF distribution 2.8) and, in token mode, the token service (auth/) beside it, and nothing else but
+the SSM agent. Its ports, paths, users, unit names, packages and services are defined here once: the
+renderers in this package write them into the host's files, the load balancer and the fleet open
+and route to them, the lab runs the same files, and the compliance rules check a host against them.
+
+Plain constants, no logic and no imports: changing a value here changes every host's user-data,
+which rolls the fleet.
+"""
+
+# --- ports and routes -------------------------------------------------------------------------------
+REGISTRY_PORT = 5000  # registry HTTPS listener on hosts (the ALB target port)
+DEBUG_PORT = 5001  # http.debug.addr: /debug/health and /metrics (prometheus), on loopback
+TOKEN_SERVICE_PORT = 5002  # HTTPS; the ALB's token target group
+TOKEN_PATH = "/auth"  # the realm's path on the registry's public URL (an ALB listener rule)
+TOKEN_HEALTH_PATH = "/healthz"  # the token service's health check (the ALB's token target group)
+
+# --- what a host installs and runs ------------------------------------------------------------------
+REGISTRY_UNIT = "docker-registry"  # the Debian package's unit; the fetch script's default
+TOKEN_UNIT = "registry-token"
+SSM_AGENT_UNIT = "amazon-ssm-agent"  # operators use Session Manager, not SSH
+# The registry, what boots it (the AWS CLI reads its secrets, curl fetches the SSM agent) and, in token
+# mode, the token service's venv (python3-venv holds its hash-pinned wheels). In install order.
+REGISTRY_PACKAGES = ("docker-registry", "awscli", "ca-certificates", "curl")
+TOKEN_SERVICE_PACKAGES = ("python3-venv",)
+HOST_PACKAGES = frozenset(REGISTRY_PACKAGES + TOKEN_SERVICE_PACKAGES)  # all a registry host may install
+HOST_SERVICES = frozenset({REGISTRY_UNIT, TOKEN_UNIT, SSM_AGENT_UNIT})  # all a registry host may enable
+ARCHITECTURES = ("arm64", "amd64")  # Debian architecture names, as in the SSM agent's download path
+
+# --- the registry's files ---------------------------------------------------------------------------
+REGISTRY_GROUP = "docker-registry"  # the package's user and group; the registry reads its secrets through it
+CONFIG_PATH = "/etc/docker/registry/config.yml"  # the Debian package's config path
+STATE_DIR = "/var/lib/docker-registry"  # the Debian package's state directory (home of user docker-registry)
+DRAIN_FILE = f"{STATE_DIR}/drain"  # `health.file`: while it exists `/` answers 503 and the LB drains the host
+TLS_DIR = "/etc/docker/registry/tls"
+HOST_CERT_FILE = f"{TLS_DIR}/host.crt"  # public: the host certificate (registry and token service)
+HOST_KEY_FILE = f"{TLS_DIR}/host.key"  # secret
+CA_CERT_FILE = f"{TLS_DIR}/ca.crt"  # public: the internal CA
+HTPASSWD_FILE = "/etc/docker/registry/htpasswd"  # secret (htpasswd mode)
+CLOUDFRONT_KEY_FILE = "/etc/docker/registry/cloudfront.pem"  # secret: the CDN's URL signing key
+# S3 key prefix of blobs when rootdirectory is unset (CloudFront reads only this)
+BLOB_PREFIX = "docker/registry/v2/blobs/"
+
+# --- what boots a host ------------------------------------------------------------------------------
+FETCH_SCRIPT_PATH = "/usr/local/sbin/registry-fleet-fetch-secrets"  # `... [UNIT]`: that unit's secrets
+DROPIN_PATH = f"/etc/systemd/system/{REGISTRY_UNIT}.service.d/10-registry-fleet.conf"
+ENV_DIR = "/run/registry-fleet"  # tmpfs: the HTTP secret never reaches a disk
+ENV_FILE = f"{ENV_DIR}/registry.env"
+
+# --- the token service's files (token mode) ---------------------------------------------------------
+TOKEN_USER = "registry-token"
+TOKEN_CONFIG_FILE = "/etc/registry-token/config.json"  # secret: hashes, directory password
+TOKEN_SIGNING_KEY_FILE = "/etc/registry-token/signing.key"  # secret
+TOKEN_TLS_KEY_FILE = "/etc/registry-token/tls.key"  # secret: the host key, the service's own copy
+# Public. The service's signing_cert: the current generation's certificate only (auth/tokens.py wants
+# the signing key's own certificate first; it goes into each token's x5c).
+TOKEN_SIGNING_CERT_FILE = "/etc/registry-fleet/token-signing.crt"
+# Public. The registry's rootcertbundle: every live generation's certificate, so during a rotation a
+# host accepts tokens signed by any host of the fleet, whichever generation it signs with.
+TOKEN_TRUST_BUNDLE_FILE = "/etc/registry-fleet/token-trust.crt"
+TOKEN_LDAP_CA_FILE = "/etc/registry-fleet/ldap-ca.crt"  # public: the directory's CA, when the stack gives one
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's; the directory's CA when the stack gives none
+TOKEN_SERVICE_DIR = "/opt/registry-fleet/token-service"  # releases/<sha256>/{app,venv}; current -> the running one
+TOKEN_UNIT_PATH = f"/etc/systemd/system/{TOKEN_UNIT}.service"
+TOKEN_INSTALL_SCRIPT_PATH = "/usr/local/sbin/registry-fleet-install-token-service"
+TOKEN_RELEASE_MARKER = ".installed"  # in releases/<sha256>/: the release is complete
