@@ -7,7 +7,7 @@
     signing_cert: /etc/registry-token/signing.crt   # the registry's auth.token.rootcertbundle
     bcrypt_min_cost: 10
     users: {alice: {password_hash: $2b$12$...}}
-    policy: {teams: ..., robots: ..., admins: ..., rules: ...}      # auth/policy.py
+    policy: {teams: ..., robots: ..., admins: ..., rules: ...}      # auth/access.py
     lockout: {threshold: 5, window_seconds: 300, max_lock_seconds: 900}
     refresh_tokens: {enabled: true, lifetime_seconds: 604800, revoked: []}   # auth/refresh.py
     trusted_proxies: [10.0.0.0/16]          # only the load balancer: its X-Forwarded-For names the client
@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from auth.access import AccessControl, bcrypt_cost
 from auth.identity import account_key
 from auth.ldap import LdapSettings
-from auth.policy import Policy, bcrypt_cost
 from auth.refresh import RefreshTokenSettings
 
 MAX_ACCOUNT_CHARS = 256
@@ -76,7 +76,7 @@ class ServiceConfig(_Frozen):
     signing_cert: Path
     bcrypt_min_cost: int = Field(default=10, ge=4, le=31)
     users: dict[str, LocalUser] = Field(default_factory=dict)
-    policy: Policy = Field(default_factory=Policy)
+    policy: AccessControl = Field(default_factory=AccessControl)
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)
     refresh_tokens: RefreshTokenSettings = Field(default_factory=RefreshTokenSettings)
     trusted_proxies: tuple[str, ...] = ()

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 
 import bcrypt
 
+from auth.access import Robot, bcrypt_cost
 from auth.identity import Identity
-from auth.policy import Robot, bcrypt_cost
 
 log = logging.getLogger("registry_fleet.auth.local")
 

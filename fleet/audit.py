@@ -1,10 +1,11 @@
 """`python -m fleet audit`: the ten practices as a scorecard, from the real program and the policy rules.
 
 The audit records a stack's program under the recording engine (what `pulumi preview` would
-register), runs every rule of the policy pack (policy/rules.py, the same functions the
-CrossGuard pack runs), applies the stack's waivers, and scores each practice in the order of
-DESIGN.md: `fail` if a mandatory rule has an unwaived violation, `waived` if every violation
-is waived, else `pass`. An unknown or expired waiver is an error and fails the audit.
+register), runs every rule of the policy pack (policy/rules/, the same functions the
+CrossGuard pack runs, over the same `policy.graph.Res` model), applies the stack's waivers, and
+scores each practice in the order of DESIGN.md: `fail` if a mandatory rule has an unwaived
+violation, `waived` if every violation is waived, else `pass`. An unknown or expired waiver is an
+error and fails the audit.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fleet.engine import Recording, record
+from fleet.engine import record
 from infra.settings import STACKS_DIR, load_stack_settings
-from policy.rules import PRACTICES, RULES, Res, Violation, apply_waivers, waivers_in
+from policy.graph import Res
+from policy.registry import PRACTICES, Violation
+from policy.rules import RULES
+from policy.waivers import apply_waivers, waivers_in
 
 Status = Literal["pass", "fail", "waived"]
 
@@ -51,23 +55,6 @@ class Scorecard:
         if self.waiver_errors:
             doc["waiver_errors"] = self.waiver_errors
         return doc
-
-
-def resources_of(rec: Recording) -> list[Res]:
-    # The program registers resources concurrently; in URN order the audit reads the same every run.
-    return [
-        Res(
-            type=r.type,
-            name=r.name,
-            urn=r.urn,
-            props=r.inputs,
-            parent=r.parent,
-            provider=r.provider,
-            id=r.id,
-            outputs=r.outputs,
-        )
-        for r in sorted(rec.resources, key=lambda r: r.urn)
-    ]
 
 
 def score(stack: str, resources: Sequence[Res], today: datetime.date) -> Scorecard:
@@ -104,7 +91,7 @@ def today() -> datetime.date:
 
 def audit_stack(stack: str, on: datetime.date | None = None, stacks_dir: Path = STACKS_DIR) -> Scorecard:
     settings = load_stack_settings(stack, stacks_dir=stacks_dir)
-    return score(stack, resources_of(record(settings)), on or today())
+    return score(stack, record(settings).in_urn_order(), on or today())
 
 
 # --- presentation ---------------------------------------------------------------------------

@@ -3,10 +3,10 @@
 No Pulumi CLI or provider plugin runs here, so `plan`, the tests and the audit run
 `infra.program.build(settings, secrets)` (with `infra.secrets.placeholder_access_secrets`: a plan
 never needs or shows a real secret) against an in-process mock monitor that records every
-registered resource: its type, logical name, parent, provider and inputs exactly as the
-engine would receive them. Providers' computed outputs (ARNs, DNS names, generated keys)
-are faked deterministically, and any data-source lookup the program was not expected to
-make fails loudly instead of returning an empty answer.
+registered resource as a `policy.graph.Res` (the model the policy rules read): its type, logical
+name, parent, provider and inputs exactly as the engine would receive them. Providers' computed
+outputs (ARNs, DNS names, generated keys) are faked deterministically, and any data-source lookup
+the program was not expected to make fails loudly instead of returning an empty answer.
 
 What this proves and what it does not: the resource graph and every input the program
 sends are real; nothing here checks that AWS accepts them.
@@ -15,16 +15,17 @@ sends are real; nothing here checks that AWS accepts them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
 
 from infra.settings import PROJECT, Settings
-from policy.rules import is_secret, unwrap
+from policy.graph import Res, is_secret, of_type, unwrap
 
 ACCOUNT_ID = "123456789012"
 REDACTED = "[secret]"
@@ -39,50 +40,36 @@ class UnexpectedInvokeError(Exception):
 
 
 @dataclass
-class Resource:
-    type: str
-    name: str
-    urn: str
-    parent: str | None
-    provider: str | None
-    custom: bool
-    inputs: dict[str, Any]
-    outputs: dict[str, Any] = field(default_factory=dict)
-    id: str = ""
-    retain_on_delete: bool = False  # the engine would leave the cloud resource when Pulumi deletes it
-
-    @property
-    def parent_name(self) -> str | None:
-        return self.parent.rsplit("::", 1)[-1] if self.parent else None
-
-
-@dataclass
 class Recording:
     """What one run of the program registered, in registration order, and its stack outputs."""
 
     stack: str
-    resources: list[Resource]
+    resources: list[Res]
     outputs: dict[str, Any]
     secret_outputs: set[str]
 
-    def of_type(self, type_: str) -> list[Resource]:
-        return [r for r in self.resources if r.type == type_]
+    def of_type(self, type_: str) -> list[Res]:
+        return of_type(self.resources, type_)
 
-    def named(self, name: str) -> Resource:
+    def named(self, name: str) -> Res:
         found = [r for r in self.resources if r.name == name]
         if len(found) != 1:
             raise KeyError(f"{len(found)} resources named {name!r} (expected exactly one)")
         return found[0]
 
-    def by_urn(self, urn: str) -> Resource | None:
+    def by_urn(self, urn: str) -> Res | None:
         return next((r for r in self.resources if r.urn == urn), None)
 
-    def component_of(self, res: Resource) -> Resource | None:
-        """The nearest enclosing component resource."""
-        parent = self.by_urn(res.parent) if res.parent else None
-        while parent is not None and parent.custom:
-            parent = self.by_urn(parent.parent) if parent.parent else None
-        return parent
+    def replaced(self, name: str, /, **changes: Any) -> Recording:
+        """A copy with resource `name` changed (`dataclasses.replace`): how tests build broken variants."""
+        target = self.named(name)
+        changed = dataclasses.replace(target, **changes)
+        return dataclasses.replace(self, resources=[changed if r is target else r for r in self.resources])
+
+    def in_urn_order(self) -> list[Res]:
+        """The resources sorted by URN: the program registers concurrently, so registration order varies
+        between runs; what reads the resources in this order (the audit) reads the same every run."""
+        return sorted(self.resources, key=lambda r: r.urn)
 
 
 def redact(value: Any) -> Any:
@@ -259,7 +246,7 @@ class RecordingMonitor(MockMonitor):
     def __init__(self, mocks: RecordingMocks):
         super().__init__(mocks)
         self.recording_mocks = mocks
-        self.recorded: list[Resource] = []
+        self.recorded: list[Res] = []
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
         response = super().RegisterResource(request)
@@ -272,17 +259,17 @@ class RecordingMonitor(MockMonitor):
         if request.type == "pulumi:providers:aws":
             self.recording_mocks.provider_regions[urn] = str(unwrap(inputs.get("region", "")))
         self.recorded.append(
-            Resource(
+            Res(
                 type=request.type,
                 name=request.name,
                 urn=urn,
+                inputs=dict(inputs),
                 # Top-level resources have the stack as parent; record them as parentless.
                 parent=(request.parent or None) if "::pulumi:pulumi:Stack::" not in request.parent else None,
                 provider=request.provider.rsplit("::", 1)[0] if request.provider else None,
-                custom=bool(request.custom),
-                inputs=dict(inputs),
-                outputs=dict(state),
                 id=str(registration.id or ""),
+                outputs=dict(state),
+                custom=bool(request.custom),
                 retain_on_delete=bool(request.retainOnDelete),
             )
         )

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from auth.policy import bcrypt_cost
+from auth.access import bcrypt_cost
 from infra.settings import Problem, Settings, SettingsError
 
 USER_HASHES_KEY = "accessUserHashes"

@@ -35,9 +35,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from auth.access import AccessRule, Action, Team, ownership_problems
 from auth.config import check_account_name
 from auth.ldap import DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER, LdapSettings
-from auth.policy import Action, Rule, Team, ownership_problems
 from auth.refresh import RefreshTokenSettings
 
 PROJECT = "registry-fleet"
@@ -423,14 +423,14 @@ class AccessSettings(_Model):
     Token mode: teams own namespaces and give roles to accounts (`members`) and directory groups
     (`groups`); `admins` may do everything; `rules` add exceptions in order; anything else is denied.
     Local users' bcrypt hashes are the Pulumi secret `registry-fleet:accessUserHashes` (a JSON object
-    name -> hash). The model is the token service's own (auth/policy.py).
+    name -> hash). The model is the token service's own (auth/access.py).
     """
 
     mode: Literal["token", "htpasswd"]
     token_lifetime_seconds: int = 300
     teams: dict[str, Team] = Field(default_factory=dict)
     admins: tuple[str, ...] = ()
-    rules: tuple[Rule, ...] = ()
+    rules: tuple[AccessRule, ...] = ()
     users: tuple[str, ...] = ()
     robots: dict[str, RobotSettings] = Field(default_factory=dict)
     ldap: DirectorySettings | None = None

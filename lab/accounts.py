@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from auth.access import ROLE_ACTIONS
 from auth.local import hash_secret
-from auth.policy import ROLE_ACTIONS
 from infra.settings import AccessSettings
 from lab.slapd import Directory, DirectoryUser
 

@@ -1,6 +1,6 @@
 """The registry-fleet CrossGuard pack: `pulumi preview --policy-pack policy/` (or `pulumi up`).
 
-Every rule of policy/rules.py is a mandatory stack policy; waivers come from the stack's
+Every rule of policy/rules/ is a mandatory stack policy; waivers come from the stack's
 `registry-fleet:index:PolicyWaivers` resource. Constructing `PolicyPack` starts the analyzer's
 gRPC server and never returns: nothing else may import this module.
 """

@@ -4,7 +4,8 @@
 `policy/__main__.py` hands them to `PolicyPack(...)`; the tests call each policy's `validate`
 directly with hand-built `StackValidationArgs`.
 
-What CrossGuard hands a stack policy, and how `to_res` maps it onto what the rules expect:
+What CrossGuard hands a stack policy, and how `to_res` maps it onto the graph model the rules read
+(`policy.graph.Res`, the same model the recording engine records):
 - `props` are the resource's final outputs, behind a proxy that raises on values not known
   during preview: `to_res` copies them into plain dicts and lists, keeping the unknown sentinels
   (the rules skip what is not known).
@@ -30,18 +31,10 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UnknownValueError
 
-from policy.rules import (
-    RULES,
-    SECRET_SIG,
-    SECRET_VALUE_SIG,
-    STACK,
-    WAIVERS,
-    Res,
-    Rule,
-    apply_waivers,
-    is_secret,
-    waivers_in,
-)
+from policy.graph import SECRET_SIG, SECRET_VALUE_SIG, WAIVERS, Res, is_secret
+from policy.registry import STACK, Rule
+from policy.rules import RULES
+from policy.waivers import apply_waivers, waivers_in
 
 Today = Callable[[], datetime.date]
 
@@ -76,7 +69,7 @@ def to_res(resource: PolicyResource) -> Res:
         type=resource.resource_type,
         name=resource.name,
         urn=resource.urn,
-        props=props,
+        inputs=props,
         parent=parent or None,
         provider=provider,
     )

@@ -33,8 +33,8 @@ from components.access import SIGNING_CERT_VALIDITY_HOURS
 from components.errors import ComponentInputError
 from components.fleet import TOKEN_CONFIG_VERSION_TAG, TOKEN_SIGNING_KEY_VERSION_TAG
 from components.network import subnet_plan
-from fleet.audit import resources_of, score
-from fleet.engine import Recording, RecordingMocks, RecordingMonitor, Resource, fake_secret, record
+from fleet.audit import score
+from fleet.engine import Recording, RecordingMocks, RecordingMonitor, fake_secret, record
 from host.artifact import build_artifact
 from host.contract import (
     SYSTEM_CA_BUNDLE,
@@ -45,7 +45,6 @@ from host.contract import (
     TOKEN_SIGNING_KEY_FILE,
     TOKEN_TRUST_BUNDLE_FILE,
 )
-from host.user_data import decode_user_data
 from infra.program import build, name_prefix
 from infra.secrets import (
     LDAP_PASSWORD_KEY,
@@ -56,7 +55,7 @@ from infra.secrets import (
     placeholder_bcrypt_hash,
 )
 from infra.settings import PROJECT, Settings, SettingsError, load_stack_settings, settings_from_config, stack_overrides
-from policy.rules import is_secret, unwrap
+from policy.graph import Res, is_secret, unwrap, user_data_text
 from tests.conftest import STACKS, recording, stack_config
 
 SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
@@ -77,7 +76,7 @@ def settings(rec: Recording) -> Settings:
 def cloud_init(rec: Recording) -> dict[str, Any]:
     raw = rec.named("fleet-lt").inputs["userData"]
     assert not is_secret(raw), "fleet-lt: user-data is a secret: a secret value flowed into it"
-    doc = yaml.safe_load(decode_user_data(raw))
+    doc = yaml.safe_load(user_data_text(raw))
     assert isinstance(doc, dict)
     return doc
 
@@ -205,7 +204,7 @@ def test_hosts_register_in_both_target_groups(stack: str) -> None:
     assert groups == [arn(rec, "lb-tg"), arn(rec, "lb-token-tg")]
 
 
-def ports(rule: Resource) -> tuple[Any, Any]:
+def ports(rule: Res) -> tuple[Any, Any]:
     return rule.inputs.get("fromPort"), rule.inputs.get("toPort")
 
 
@@ -275,7 +274,7 @@ def leaks(rec: Recording, s: Settings) -> list[str]:
     for r in rec.resources:
         texts = list(plain_strings(r.inputs))
         if r.type == "aws:ec2/launchTemplate:LaunchTemplate":
-            texts.append(decode_user_data(r.inputs["userData"]))
+            texts.append(user_data_text(r.inputs["userData"]))
         out += [f"{r.name}: {what}" for what, v in values.items() if any(v in t for t in texts)]
     for key, value in rec.outputs.items():
         if key not in rec.secret_outputs:
@@ -381,7 +380,7 @@ def test_the_artifact_in_the_bucket_is_build_artifact_encrypted_with_the_registr
     assert set(obj["tags"]) >= {"environment", "team", "owner", "stack", "managed-by"}
     assert rec.named("access-token-service-artifact").retain_on_delete, "a rolled-back refresh still needs it"
     # Hosts install exactly that object and check its hash (the install script is in user-data).
-    text = decode_user_data(rec.named("fleet-lt").inputs["userData"])
+    text = user_data_text(rec.named("fleet-lt").inputs["userData"])
     assert artifact.key in text and artifact.sha256 in text
 
 
@@ -436,7 +435,7 @@ def phase(name: str, record_variant: Callable[..., Recording]) -> Recording:
 def signing_resources(rec: Recording) -> tuple[list[str], list[str]]:
     """The token signing keys and certificates (children of the access component), sorted by name:
     the engine registers them in no fixed order."""
-    mine = [r for r in rec.resources if r.parent_name == "access"]
+    mine = [r for r in rec.resources if r.parent == rec.named("access").urn]
     return sorted(r.name for r in mine if r.type == PRIVATE_KEY), sorted(
         r.name for r in mine if r.type == SELF_SIGNED_CERT
     )
@@ -590,7 +589,7 @@ def test_token_mode_has_no_htpasswd_secret_and_no_admin_password() -> None:
 
 
 def test_htpasswd_fails_practice_4_unless_waived() -> None:
-    resources = resources_of(htpasswd_recording())
+    resources = htpasswd_recording().in_urn_order()
     card = score("dev", resources, AUDIT_DAY)
     (practice,) = [p for p in card.practices if p.id == 4]
     assert practice.status == "fail"
@@ -611,7 +610,7 @@ def test_htpasswd_fails_practice_4_unless_waived() -> None:
             ],
         },
     )
-    card = score("dev", resources_of(record(waived)), AUDIT_DAY)
+    card = score("dev", record(waived).in_urn_order(), AUDIT_DAY)
     assert card.passed and {p.id: p.status for p in card.practices}[4] == "waived"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import io
 import json
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from fleet import cli
-from fleet.audit import Scorecard, render, resources_of, score
-from policy.rules import PRACTICES, Res
+from fleet.audit import Scorecard, render, score
+from policy.graph import Res
+from policy.registry import PRACTICES
 from tests.conftest import STACKS, recording
 
 TODAY = datetime.date(2026, 11, 28)
@@ -26,7 +28,7 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def card(stack: str, resources: list[Res] | None = None, today: datetime.date = TODAY) -> Scorecard:
-    return score(stack, resources if resources is not None else resources_of(recording(stack)), today)
+    return score(stack, resources if resources is not None else recording(stack).in_urn_order(), today)
 
 
 def statuses(c: Scorecard) -> dict[int, str]:
@@ -51,13 +53,12 @@ def test_json_lists_the_ten_practices_in_design_order() -> None:
 
 
 def broken(stack: str, name: str, change: object) -> list[Res]:
-    resources = resources_of(copy.deepcopy(recording(stack)))
     out = []
-    for r in resources:
+    for r in recording(stack).in_urn_order():
         if r.name == name:
-            props = copy.deepcopy(dict(r.props))
-            change(props)  # type: ignore[operator]
-            r = Res(r.type, r.name, r.urn, props, r.parent, r.provider, r.id, r.outputs)
+            inputs = copy.deepcopy(dict(r.inputs))
+            change(inputs)  # type: ignore[operator]
+            r = dataclasses.replace(r, inputs=inputs)
         out.append(r)
     return out
 

@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from auth.access import AccessControl
 from auth.config import ConfigError, ServiceConfig, load_config, parse_config
 from auth.identity import BackendUnavailable, Identity, account_key
 from auth.local import LocalAuthenticator, hash_secret
 from auth.lockout import Locked, Lockout
-from auth.policy import Policy
 from auth.scopes import Scope, ScopeError, parse_scope, parse_scopes
 from auth.server import AUDIT_LOGGER, client_address, create_app
 from auth.tokens import SigningKeyError, TokenSigner, create_signing_pair, load_private_key
@@ -140,7 +140,7 @@ def policy_data(robot_expires: str = FUTURE) -> dict[str, Any]:
     }
 
 
-POLICY = Policy.model_validate(policy_data())
+POLICY = AccessControl.model_validate(policy_data())
 
 
 def user(name: str, *groups: str, kind: str = "user") -> Identity:
@@ -206,9 +206,9 @@ def test_policy_decisions(who: Identity | None, scope: str, client: str, granted
 
 
 def test_anonymous_never_gets_more_than_pull_even_from_a_wide_rule() -> None:
-    policy = Policy.model_validate({"rules": [{"anonymous": True, "repositories": ["**"], "actions": ["pull"]}]})
+    policy = AccessControl.model_validate({"rules": [{"anonymous": True, "repositories": ["**"], "actions": ["pull"]}]})
     assert policy.allowed(None, parse_scope(f"repository:any/thing:{ALL},*"), "127.0.0.1") == {"pull"}
-    assert Policy().allowed(None, parse_scope("repository:any/thing:pull"), "127.0.0.1") == set()
+    assert AccessControl().allowed(None, parse_scope("repository:any/thing:pull"), "127.0.0.1") == set()
 
 
 # --- policy and service config: validation names the key -----------------------------------------
@@ -615,7 +615,7 @@ def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 
 def local_backend(clock: Callable[[], float], robot_expires: str = FUTURE) -> LocalAuthenticator:
-    policy = Policy.model_validate(policy_data(robot_expires))
+    policy = AccessControl.model_validate(policy_data(robot_expires))
     users = {name: hash_secret(pw, COST) for name, pw in PASSWORDS.items()}
     return LocalAuthenticator(users, policy.robots, now=clock)
 

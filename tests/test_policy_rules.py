@@ -44,28 +44,24 @@ from pulumi_policy import (
 from pulumi_policy import proxy as policy_proxy
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 
-from fleet.audit import resources_of
-from host.user_data import decode_user_data
 from policy.crossguard import policies, to_res
-from policy.rules import (
+from policy.graph import (
     KMS_KEY,
     LAUNCH_TEMPLATE,
-    PRACTICES,
     REGISTRY_CONFIG_PATH,
-    RULES,
     SECRET_SIG,
     SECRET_VALUE_SIG,
-    STACK,
     UNKNOWN_VALUES,
     WAIVERS,
     Res,
-    Violation,
-    apply_waivers,
-    evaluate,
-    rule,
+    cloud_inits,
     unwrap,
-    waivers_in,
+    user_data_text,
 )
+from policy.registry import PRACTICES, STACK, Violation
+from policy.rules import PRACTICE_MODULES, RULES, evaluate, rule_by_id
+from policy.rules.hosts import HOST_PACKAGES
+from policy.waivers import apply_waivers, waivers_in
 from tests.conftest import STACKS, recording
 
 BASELINE = {r.id for r in RULES if r.practice in (5, 6)}  # fail on every stack until scanning and signing land
@@ -76,7 +72,7 @@ Change = Callable[[list[Res]], list[Res]]
 
 @functools.cache
 def stack_resources(stack: str) -> tuple[Res, ...]:
-    return tuple(resources_of(recording(stack)))
+    return tuple(recording(stack).in_urn_order())
 
 
 def named(resources: Sequence[Res], name: str) -> Res:
@@ -97,16 +93,51 @@ def test_rules_cover_every_practice_with_stable_kebab_case_ids() -> None:
 
 
 def test_rule_lookup_names_the_known_ids() -> None:
-    assert rule("hosts-dedicated").practice == 1
+    assert rule_by_id("hosts-dedicated").practice == 1
     with pytest.raises(KeyError, match="known rules: hosts-dedicated, tls-listeners"):
-        rule("no-such-rule")
+        rule_by_id("no-such-rule")
 
 
-def test_rules_module_imports_neither_pulumi_nor_pulumi_policy() -> None:
-    tree = ast.parse(Path("policy/rules.py").read_text())
+# What the rules may import: the CrossGuard pack and `python -m fleet audit` share them, so no
+# module but the adapter (crossguard.py) and the pack (__main__.py) may import pulumi or pulumi_policy.
+ENGINE_MODULES = sorted(p for p in Path("policy").rglob("*.py") if p.name != "__main__.py" and p.stem != "crossguard")
+
+
+def imported_modules(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
     modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    modules += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    assert modules and not [m for m in modules if m.split(".")[0] in ("pulumi", "pulumi_policy", "policy")]
+    return modules + [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+
+
+@pytest.mark.parametrize("path", ENGINE_MODULES, ids=str)
+def test_rule_engine_imports_neither_pulumi_nor_pulumi_policy(path: Path) -> None:
+    modules = imported_modules(path)
+    assert not [m for m in modules if m.split(".")[0] in ("pulumi", "pulumi_policy") or m == "policy.crossguard"]
+    assert not [m for m in modules if m.split(".")[0] in ("fleet", "infra", "components")], "the graph stands alone"
+
+
+def declarations(path: Path) -> list[tuple[str, int, str]]:
+    """(rule id, practice, name of the function right below) of every `@rule(...)` in a module."""
+    found = []
+    for node in ast.parse(path.read_text()).body:
+        for deco in getattr(node, "decorator_list", []):
+            if isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == "rule":
+                rule_id, practice = (ast.literal_eval(a) for a in deco.args[:2])
+                found.append((rule_id, practice, node.name))  # type: ignore[attr-defined]
+    return found
+
+
+def test_each_practice_module_declares_exactly_its_practices_rules() -> None:
+    """policy/rules/ holds one module per practice, in practice order, each declaring only its practice's rules."""
+    modules = sorted(p.stem for p in Path("policy/rules").glob("*.py") if p.name != "__init__.py")
+    assert sorted(m.__name__.rsplit(".", 1)[-1] for m in PRACTICE_MODULES) == modules
+    declared: list[str] = []
+    for number, module in enumerate(PRACTICE_MODULES, start=1):
+        found = declarations(Path(str(module.__file__)))
+        assert found and {practice for _, practice, _ in found} == {number}, (module.__name__, found)
+        assert all(name == f"find_{rule_id.replace('-', '_')}" for rule_id, _, name in found), found
+        declared += [rule_id for rule_id, _, _ in found]
+    assert declared == [r.id for r in RULES]
 
 
 def test_unknown_sentinels_are_the_policy_sdks() -> None:
@@ -124,6 +155,13 @@ def test_stack_fails_only_the_practice_5_and_6_rules(stack: str) -> None:
     assert {(v.rule, v.resource) for v in found} == {("scan-notifications", "fleet-lt"), ("signing-key", STACK)}
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_hosts_install_every_package_the_rule_allows(stack: str) -> None:
+    """The rule's list is the hosts' list, not a looser one: a token-mode host installs all of it."""
+    ((_, doc),) = cloud_inits(stack_resources(stack))
+    assert isinstance(doc, dict) and set(doc["packages"]) == HOST_PACKAGES
+
+
 # --- broken variants -----------------------------------------------------------------------------
 
 
@@ -132,10 +170,10 @@ def edit(name: str, change: Callable[[dict[str, Any]], Any]) -> Change:
 
     def run(resources: list[Res]) -> list[Res]:
         target = named(resources, name)
-        props = copy.deepcopy(dict(target.props))
+        props = copy.deepcopy(dict(target.inputs))
         change(props)
-        computed = {k: v for k, v in target.outputs.items() if k not in target.props}
-        changed = dataclasses.replace(target, props=props, outputs={**computed, **props})
+        computed = {k: v for k, v in target.outputs.items() if k not in target.inputs}
+        changed = dataclasses.replace(target, inputs=props, outputs={**computed, **props})
         return [changed if r is target else r for r in resources]
 
     return run
@@ -165,7 +203,7 @@ def user_data(change: Callable[[dict[str, Any]], Any]) -> Change:
     """Change the launch template's cloud-init document."""
 
     def rewrite(props: dict[str, Any]) -> None:
-        doc = yaml.safe_load(decode_user_data(props["userData"]))
+        doc = yaml.safe_load(user_data_text(props["userData"]))
         change(doc)
         text = "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
         props["userData"] = base64.b64encode(text.encode()).decode()
@@ -214,7 +252,7 @@ def host_rule_from_anywhere(resources: list[Res]) -> Res:
         type="aws:ec2/securityGroupRule:SecurityGroupRule",
         name="fleet-in-ssh",
         urn=f"{sg.urn}-in-ssh",
-        props={"type": "ingress", "securityGroupId": sg.id, "cidrBlocks": ["0.0.0.0/0"], "fromPort": 22.0},
+        inputs={"type": "ingress", "securityGroupId": sg.id, "cidrBlocks": ["0.0.0.0/0"], "fromPort": 22.0},
         parent=fleet.urn,
         provider=sg.provider,
     )
@@ -442,6 +480,27 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
     ),
     (
         "buckets-block-public-access",
+        "prod",
+        edit("storage-primary-public-access", lambda p: p.update(blockPublicAcls=False)),
+        "storage-primary-public-access",
+        "{'blockPublicAcls': False}",
+    ),
+    (
+        "buckets-block-public-access",
+        "dev",
+        edit("storage-replica-public-access", lambda p: p.update(blockPublicPolicy=False)),
+        "storage-replica-public-access",
+        "{'blockPublicPolicy': False}",
+    ),
+    (
+        "buckets-block-public-access",
+        "payments-prod",
+        edit("lb-access-logs-public-access", lambda p: p.update(ignorePublicAcls=False)),
+        "lb-access-logs-public-access",
+        "{'ignorePublicAcls': False}",
+    ),
+    (
+        "buckets-block-public-access",
         "dev",
         drop("storage-replica-public-access"),
         "storage-replica",
@@ -501,6 +560,13 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         "is storage-replica, through the source's provider",
     ),
     ("bucket-replicated", "payments-prod", replicate_to_itself, "storage-replication", "is storage-primary"),
+    (
+        "bucket-replicated",
+        "dev",
+        edit("storage-replication", lambda p: p["rules"][0].update(status="Disabled")),
+        "storage-replication",
+        "rules[0].status is 'Disabled', expected 'Enabled'",
+    ),
     (
         "cdn-signed-urls",
         "dev",
@@ -598,7 +664,7 @@ def signing_key(spec: str, usage: str = "SIGN_VERIFY") -> Change:
             type=KMS_KEY,
             name="signing-key",
             urn=f"{storage.urn}-signing-key",
-            props={"keyUsage": usage, "customerMasterKeySpec": spec},
+            inputs={"keyUsage": usage, "customerMasterKeySpec": spec},
             parent=storage.urn,
         )
 
@@ -620,7 +686,7 @@ def test_practice_5_and_6_rules_pass_once_built_and_catch_a_weak_build(
 ) -> None:
     for stack in STACKS:
         assert {v.rule for v in evaluate(fixed(list(stack_resources(stack))))} == BASELINE - {rule_id}
-    found = rule(rule_id).check(broken(list(stack_resources("prod"))))
+    found = rule_by_id(rule_id).check(broken(list(stack_resources("prod"))))
     assert found and all(says in v.message for v in found), found
 
 
@@ -630,7 +696,7 @@ def test_practice_5_and_6_rules_pass_once_built_and_catch_a_weak_build(
 def decoded(text: str) -> str:
     """The text a base64 value (user-data) stands for; '' for anything else."""
     try:
-        return decode_user_data(text) if len(text) > 100 else ""
+        return user_data_text(text) if len(text) > 100 else ""
     except (ValueError, OSError, EOFError, UnicodeDecodeError):
         return ""
 
@@ -638,7 +704,7 @@ def decoded(text: str) -> str:
 def preview_of(resources: Sequence[Res]) -> list[Res]:
     """The stack as a first preview sees it: no ids or outputs; every input derived from one is unknown."""
     computed = {r.id for r in resources} | {
-        v for r in resources for k, v in r.outputs.items() if isinstance(v, str) and k not in r.props
+        v for r in resources for k, v in r.outputs.items() if isinstance(v, str) and k not in r.inputs
     }
     computed = {c for c in computed if len(c) >= 8}
 
@@ -654,13 +720,13 @@ def preview_of(resources: Sequence[Res]) -> list[Res]:
             return UNKNOWN
         return value
 
-    return [dataclasses.replace(r, props=blank(r.props), id="", outputs={}) for r in resources]
+    return [dataclasses.replace(r, inputs=blank(r.inputs), id="", outputs={}) for r in resources]
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_in_a_preview_rules_skip_what_is_unknown_and_report_nothing_new(stack: str) -> None:
     preview = preview_of(stack_resources(stack))
-    assert named(preview, "fleet-lt").props["userData"] == UNKNOWN  # the shape this test is about
+    assert named(preview, "fleet-lt").inputs["userData"] == UNKNOWN  # the shape this test is about
     assert {v.rule for v in evaluate(preview)} == {"signing-key"}
 
 
@@ -691,7 +757,7 @@ def crossguard_view(resources: Sequence[Res]) -> list[PolicyResource]:
     """What CrossGuard hands a stack policy after an update: the final outputs as props (secrets
     unwrapped, the provider's secret outputs named in opts), parent and provider as objects, no ids."""
     providers = {
-        r.urn: PolicyProviderResource(r.type, unwrap({**r.props, **r.outputs}), r.urn, r.name)
+        r.urn: PolicyProviderResource(r.type, unwrap({**r.inputs, **r.outputs}), r.urn, r.name)
         for r in resources
         if r.type.startswith("pulumi:providers:")
     }
@@ -700,7 +766,7 @@ def crossguard_view(resources: Sequence[Res]) -> list[PolicyResource]:
         opts = PolicyResourceOptions(
             False, [], None, [], PolicyCustomTimeouts(0, 0, 0), SECRET_OUTPUTS.get(r.type, []), r.parent
         )
-        props = unwrap({**r.props, **r.outputs})
+        props = unwrap({**r.inputs, **r.outputs})
         provider = providers.get(r.provider) if r.provider else None
         built[r.urn] = PolicyResource(r.type, props, r.urn, r.name, opts, provider, None, [], {})
     for r in resources:
@@ -807,14 +873,14 @@ def test_to_res_reads_crossguard_proxies_keeps_unknowns_and_rewraps_secret_outpu
         props["userData"]  # the proxy CrossGuard hands a policy raises on unknowns
     opts = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), ["secretString"], stack.urn)
     res = to_res(PolicyResource(LAUNCH_TEMPLATE, props, "urn:x", "fleet-lt", opts, provider, stack, [], {}))
-    assert res.props == {
+    assert res.inputs == {
         "userData": UNKNOWN,
         "secretString": {SECRET_SIG: SECRET_VALUE_SIG, "value": "hunter22hunter22"},
         "nested": {"list": [UNKNOWN, "x"]},
     }
     assert (res.parent, res.provider, res.id, dict(res.outputs)) == (None, provider.urn, "", {})
     # Rules skip what is not known yet: an unknown user-data is no violation of the host rules.
-    assert [v for r in ("hosts-dedicated", "registry-auth-required") for v in rule(r).check([res])] == []
+    assert [v for r in ("hosts-dedicated", "registry-auth-required") for v in rule_by_id(r).check([res])] == []
 
 
 # --- the whole pack through pulumi-policy's analyzer service ----------------------------------------
@@ -826,7 +892,7 @@ def engine_request(resources: Sequence[Res], preview: bool = False) -> Any:
     shown = preview_of(resources) if preview else resources
 
     def properties(r: Res) -> Any:
-        values = unwrap({**r.props, **r.outputs})
+        values = unwrap({**r.inputs, **r.outputs})
         for key in SECRET_OUTPUTS.get(r.type, []):
             if key in values:
                 values[key] = {SECRET_SIG: SECRET_VALUE_SIG, "value": values[key]}
@@ -922,11 +988,13 @@ def test_a_malformed_waiver_is_an_error(bad: dict[str, str], error: str) -> None
 def test_waivers_are_read_from_the_waivers_component() -> None:
     resources = list(stack_resources("dev"))
     assert [r.type for r in resources].count(WAIVERS) == 1
-    assert waivers_in(resources) == unwrap(named(resources, "policy-waivers").props["waivers"])
+    assert waivers_in(resources) == unwrap(named(resources, "policy-waivers").inputs["waivers"])
     assert waivers_in(with_waivers()(resources)) == []
     assert waivers_in(with_waivers(waiver("signing-key"))(resources)) == [waiver("signing-key")]
     # CrossGuard shows a component's registered outputs: the waivers are read there too.
-    only_outputs = dataclasses.replace(named(resources, "policy-waivers"), props={}, outputs={"waivers": [waiver("x")]})
+    only_outputs = dataclasses.replace(
+        named(resources, "policy-waivers"), inputs={}, outputs={"waivers": [waiver("x")]}
+    )
     assert waivers_in([only_outputs]) == [waiver("x")]
 
 

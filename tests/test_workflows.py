@@ -297,7 +297,7 @@ def stacks_script() -> str:
         (["infra/settings.py"], ["dev", "payments-prod", "prod", "staging"]),
         (["Pulumi.yaml"], ["dev", "payments-prod", "prod", "staging"]),
         (["requirements.txt"], ["dev", "payments-prod", "prod", "staging"]),
-        (["policy/rules.py"], ["dev", "payments-prod", "prod", "staging"]),
+        (["policy/rules/tls.py"], ["dev", "payments-prod", "prod", "staging"]),
         (["README.md", "requirements-dev.txt", "tests/test_cli.py"], []),
         (["stacks/Pulumi.old.yaml"], []),  # a deleted stack file: nothing left to preview
         ([], []),

@@ -156,7 +156,7 @@ def repository_glob_matches(glob: str, name: str, account: str | None) -> bool:
     return _glob_regex(glob).fullmatch(name) is not None
 
 
-class Rule(_Frozen):
+class AccessRule(_Frozen):
     accounts: tuple[str, ...] | None = None
     groups: tuple[str, ...] | None = None
     anonymous: bool = False
@@ -198,7 +198,7 @@ class Rule(_Frozen):
         return value
 
     @model_validator(mode="after")
-    def _anonymous(self) -> Rule:
+    def _anonymous(self) -> AccessRule:
         if self.anonymous:
             if self.accounts is not None or self.groups is not None:
                 raise ValueError(
@@ -269,14 +269,14 @@ def ownership_problems(teams: dict[str, Team], robot_namespaces: dict[str, str])
     return problems
 
 
-class Policy(_Frozen):
+class AccessControl(_Frozen):
     teams: dict[str, Team] = Field(default_factory=dict)
     robots: dict[str, Robot] = Field(default_factory=dict)
     admins: tuple[str, ...] = ()
-    rules: tuple[Rule, ...] = ()
+    rules: tuple[AccessRule, ...] = ()
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> Policy:
+    def _cross_checks(self) -> AccessControl:
         problems = ownership_problems(self.teams, {name: r.namespace for name, r in self.robots.items()})
         if problems:
             key, message = problems[0]

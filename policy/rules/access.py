@@ -1,0 +1,132 @@
+"""Practice 3, role-based access: the registry always asks for credentials, and in token mode the load
+balancer routes the realm to the token service."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+from host.contract import TOKEN_HEALTH_PATH
+from policy.graph import (
+    AUTOSCALING_GROUP,
+    LISTENER_RULES,
+    LISTENERS,
+    TARGET_GROUPS,
+    UNKNOWN_VALUES,
+    Res,
+    arn_of,
+    as_list,
+    host_boot,
+    is_unknown,
+    known_str,
+    mapping,
+    of_type,
+    prop,
+    registry_configs,
+)
+from policy.registry import STACK, Finding, rule
+from policy.rules.hosts import no_launch_template
+
+
+@rule(
+    "registry-auth-required",
+    3,
+    "The registry config on the hosts has an auth section: the registry is never anonymous.",
+)
+def find_registry_auth_required(resources: Sequence[Res]) -> Iterator[Finding]:
+    yield from no_launch_template(resources)
+    for lt, config in registry_configs(resources):
+        if isinstance(config, str):
+            yield lt.name, config
+        elif not mapping(config.get("auth")):
+            yield lt.name, f"registry config.yml auth is {config.get('auth')!r}: anyone may pull and push"
+
+
+def token_auth(config: Any) -> Mapping[str, Any]:
+    """The registry config's `auth.token` options ({} when the config is unreadable or not in token mode)."""
+    return mapping(mapping(mapping(config).get("auth")).get("token"))
+
+
+def _path_patterns(listener_rule: Res) -> list[str]:
+    conditions = prop(listener_rule, "conditions")
+    if is_unknown(conditions):
+        return []
+    return [
+        str(value)
+        for condition in as_list(conditions)
+        for value in as_list(mapping(mapping(condition).get("pathPattern")).get("values"))
+    ]
+
+
+def _forward_targets(listener_rule: Res) -> list[Any]:
+    """The target group ARNs a rule's forward actions name (the simple form or a weighted forward)."""
+    actions = prop(listener_rule, "actions")
+    if is_unknown(actions):
+        return [actions]
+    found: list[Any] = []
+    for action in map(mapping, as_list(actions)):
+        if action.get("type") != "forward":
+            continue
+        if action.get("targetGroupArn"):
+            found.append(action.get("targetGroupArn"))
+        found += [mapping(g).get("arn") for g in as_list(mapping(action.get("forward")).get("targetGroups"))]
+    return found
+
+
+@rule(
+    "token-service-routed",
+    3,
+    "In token mode an HTTPS listener rule sends the realm path to a target group health-checked over HTTPS on "
+    "/healthz, in which the Auto Scaling group registers its hosts.",
+)
+def find_token_service_routed(resources: Sequence[Res]) -> Iterator[Finding]:
+    realms = {
+        urlparse(realm).path
+        for _, _, config in host_boot(resources)
+        if isinstance(config, dict) and (realm := known_str(token_auth(config).get("realm")))
+    }
+    if not realms:
+        return  # not token mode, or not known yet (registry-auth-trusted reports a bad auth section)
+    https_arns = {
+        arn_of(li) for li in of_type(resources, *LISTENERS) if prop(li, "protocol") in ("HTTPS", *UNKNOWN_VALUES)
+    }
+    groups = {arn: tg for tg in of_type(resources, *TARGET_GROUPS) if (arn := arn_of(tg))}
+    fleets = of_type(resources, AUTOSCALING_GROUP)
+    rules = of_type(resources, *LISTENER_RULES)
+    for path in sorted(realms):
+        routes = [r for r in rules if any(fnmatch.fnmatchcase(path, p) for p in _path_patterns(r))]
+        if not routes and not any(is_unknown(prop(r, "conditions")) for r in rules):
+            yield STACK, f"no {LISTENER_RULES[0]} has a path-pattern condition matching the realm path {path!r}"
+        for route in routes:
+            listener = prop(route, "listenerArn")
+            if known_str(listener) and None not in https_arns and listener not in https_arns:
+                yield route.name, f"listenerArn is {listener!r}, not an HTTPS listener of this stack"
+            targets = _forward_targets(route)
+            if not targets:
+                yield route.name, f"actions forward {path!r} to no target group"
+            for arn in targets:
+                if is_unknown(arn):
+                    continue
+                tg = groups.get(arn)
+                if tg is None:
+                    if groups:
+                        yield route.name, f"actions forward to {arn!r}, not a target group of this stack"
+                    continue
+                check = (prop(tg, "healthCheck", "protocol"), prop(tg, "healthCheck", "path"))
+                if not any(map(is_unknown, check)) and check != ("HTTPS", TOKEN_HEALTH_PATH):
+                    yield (
+                        tg.name,
+                        f"healthCheck (protocol, path) is {check}, expected ('HTTPS', '{TOKEN_HEALTH_PATH}') "
+                        "(the token service's health)",
+                    )
+                for group in fleets:
+                    registered = prop(group, "targetGroupArns")
+                    if is_unknown(registered) or any(is_unknown(a) for a in as_list(registered)):
+                        continue
+                    if arn not in as_list(registered):
+                        yield (
+                            group.name,
+                            f"targetGroupArns does not include {tg.name}: its hosts never get token requests",
+                        )

@@ -1,0 +1,92 @@
+"""Practice 10, regular backups: versioned buckets whose old versions expire, an AWS Backup plan over the
+primary bucket, encrypted vaults."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from policy.graph import (
+    BACKUP_PLAN,
+    BACKUP_SELECTION,
+    BACKUP_VAULT,
+    LIFECYCLE,
+    UNKNOWN_VALUES,
+    VERSIONING,
+    Res,
+    arn_of,
+    as_list,
+    is_unknown,
+    mapping,
+    of_type,
+    primary_buckets,
+    prop,
+    registry_buckets,
+    satellites,
+)
+from policy.registry import STACK, Finding, rule
+
+
+@rule("buckets-versioned", 10, "Every registry bucket has versioning Enabled.")
+def find_buckets_versioned(resources: Sequence[Res]) -> Iterator[Finding]:
+    for bucket in registry_buckets(resources):
+        versionings = satellites(resources, bucket, VERSIONING)
+        if not versionings:
+            yield bucket.name, f"no {VERSIONING} names this bucket"
+        for v in versionings:
+            status = prop(v, "versioningConfiguration", "status")
+            if not is_unknown(status) and status != "Enabled":
+                yield v.name, f"versioningConfiguration.status is {status!r}, expected 'Enabled'"
+
+
+def _expires_noncurrent(rule: Any) -> bool:
+    days = mapping(mapping(rule).get("noncurrentVersionExpiration")).get("noncurrentDays")
+    return mapping(rule).get("status") in ("Enabled", *UNKNOWN_VALUES) and bool(days)
+
+
+@rule(
+    "noncurrent-versions-expire",
+    10,
+    "Every registry bucket has an enabled lifecycle rule that expires noncurrent versions.",
+)
+def find_noncurrent_versions_expire(resources: Sequence[Res]) -> Iterator[Finding]:
+    for bucket in registry_buckets(resources):
+        configs = satellites(resources, bucket, LIFECYCLE)
+        if not configs:
+            yield bucket.name, f"no {LIFECYCLE} names this bucket"
+            continue
+        rules = [prop(c, "rules") for c in configs]
+        if any(is_unknown(r) or any(_expires_noncurrent(x) for x in as_list(r)) for r in rules):
+            continue
+        yield configs[0].name, "rules has no enabled rule with noncurrentVersionExpiration.noncurrentDays"
+
+
+@rule("backup-plan", 10, "An AWS Backup plan exists and a backup selection covers the primary registry bucket.")
+def find_backup_plan(resources: Sequence[Res]) -> Iterator[Finding]:
+    plans, selections = of_type(resources, BACKUP_PLAN), of_type(resources, BACKUP_SELECTION)
+    if not plans:
+        yield STACK, f"no {BACKUP_PLAN}"
+    for plan in plans:
+        if not is_unknown(prop(plan, "rules")) and not as_list(prop(plan, "rules")):
+            yield plan.name, "rules is empty: the plan never backs anything up"
+    if not selections:
+        yield STACK, f"no {BACKUP_SELECTION}: no resource is backed up"
+        return
+    chosen = [x for s in selections for x in as_list(prop(s, "resources"))]
+    for s in selections:
+        if not as_list(prop(s, "resources")) and not prop(s, "selectionTags") and not prop(s, "conditions"):
+            yield s.name, "resources is empty"
+    if any(is_unknown(x) for x in chosen):
+        return  # a selection names something not known yet: it may be the bucket
+    for bucket in primary_buckets(resources):
+        arn = arn_of(bucket)
+        if arn is not None and not any(fnmatch.fnmatchcase(arn, str(pattern)) for pattern in chosen):
+            yield selections[0].name, f"resources is {chosen!r}, without {bucket.name} ({arn})"
+
+
+@rule("backup-vaults-encrypted", 10, "Every AWS Backup vault is encrypted with a customer KMS key (kmsKeyArn).")
+def find_backup_vaults_encrypted(resources: Sequence[Res]) -> Iterator[Finding]:
+    for vault in of_type(resources, BACKUP_VAULT):
+        if not prop(vault, "kmsKeyArn"):
+            yield vault.name, f"kmsKeyArn is {prop(vault, 'kmsKeyArn')!r}: backups need a customer KMS key"
