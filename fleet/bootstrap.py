@@ -27,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from fleet.private_bucket import PUBLIC_ACCESS_FLAGS, bucket_arn, harden_bucket
+from fleet.private_bucket import PUBLIC_ACCESS_FLAGS, bucket_arn, harden_bucket, tls_only_policy
 from infra.settings import _REGION as REGION_NAME  # one rule for region names, shared with the stack settings
 
 NONCURRENT_VERSION_DAYS = 90
@@ -394,7 +394,8 @@ def _create_bucket(s3: Any, bucket: str, region: str) -> bool:
 
 
 def _configure_bucket(s3: Any, bucket: str, region: str, key_arn: str) -> None:
-    harden_bucket(s3, bucket, region, key_arn, LIFECYCLE_RULES)
+    harden_bucket(s3, bucket, key_arn, LIFECYCLE_RULES)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(tls_only_policy(bucket, region)))
     s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in TAGS.items()]})
 
 

@@ -1,14 +1,15 @@
 """A private, hardened S3 bucket made through the S3 API (boto3), outside Pulumi.
 
 The Pulumi state bucket (`fleet bootstrap`) and the lab's registry bucket (`lab/lab.py`) get the
-guardrails the stack gives its own buckets (`components/private_bucket.py`): all four Block
-Public Access flags, BucketOwnerEnforced (ACLs off), versioning, SSE-KMS with a bucket key,
-the caller's lifecycle rules, and a policy that denies every request without TLS.
+guardrails the stack gives its own buckets (`components/private_bucket.py`) from `harden_bucket`:
+all four Block Public Access flags, BucketOwnerEnforced (ACLs off), versioning, SSE-KMS with a
+bucket key and the caller's lifecycle rules. The policy that denies every request without TLS
+(`tls_only_policy`) is put by bootstrap only: the lab's moto applies a bucket policy's Deny
+without reading its condition, so it would refuse every object request (the lab's S3 is TLS-only anyway).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,8 +48,8 @@ def tls_only_policy(bucket: str, region: str) -> dict[str, Any]:
     }
 
 
-def harden_bucket(s3: Any, bucket: str, region: str, key_arn: str, lifecycle_rules: Sequence[dict[str, Any]]) -> None:
-    """Write every guardrail on `bucket`, which exists and is the caller's; `key_arn` encrypts its objects."""
+def harden_bucket(s3: Any, bucket: str, key_arn: str, lifecycle_rules: Sequence[dict[str, Any]]) -> None:
+    """Write the guardrails on `bucket`, which exists and is the caller's; `key_arn` encrypts its objects."""
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=dict.fromkeys(PUBLIC_ACCESS_FLAGS, True))
     s3.put_bucket_ownership_controls(
         Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
@@ -66,4 +67,3 @@ def harden_bucket(s3: Any, bucket: str, region: str, key_arn: str, lifecycle_rul
         },
     )
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": list(lifecycle_rules)})
-    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(tls_only_policy(bucket, region)))

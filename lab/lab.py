@@ -173,7 +173,8 @@ def s3_client(endpoint: str, ca_file: str, region: str) -> Any:
 
 
 def create_bucket(settings: Settings, endpoint: str, ca_file: str) -> str:
-    """The registry bucket as the stack makes it: versioned, SSE-KMS (bucket key), lifecycle, private, TLS only."""
+    """The registry bucket as the stack makes it: versioned, SSE-KMS (bucket key), lifecycle, private (no
+    TLS-only policy: moto would apply its Deny to every object request; see fleet/private_bucket.py)."""
     import boto3
 
     kms = boto3.client(
@@ -201,7 +202,7 @@ def create_bucket(settings: Settings, endpoint: str, ca_file: str) -> str:
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": settings.storage.abort_incomplete_upload_days},
         },
     ]
-    harden_bucket(s3, LAB_BUCKET, settings.region, key_arn, rules)
+    harden_bucket(s3, LAB_BUCKET, key_arn, rules)
     return key_arn
 
 
