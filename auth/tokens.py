@@ -19,9 +19,10 @@ from typing import Any
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from auth.certificates import certificate, certificate_pem, distinguished_name, private_key_pem
 from auth.scopes import Scope
 
 MIN_RSA_BITS = 2048
@@ -135,40 +136,11 @@ def create_signing_pair(
     """A self-signed RSA 2048 signing certificate and its PKCS#1 key (the lab's; the fleet gets its pair
     from pulumi-tls). The certificate itself is what goes into the registry's `rootcertbundle`."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS)
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    cert = certificate(key, distinguished_name(common_name), days, "signing")
     directory.mkdir(parents=True, exist_ok=True)
     key_path, cert_path = directory / "token-signing.key", directory / "token-signing.crt"
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(private_key_pem(key))
+    cert_path.write_bytes(certificate_pem(cert))
     return key_path, cert_path

@@ -22,7 +22,6 @@ resolved, non-secret outputs; the ports and paths are the host contract's (`host
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components.errors import ComponentInputError
+from components.iam import assume_role_policy, policy_document
 from components.stored_secret import stored_secret
 from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
 from host.contract import (
@@ -132,42 +132,37 @@ class RegistryFleetArgs:
 
 def instance_policy(bucket_arn: str, kms_key_arn: str, secret_arns: list[str]) -> str:
     """Only what the registry does: its bucket, its key, its own secrets."""
-    return json.dumps(
+    return policy_document(
         {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "RegistryBucket",
-                    "Effect": "Allow",
-                    "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
-                    "Resource": bucket_arn,
-                },
-                {
-                    "Sid": "RegistryObjects",
-                    "Effect": "Allow",
-                    "Action": [
-                        "s3:GetObject",
-                        "s3:PutObject",
-                        "s3:DeleteObject",
-                        "s3:ListMultipartUploadParts",
-                        "s3:AbortMultipartUpload",
-                    ],
-                    "Resource": f"{bucket_arn}/*",
-                },
-                {
-                    "Sid": "RegistryKey",
-                    "Effect": "Allow",
-                    "Action": ["kms:GenerateDataKey", "kms:Decrypt", "kms:Encrypt"],
-                    "Resource": kms_key_arn,
-                },
-                {
-                    "Sid": "OwnSecrets",
-                    "Effect": "Allow",
-                    "Action": "secretsmanager:GetSecretValue",
-                    "Resource": secret_arns,
-                },
+            "Sid": "RegistryBucket",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"],
+            "Resource": bucket_arn,
+        },
+        {
+            "Sid": "RegistryObjects",
+            "Effect": "Allow",
+            "Action": [
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:ListMultipartUploadParts",
+                "s3:AbortMultipartUpload",
             ],
-        }
+            "Resource": f"{bucket_arn}/*",
+        },
+        {
+            "Sid": "RegistryKey",
+            "Effect": "Allow",
+            "Action": ["kms:GenerateDataKey", "kms:Decrypt", "kms:Encrypt"],
+            "Resource": kms_key_arn,
+        },
+        {
+            "Sid": "OwnSecrets",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": secret_arns,
+        },
     )
 
 
@@ -269,18 +264,7 @@ class RegistryFleet(pulumi.ComponentResource):
         # --- instance role: least privilege ---
         role = aws.iam.Role(
             f"{name}-role",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "ec2.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+            assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
             tags=tags,
             opts=child,
         )

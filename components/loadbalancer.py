@@ -13,7 +13,6 @@ The hosts' security group (in the fleet) admits only this load balancer's group.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components.iam import allow_service, policy_document
+from components.private_bucket import SSE_S3, harden_bucket, tls_only_statement
 from host.contract import REGISTRY_PORT, TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
 
 # Elastic Load Balancing's log-writer accounts for regions opened before August 2022; newer
@@ -55,21 +56,8 @@ ACCESS_LOG_PREFIX = "alb"
 def access_log_bucket_policy(bucket_arn: str, account_id: str, region: str) -> str:
     target = f"{bucket_arn}/{ACCESS_LOG_PREFIX}/AWSLogs/{account_id}/*"
     statements: list[dict[str, Any]] = [
-        {
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [bucket_arn, f"{bucket_arn}/*"],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        },
-        {
-            "Sid": "LogDeliveryWrites",
-            "Effect": "Allow",
-            "Principal": {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"},
-            "Action": "s3:PutObject",
-            "Resource": target,
-        },
+        tls_only_statement(bucket_arn),
+        allow_service("LogDeliveryWrites", "logdelivery.elasticloadbalancing.amazonaws.com", "s3:PutObject", target),
     ]
     if region in ELB_LOG_ACCOUNTS:
         statements.append(
@@ -81,7 +69,7 @@ def access_log_bucket_policy(bucket_arn: str, account_id: str, region: str) -> s
                 "Resource": target,
             }
         )
-    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+    return policy_document(*statements)
 
 
 @dataclass
@@ -121,32 +109,12 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         logs = aws.s3.Bucket(f"{name}-access-logs", tags=tags, opts=child)
-        # ALB log delivery supports SSE-S3 only, not SSE-KMS.
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{name}-access-logs-encryption",
-            bucket=logs.id,
-            rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}],
-            opts=child,
-        )
-        aws.s3.BucketPublicAccessBlock(
-            f"{name}-access-logs-public-access",
-            bucket=logs.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-            opts=child,
-        )
-        aws.s3.BucketOwnershipControls(
-            f"{name}-access-logs-ownership",
-            bucket=logs.id,
-            rule={"object_ownership": "BucketOwnerEnforced"},
-            opts=child,
-        )
-        aws.s3.BucketLifecycleConfiguration(
-            f"{name}-access-logs-lifecycle",
-            bucket=logs.id,
-            rules=[
+        logs_hardened = harden_bucket(
+            f"{name}-access-logs",
+            logs,
+            # ALB log delivery supports SSE-S3 only, not SSE-KMS.
+            encryption=SSE_S3,
+            lifecycle_rules=[
                 {
                     "id": "expire-access-logs",
                     "status": "Enabled",
@@ -155,16 +123,13 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 1},
                 }
             ],
-            opts=child,
-        )
-        logs_policy = aws.s3.BucketPolicy(
-            f"{name}-access-logs-policy",
-            bucket=logs.id,
             policy=pulumi.Output.all(logs.arn, args.account_id).apply(
                 lambda a: access_log_bucket_policy(a[0], a[1], args.region)
             ),
             opts=child,
         )
+        logs_policy = logs_hardened.policy
+        assert logs_policy is not None  # given above
 
         sg = aws.ec2.SecurityGroup(
             f"{name}-sg",

@@ -10,7 +10,6 @@ AWS-owned buckets the SSM agent needs, and VPC flow logs to an encrypted log gro
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.errors import ComponentInputError
+from components.iam import assume_role_policy, policy_document
 
 # Buckets AWS owns that hosts must reach through the S3 gateway endpoint: the SSM agent
 # downloads itself, its updates and its documents from these (see the SSM VPC endpoint docs).
@@ -44,26 +44,21 @@ def subnet_plan(cidr: str, az_count: int) -> tuple[list[str], list[str]]:
 def s3_endpoint_policy(region: str, registry_bucket_arns: list[str]) -> str:
     ssm = [f"arn:aws:s3:::{p.format(region=region)}/*" for p in SSM_BUCKET_PATTERNS]
     objects = [f"{arn}/*" for arn in registry_bucket_arns]
-    return json.dumps(
+    return policy_document(
         {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "RegistryBuckets",
-                    "Effect": "Allow",
-                    "Principal": "*",
-                    "Action": "s3:*",
-                    "Resource": registry_bucket_arns + objects,
-                },
-                {
-                    "Sid": "SsmAgentBuckets",
-                    "Effect": "Allow",
-                    "Principal": "*",
-                    "Action": "s3:GetObject",
-                    "Resource": ssm,
-                },
-            ],
-        }
+            "Sid": "RegistryBuckets",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": registry_bucket_arns + objects,
+        },
+        {
+            "Sid": "SsmAgentBuckets",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "s3:GetObject",
+            "Resource": ssm,
+        },
     )
 
 
@@ -201,18 +196,7 @@ class RegistryNetwork(pulumi.ComponentResource):
         )
         flow_role = aws.iam.Role(
             f"{name}-flow-logs-role",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+            assume_role_policy=assume_role_policy("vpc-flow-logs.amazonaws.com"),
             tags=tags,
             opts=child,
         )
@@ -220,20 +204,11 @@ class RegistryNetwork(pulumi.ComponentResource):
             f"{name}-flow-logs-policy",
             role=flow_role.id,
             policy=flow_log_group.arn.apply(
-                lambda arn: json.dumps(
+                lambda arn: policy_document(
                     {
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {
-                                "Effect": "Allow",
-                                "Action": [
-                                    "logs:CreateLogStream",
-                                    "logs:PutLogEvents",
-                                    "logs:DescribeLogStreams",
-                                ],
-                                "Resource": [arn, f"{arn}:*"],
-                            }
-                        ],
+                        "Effect": "Allow",
+                        "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                        "Resource": [arn, f"{arn}:*"],
                     }
                 )
             ),

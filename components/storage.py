@@ -15,7 +15,6 @@ CDN exists, because CloudFront's read grant names the distribution.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,27 +22,15 @@ from typing import Any, Literal
 import pulumi
 import pulumi_aws as aws
 
+from components.iam import allow_service, assume_role_policy, policy_document
+from components.private_bucket import harden_bucket, sse_kms, tls_only_statement
 from host.contract import BLOB_PREFIX
 
+CLOUDFRONT = "cloudfront.amazonaws.com"
 BACKUP_MANAGED_POLICIES = (
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Backup",
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Restore",
 )
-
-
-def _doc(*statements: dict[str, Any]) -> str:
-    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
-
-
-def tls_only_statement(bucket_arn: str) -> dict[str, Any]:
-    return {
-        "Sid": "DenyInsecureTransport",
-        "Effect": "Deny",
-        "Principal": "*",
-        "Action": "s3:*",
-        "Resource": [bucket_arn, f"{bucket_arn}/*"],
-        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-    }
 
 
 def primary_bucket_policy(bucket_arn: str, distribution_arn: str | None) -> str:
@@ -51,16 +38,15 @@ def primary_bucket_policy(bucket_arn: str, distribution_arn: str | None) -> str:
     statements = [tls_only_statement(bucket_arn)]
     if distribution_arn:
         statements.append(
-            {
-                "Sid": "CloudFrontReadsBlobs",
-                "Effect": "Allow",
-                "Principal": {"Service": "cloudfront.amazonaws.com"},
-                "Action": "s3:GetObject",
-                "Resource": f"{bucket_arn}/{BLOB_PREFIX}*",
-                "Condition": {"StringEquals": {"AWS:SourceArn": distribution_arn}},
-            }
+            allow_service(
+                "CloudFrontReadsBlobs",
+                CLOUDFRONT,
+                "s3:GetObject",
+                f"{bucket_arn}/{BLOB_PREFIX}*",
+                source_arn=distribution_arn,
+            )
         )
-    return _doc(*statements)
+    return policy_document(*statements)
 
 
 def key_policy(account_id: str, distribution_arn: str | None) -> str:
@@ -76,20 +62,13 @@ def key_policy(account_id: str, distribution_arn: str | None) -> str:
     ]
     if distribution_arn:
         statements.append(
-            {
-                "Sid": "CloudFrontDecryptsBlobs",
-                "Effect": "Allow",
-                "Principal": {"Service": "cloudfront.amazonaws.com"},
-                "Action": "kms:Decrypt",
-                "Resource": "*",
-                "Condition": {"StringEquals": {"AWS:SourceArn": distribution_arn}},
-            }
+            allow_service("CloudFrontDecryptsBlobs", CLOUDFRONT, "kms:Decrypt", "*", source_arn=distribution_arn)
         )
-    return _doc(*statements)
+    return policy_document(*statements)
 
 
 def replication_policy(source_arn: str, dest_arn: str, source_key: str, dest_key: str, region: str) -> str:
-    return _doc(
+    return policy_document(
         {
             "Effect": "Allow",
             "Action": ["s3:GetReplicationConfiguration", "s3:ListBucket"],
@@ -123,10 +102,6 @@ def replication_policy(source_arn: str, dest_arn: str, source_key: str, dest_key
             "Resource": dest_key,
         },
     )
-
-
-def _assume(service: str) -> str:
-    return _doc({"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"})
 
 
 @dataclass
@@ -197,78 +172,40 @@ class RegistryStorage(pulumi.ComponentResource):
             opts=replica_keep,
         )
 
-        versionings = []
-        for label, bucket, key, opt in (
-            ("primary", self.bucket, self.key, child),
-            ("replica", self.replica_bucket, self.replica_key, replica),
+        lifecycle_rules = [
+            {
+                "id": "expire-noncurrent-versions",
+                "status": "Enabled",
+                "filter": {},
+                "noncurrent_version_expiration": {"noncurrent_days": args.noncurrent_version_days},
+                "expiration": {"expired_object_delete_marker": True},
+            },
+            {
+                "id": "abort-incomplete-multipart-uploads",
+                "status": "Enabled",
+                "filter": {},
+                "abort_incomplete_multipart_upload": {"days_after_initiation": args.abort_incomplete_upload_days},
+            },
+        ]
+        # The primary's policy names the distribution, so RegistryBucketPolicies makes it later;
+        # the replica's never names CloudFront: TLS only.
+        replica_policy = self.replica_bucket.arn.apply(lambda arn: policy_document(tls_only_statement(arn)))
+        versionings: list[aws.s3.BucketVersioning] = []
+        for label, bucket, key, opt, policy in (
+            ("primary", self.bucket, self.key, child, None),
+            ("replica", self.replica_bucket, self.replica_key, replica, replica_policy),
         ):
-            versionings.append(
-                aws.s3.BucketVersioning(
-                    f"{name}-{label}-versioning",
-                    bucket=bucket.id,
-                    versioning_configuration={"status": "Enabled"},
-                    opts=opt,
-                )
-            )
-            aws.s3.BucketServerSideEncryptionConfiguration(
-                f"{name}-{label}-encryption",
-                bucket=bucket.id,
-                rules=[
-                    {
-                        "apply_server_side_encryption_by_default": {
-                            "sse_algorithm": "aws:kms",
-                            "kms_master_key_id": key.arn,
-                        },
-                        "bucket_key_enabled": True,
-                    }
-                ],
+            hardened = harden_bucket(
+                f"{name}-{label}",
+                bucket,
+                encryption=sse_kms(key.arn),
+                lifecycle_rules=lifecycle_rules,
+                versioned=True,
+                policy=policy,
                 opts=opt,
             )
-            aws.s3.BucketPublicAccessBlock(
-                f"{name}-{label}-public-access",
-                bucket=bucket.id,
-                block_public_acls=True,
-                block_public_policy=True,
-                ignore_public_acls=True,
-                restrict_public_buckets=True,
-                opts=opt,
-            )
-            aws.s3.BucketOwnershipControls(
-                f"{name}-{label}-ownership",
-                bucket=bucket.id,
-                rule={"object_ownership": "BucketOwnerEnforced"},
-                opts=opt,
-            )
-            aws.s3.BucketLifecycleConfiguration(
-                f"{name}-{label}-lifecycle",
-                bucket=bucket.id,
-                rules=[
-                    {
-                        "id": "expire-noncurrent-versions",
-                        "status": "Enabled",
-                        "filter": {},
-                        "noncurrent_version_expiration": {"noncurrent_days": args.noncurrent_version_days},
-                        "expiration": {"expired_object_delete_marker": True},
-                    },
-                    {
-                        "id": "abort-incomplete-multipart-uploads",
-                        "status": "Enabled",
-                        "filter": {},
-                        "abort_incomplete_multipart_upload": {
-                            "days_after_initiation": args.abort_incomplete_upload_days
-                        },
-                    },
-                ],
-                opts=pulumi.ResourceOptions.merge(opt, pulumi.ResourceOptions(depends_on=[versionings[-1]])),
-            )
-
-        # The replica's policy never names CloudFront: TLS only. The primary's is made later.
-        aws.s3.BucketPolicy(
-            f"{name}-replica-policy",
-            bucket=self.replica_bucket.id,
-            policy=self.replica_bucket.arn.apply(lambda arn: _doc(tls_only_statement(arn))),
-            opts=replica,
-        )
+            if hardened.versioning is not None:
+                versionings.append(hardened.versioning)
 
         if args.replica_object_lock is not None:
             aws.s3.BucketObjectLockConfiguration(
@@ -286,7 +223,7 @@ class RegistryStorage(pulumi.ComponentResource):
             )
 
         replication_role = aws.iam.Role(
-            f"{name}-replication-role", assume_role_policy=_assume("s3.amazonaws.com"), tags=tags, opts=child
+            f"{name}-replication-role", assume_role_policy=assume_role_policy("s3.amazonaws.com"), tags=tags, opts=child
         )
         aws.iam.RolePolicy(
             f"{name}-replication-policy",
@@ -385,7 +322,7 @@ class RegistryStorage(pulumi.ComponentResource):
         plan = aws.backup.Plan(f"{name}-backup-plan", rules=rules, tags=tags, opts=child)
 
         role = aws.iam.Role(
-            f"{name}-backup-role", assume_role_policy=_assume("backup.amazonaws.com"), tags=tags, opts=child
+            f"{name}-backup-role", assume_role_policy=assume_role_policy("backup.amazonaws.com"), tags=tags, opts=child
         )
         attachments = [
             aws.iam.RolePolicyAttachment(

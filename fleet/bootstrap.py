@@ -27,19 +27,18 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from fleet.private_bucket import PUBLIC_ACCESS_FLAGS, bucket_arn, harden_bucket, tls_only_policy
 from infra.settings import _REGION as REGION_NAME  # one rule for region names, shared with the stack settings
 
 NONCURRENT_VERSION_DAYS = 90
 ABORT_INCOMPLETE_UPLOAD_DAYS = 7
 LIFECYCLE_RULE_ID = "pulumi-state-retention"
-POLICY_SID = "DenyInsecureTransport"
 TAGS = {"managed-by": "registry-fleet/bootstrap", "purpose": "pulumi-state"}
 
 _BUCKET_CHARS = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Names S3 reserves for its own features (access point aliases, directory buckets, ...).
 _RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
-_PAB_FLAGS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
 
 
 class BootstrapInputError(ValueError):
@@ -109,14 +108,6 @@ def alias_for(name: str) -> str:
     return f"alias/{name}-secrets"
 
 
-def _partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
-
-
 def _check_client_region(client: Any, what: str, region: str) -> None:
     """A client for another region would put the key (or the bucket) in the wrong place: a bug, not input."""
     actual = getattr(getattr(client, "meta", None), "region_name", None)
@@ -127,35 +118,15 @@ def _check_client_region(client: Any, what: str, region: str) -> None:
 # --- desired state ----------------------------------------------------------------------
 
 
-def tls_only_policy(bucket: str, region: str) -> dict[str, Any]:
-    arn = f"arn:{_partition(region)}:s3:::{bucket}"
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": POLICY_SID,
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [arn, f"{arn}/*"],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }
-        ],
+LIFECYCLE_RULES = [
+    {
+        "ID": LIFECYCLE_RULE_ID,
+        "Status": "Enabled",
+        "Filter": {"Prefix": ""},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_VERSION_DAYS},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_UPLOAD_DAYS},
     }
-
-
-def _lifecycle() -> dict[str, Any]:
-    return {
-        "Rules": [
-            {
-                "ID": LIFECYCLE_RULE_ID,
-                "Status": "Enabled",
-                "Filter": {"Prefix": ""},
-                "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_VERSION_DAYS},
-                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_UPLOAD_DAYS},
-            }
-        ]
-    }
+]
 
 
 _GOOD_VERSIONING = "versioning: Enabled"
@@ -257,7 +228,7 @@ def _whole_bucket(rule: dict[str, Any]) -> bool:
 
 
 def _denies_plain_http(policy: dict[str, Any], bucket: str, region: str) -> bool:
-    arn = f"arn:{_partition(region)}:s3:::{bucket}"
+    arn = bucket_arn(bucket, region)
     statements = policy.get("Statement", [])
     if isinstance(statements, dict):
         statements = [statements]
@@ -322,7 +293,7 @@ def _inspect_bucket(
     pab: dict[str, Any] = {}
     with _absent_is_none("NoSuchPublicAccessBlockConfiguration"):
         pab = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
-    off = [flag for flag in _PAB_FLAGS if not pab.get(flag)]
+    off = [flag for flag in PUBLIC_ACCESS_FLAGS if not pab.get(flag)]
     if not pab:
         weak.append("public access block: not configured on the bucket (all four flags should be on)")
     elif off:
@@ -423,23 +394,7 @@ def _create_bucket(s3: Any, bucket: str, region: str) -> bool:
 
 
 def _configure_bucket(s3: Any, bucket: str, region: str, key_arn: str) -> None:
-    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=dict.fromkeys(_PAB_FLAGS, True))
-    s3.put_bucket_ownership_controls(
-        Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
-    )
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    s3.put_bucket_encryption(
-        Bucket=bucket,
-        ServerSideEncryptionConfiguration={
-            "Rules": [
-                {
-                    "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn},
-                    "BucketKeyEnabled": True,
-                }
-            ]
-        },
-    )
-    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=_lifecycle())
+    harden_bucket(s3, bucket, key_arn, LIFECYCLE_RULES)
     s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(tls_only_policy(bucket, region)))
     s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in TAGS.items()]})
 

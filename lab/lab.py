@@ -2,7 +2,7 @@
 
 `Lab(settings, state_dir).up()` starts, on free loopback ports:
   - moto as S3 (over TLS), with the registry bucket made with the stack's versioning,
-    SSE-KMS and lifecycle settings;
+    SSE-KMS and lifecycle settings and the guardrails of fleet/private_bucket.py;
   - two instances of Debian's `docker-registry` sharing that bucket and one `http.secret`,
     each serving HTTPS with a certificate from the lab CA, notifying the event receiver;
   - nginx standing in for the ALB (TLS 1.2+, HTTP -> 301, HTTPS to the registries, verified);
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from auth.tokens import create_signing_pair
+from fleet.private_bucket import harden_bucket
 from host.contract import TOKEN_HEALTH_PATH
 from host.registry_config import render_registry_config
 from infra.settings import AccessSettings, Settings
@@ -172,7 +173,8 @@ def s3_client(endpoint: str, ca_file: str, region: str) -> Any:
 
 
 def create_bucket(settings: Settings, endpoint: str, ca_file: str) -> str:
-    """The registry bucket as the stack makes it: versioned, SSE-KMS (bucket key), lifecycle, private."""
+    """The registry bucket as the stack makes it: versioned, SSE-KMS (bucket key), lifecycle, private (no
+    TLS-only policy: moto would apply its Deny to every object request; see fleet/private_bucket.py)."""
     import boto3
 
     kms = boto3.client(
@@ -186,48 +188,21 @@ def create_bucket(settings: Settings, endpoint: str, ca_file: str) -> str:
     key_arn = str(kms.create_key(Description="registry-fleet lab: registry blobs")["KeyMetadata"]["Arn"])
     s3 = s3_client(endpoint, ca_file, settings.region)
     s3.create_bucket(Bucket=LAB_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.region})
-    s3.put_bucket_versioning(Bucket=LAB_BUCKET, VersioningConfiguration={"Status": "Enabled"})
-    s3.put_bucket_encryption(
-        Bucket=LAB_BUCKET,
-        ServerSideEncryptionConfiguration={
-            "Rules": [
-                {
-                    "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn},
-                    "BucketKeyEnabled": True,
-                }
-            ]
+    rules = [
+        {
+            "ID": "expire-noncurrent-versions",
+            "Status": "Enabled",
+            "Filter": {},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": settings.storage.noncurrent_version_days},
         },
-    )
-    s3.put_public_access_block(
-        Bucket=LAB_BUCKET,
-        PublicAccessBlockConfiguration={
-            "BlockPublicAcls": True,
-            "IgnorePublicAcls": True,
-            "BlockPublicPolicy": True,
-            "RestrictPublicBuckets": True,
+        {
+            "ID": "abort-incomplete-multipart-uploads",
+            "Status": "Enabled",
+            "Filter": {},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": settings.storage.abort_incomplete_upload_days},
         },
-    )
-    s3.put_bucket_lifecycle_configuration(
-        Bucket=LAB_BUCKET,
-        LifecycleConfiguration={
-            "Rules": [
-                {
-                    "ID": "expire-noncurrent-versions",
-                    "Status": "Enabled",
-                    "Filter": {},
-                    "NoncurrentVersionExpiration": {"NoncurrentDays": settings.storage.noncurrent_version_days},
-                },
-                {
-                    "ID": "abort-incomplete-multipart-uploads",
-                    "Status": "Enabled",
-                    "Filter": {},
-                    "AbortIncompleteMultipartUpload": {
-                        "DaysAfterInitiation": settings.storage.abort_incomplete_upload_days
-                    },
-                },
-            ]
-        },
-    )
+    ]
+    harden_bucket(s3, LAB_BUCKET, key_arn, rules)
     return key_arn
 
 

@@ -8,33 +8,16 @@ middleware reads only PKCS#1).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from auth.certificates import Issuer, certificate, certificate_pem, distinguished_name, private_key_pem
 
 LAB_DAYS = 30
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "registry-fleet lab"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    # TraditionalOpenSSL = "EC PRIVATE KEY" / "RSA PRIVATE KEY" (PKCS#1), as pulumi-tls emits.
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
+ORGANIZATION = "registry-fleet lab"
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -54,55 +37,11 @@ class LabPki:
 
 def create_pki(directory: Path, hostnames: list[str]) -> LabPki:
     """A CA, one server certificate for every lab listener, and the CDN key pair."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("registry-fleet lab CA")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=LAB_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = Issuer(ec.generate_private_key(ec.SECP256R1()), distinguished_name("registry-fleet lab CA", ORGANIZATION))
+    ca_cert = certificate(ca.key, ca.name, LAB_DAYS, "ca")
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hostnames:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hostnames[0]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=LAB_DAYS))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    cert = certificate(
+        key, distinguished_name(hostnames[0], ORGANIZATION), LAB_DAYS, "server", issuer=ca, hostnames=hostnames
     )
     cdn_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pki = LabPki(
@@ -112,10 +51,10 @@ def create_pki(directory: Path, hostnames: list[str]) -> LabPki:
         cdn_private_key=directory / "cdn-signing.pem",
         cdn_public_key=directory / "cdn-signing.pub.pem",
     )
-    _write(pki.ca_cert, ca.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(pki.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(pki.server_key, _key_pem(key), 0o600)
-    _write(pki.cdn_private_key, _key_pem(cdn_key), 0o600)
+    _write(pki.ca_cert, certificate_pem(ca_cert), 0o644)
+    _write(pki.server_cert, certificate_pem(cert), 0o644)
+    _write(pki.server_key, private_key_pem(key), 0o600)
+    _write(pki.cdn_private_key, private_key_pem(cdn_key), 0o600)
     _write(
         pki.cdn_public_key,
         cdn_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),

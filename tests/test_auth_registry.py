@@ -32,10 +32,10 @@ import jwt
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
+from auth.certificates import Issuer, certificate, distinguished_name
 from auth.local import hash_secret
 from auth.tokens import create_signing_pair
 from lab import supervisor
@@ -390,32 +390,11 @@ def test_wrong_password_is_refused_by_the_token_service(stack: Stack) -> None:
 
 def other_ca_signer() -> tuple[rsa.RSAPrivateKey, list[str]]:
     """A signing key with a certificate from another CA, and the x5c chain (leaf, CA) to present it."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else's CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = Issuer(ec.generate_private_key(ec.SECP256R1()), distinguished_name("someone else's CA"))
+    ca_cert = certificate(ca.key, ca.name, 1, "ca")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry-fleet token signer")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, [der_b64(leaf), der_b64(ca)]
+    leaf = certificate(key, distinguished_name("registry-fleet token signer"), 1, "signing", issuer=ca)
+    return key, [der_b64(leaf), der_b64(ca_cert)]
 
 
 def der_b64(cert: x509.Certificate) -> str:

@@ -25,8 +25,8 @@ from fleet.bootstrap import (
     BootstrapResult,
     bootstrap,
     login_lines,
-    tls_only_policy,
 )
+from fleet.private_bucket import tls_only_policy
 from lab import supervisor
 
 MOTO = Path(sys.executable).with_name("moto_server")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime
 import random
 from importlib import resources
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from auth.certificates import Usage, certificate, certificate_pem, distinguished_name
 from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
 from host.contract import DROPIN_PATH, FETCH_SCRIPT_PATH, TOKEN_INSTALL_SCRIPT_PATH, TOKEN_UNIT_PATH
 from host.registry_config import (
@@ -660,32 +660,10 @@ def test_token_mode_without_ldap_ca_writes_no_ldap_ca_file() -> None:
     assert "/etc/registry-fleet/token-signing.crt" in files
 
 
-def _certificate(key: Any, common_name: str, ca: bool) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Corporation Platform Engineering"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+def _certificate(key: Any, common_name: str, usage: Usage) -> str:
+    """A certificate as an enterprise issues them: long names, ten years, the extensions for `usage`."""
+    subject = distinguished_name(common_name, "Example Corporation Platform Engineering")
+    return certificate_pem(certificate(key, subject, 3650, usage, hostnames=[common_name])).decode()
 
 
 def biggest_realistic_boot() -> HostBoot:
@@ -711,13 +689,16 @@ def biggest_realistic_boot() -> HostBoot:
     return base_boot(
         registry_config_yaml=render_registry_config(cfg),
         public_files=(
-            ("/etc/docker/registry/tls/host.crt", _certificate(ec.generate_private_key(p256), f"host.{host}", False)),
-            ("/etc/docker/registry/tls/ca.crt", _certificate(ec.generate_private_key(p256), "registry CA", True)),
+            (
+                "/etc/docker/registry/tls/host.crt",
+                _certificate(ec.generate_private_key(p256), f"host.{host}", "server"),
+            ),
+            ("/etc/docker/registry/tls/ca.crt", _certificate(ec.generate_private_key(p256), "registry CA", "ca")),
         ),
         token_service=token_service(
             artifact_bucket="registry-fleet-payments-prod-blobs-111122223333",
-            signing_cert_pem=_certificate(rsa.generate_private_key(65537, 2048), "token signer", False),
-            ldap_ca_pem=_certificate(rsa.generate_private_key(65537, 3072), "Example Enterprise Root CA G2", True),
+            signing_cert_pem=_certificate(rsa.generate_private_key(65537, 2048), "token signer", "signing"),
+            ldap_ca_pem=_certificate(rsa.generate_private_key(65537, 3072), "Example Enterprise Root CA G2", "ca"),
         ),
     )
 
@@ -741,7 +722,7 @@ def test_user_data_with_two_signing_certificates_still_fits() -> None:
     boot = biggest_realistic_boot()
     assert boot.token_service is not None
     one = compress_user_data(cloud_init(boot))
-    second = _certificate(rsa.generate_private_key(65537, 2048), "token signer (next)", False)
+    second = _certificate(rsa.generate_private_key(65537, 2048), "token signer (next)", "signing")
     for signing, bundle in (
         (boot.token_service.signing_cert_pem, boot.token_service.signing_cert_pem + second),  # phase a
         (second, boot.token_service.signing_cert_pem + second),  # phase b
