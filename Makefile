@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
 
-.PHONY: lab lab-packages plan test lint unit bench bench-lab bench-auth lock clean
+.PHONY: lab lab-packages plan docs test lint unit bench bench-lab bench-auth lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -33,6 +33,11 @@ lab: .venv/.installed lab-packages
 plan: .venv/.installed
 	$(PY) -m fleet validate $(STACK)
 	$(PY) -m fleet plan $(STACK)
+
+# The settings reference (docs/settings.md) and the descriptions in Pulumi.yaml, generated from the
+# settings model (infra/settings/model.py); a test fails when they are stale.
+docs: .venv/.installed
+	$(PY) -m infra.settings.reference
 
 lint: .venv/.installed
 	$(PY) -m ruff check infra components host fleet lab policy auth tests

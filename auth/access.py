@@ -242,7 +242,7 @@ def _overlap(a: str, b: str) -> bool:
 def ownership_problems(teams: dict[str, Team], robot_namespaces: dict[str, str]) -> list[tuple[str, str]]:
     """(key, message) for every namespace two teams share and every robot namespace no team owns.
 
-    Shared by the service's config and the stack settings (infra/settings.py), which hold the same model.
+    Shared by the service's config and the stack settings (infra/settings/model.py), which hold the same model.
     """
     problems: list[tuple[str, str]] = []
     owned: list[tuple[str, str]] = []  # (namespace, team)

@@ -8,14 +8,16 @@ Creates what the token service on every registry host needs, and nothing it runs
 - per CI robot a generated token (pulumi-random), kept in its own Secrets Manager secret for CI to
   read; only its bcrypt hash reaches the service;
 - the service's configuration (auth/config.py), rendered by `host.token_config` from the
-  access settings, the stack's secret inputs and the robots' hashes inside one `apply`, and stored as
-  a Secrets Manager secret (it holds bcrypt hashes and the directory password);
+  token service's spec (settings + secret inputs, built once by `infra/token_service.py`) and the
+  robots' hashes inside one `apply`, and stored as a Secrets Manager secret (it holds bcrypt hashes
+  and the directory password);
 - each generation's signing key PEM in its own Secrets Manager secret; a host's user-data names the
   current generation's secret, so a host always reads the key that matches the certificate its
   template wrote (a restart or a rolled-back refresh never pairs a new key with an old certificate);
 - the service's code (host.artifact) as an object in the registry bucket, SSE-KMS, named by
   its SHA-256, which hosts check before unpacking.
 
+The fleet gets the service's host-side values in one call, :meth:`RegistryAccess.fleet_token_service`.
 Every secret is encrypted with the registry's KMS key. Hosts read the config and the signing key at
 boot (their instance role names these two secrets, never a robot's token). Everything here is a
 child of the component; no resource is created inside an `apply`.
@@ -23,7 +25,7 @@ child of the component; no resource is created inside an `apply`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -31,14 +33,11 @@ import pulumi_aws as aws
 import pulumi_random as random
 import pulumi_tls as tls
 
-from auth.ldap import LdapSettings
-from components.errors import ComponentInputError
+from components.fleet import FleetTokenService
 from components.stored_secret import stored_secret
 from host.artifact import Artifact
-from host.contract import SYSTEM_CA_BUNDLE, TOKEN_LDAP_CA_FILE, TOKEN_SIGNING_CERT_FILE, TOKEN_SIGNING_KEY_FILE
-from host.token_config import render_token_service_config
-from infra.secrets import AccessSecrets, placeholder_bcrypt_hash
-from infra.settings import AccessSettings
+from host.contract import TOKEN_SIGNING_CERT_FILE, TOKEN_SIGNING_KEY_FILE
+from host.token_config import TokenServiceSpec, render_token_service_config
 
 # Five years. Rotation is deliberate, never automatic (no early_renewal_hours): a new certificate
 # must be in every host's rootcertbundle before any host signs tokens with it, or the hosts that
@@ -73,80 +72,15 @@ class RegistryAccessArgs:
     stack: str
     # Physical-name prefix of the stack (secret names: f"{name_prefix}/robots/{robot}-"...).
     name_prefix: str
-    access: AccessSettings
-    secrets: AccessSecrets
-    issuer: str  # the tokens' `iss`: the registry's auth.token.issuer
-    service: str  # the tokens' `aud`: the registry's auth.token.service (its host name)
-    # The load balancer's subnets: its nodes add X-Forwarded-For, which the service then believes.
-    trusted_proxies: Sequence[str]
+    spec: TokenServiceSpec  # validated: infra/token_service.py
     artifact: Artifact
     bucket_name: pulumi.Input[str]  # the registry bucket: the artifact lives beside the images
     kms_key_arn: pulumi.Input[str]  # the registry key: secrets and the artifact are encrypted with it
     tags: dict[str, str]
 
 
-def ldap_ca_file(access: AccessSettings) -> str:
-    """Where the service finds the directory's CA on a host: the stack's own CA, else Debian's bundle."""
-    return TOKEN_LDAP_CA_FILE if access.ldap is not None and access.ldap.ca_certificate else SYSTEM_CA_BUNDLE
-
-
-@dataclass(frozen=True)
-class TokenServiceInputs:
-    """What the service's config is rendered from, besides the robots' hashes: plain values only."""
-
-    access: AccessSettings
-    secrets: AccessSecrets
-    issuer: str
-    service: str
-    trusted_proxies: Sequence[str]
-
-    def ldap(self) -> LdapSettings | None:
-        ldap = self.access.ldap
-        if ldap is None:
-            return None
-        if not self.secrets.ldap_bind_password:
-            raise ComponentInputError("RegistryAccess: access.ldap is set but the directory's bind password is not")
-        return ldap.ldap_settings(ldap_ca_file(self.access), self.secrets.ldap_bind_password)
-
-    def config_text(self, ldap: LdapSettings | None, robot_hashes: Mapping[str, str]) -> str:
-        return render_token_service_config(
-            self.access,
-            issuer=self.issuer,
-            service=self.service,
-            signing_key_file=TOKEN_SIGNING_KEY_FILE,
-            signing_cert_file=TOKEN_SIGNING_CERT_FILE,
-            user_hashes=self.secrets.user_hashes,
-            robot_token_hashes=robot_hashes,
-            ldap=ldap,
-            trusted_proxies=list(self.trusted_proxies),
-        )
-
-
-def check_token_service_inputs(inputs: TokenServiceInputs) -> LdapSettings | None:
-    """Raise ComponentInputError if the service would refuse its config; return the directory settings.
-
-    Pure and cheap: the program calls it before registering anything, the component again itself.
-    """
-    if inputs.access.mode != "token":
-        raise ComponentInputError(f"RegistryAccess: access.mode is {inputs.access.mode!r}; it runs in token mode only")
-    if not inputs.trusted_proxies:
-        raise ComponentInputError("RegistryAccess: trusted_proxies is empty (the load balancer's subnet ranges)")
-    signing = inputs.access.token_signing
-    if signing.current not in signing.generations:
-        raise ComponentInputError(
-            f"RegistryAccess: access.tokenSigning.current ({signing.current}) is not one of its generations "
-            f"{list(signing.generations)}"
-        )
-    ldap = inputs.ldap()
-    # A dry run with stand-in robot hashes (the real ones exist once the passwords do).
-    try:
-        inputs.config_text(ldap, {name: placeholder_bcrypt_hash(name) for name in inputs.access.robots})
-    except ValueError as err:
-        raise ComponentInputError(f"RegistryAccess: the token service would refuse its config: {err}") from None
-    return ldap
-
-
 class RegistryAccess(pulumi.ComponentResource):
+    spec: TokenServiceSpec
     # The current generation's certificate (the service's signing_cert, in each token's x5c).
     signing_cert_pem: pulumi.Output[str]
     # Every live generation's certificate, in generation order (the registry's rootcertbundle).
@@ -166,8 +100,7 @@ class RegistryAccess(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: RegistryAccessArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("registry-fleet:index:RegistryAccess", name, None, opts)
-        inputs = TokenServiceInputs(args.access, args.secrets, args.issuer, args.service, tuple(args.trusted_proxies))
-        ldap = check_token_service_inputs(inputs)
+        spec = self.spec = args.spec
         tags = args.tags
         child = pulumi.ResourceOptions(parent=self)
 
@@ -185,10 +118,9 @@ class RegistryAccess(pulumi.ComponentResource):
             )
 
         # --- per live generation a signing key and its certificate; the registry trusts them all ---
-        signing = args.access.token_signing
         keys: dict[int, tls.PrivateKey] = {}
         certs: dict[int, tls.SelfSignedCert] = {}
-        for generation in signing.generations:
+        for generation in spec.signing_generations:
             key_name, cert_name = signing_names(name, generation)
             # Generation 1's subject is the one it always had: a changed input would re-issue the certificate.
             common_name = f"registry-fleet {args.stack} token signing"
@@ -204,7 +136,7 @@ class RegistryAccess(pulumi.ComponentResource):
                 opts=child,
             )
         key_secrets: dict[int, tuple[aws.secretsmanager.Secret, aws.secretsmanager.SecretVersion]] = {}
-        for generation in signing.generations:
+        for generation in spec.signing_generations:
             label = signing_key_secret_label(generation)
             key_secrets[generation] = access_secret(
                 label,
@@ -212,13 +144,13 @@ class RegistryAccess(pulumi.ComponentResource):
                 f"token signing key, generation {generation} (read by registry hosts at boot)",
                 keys[generation].private_key_pem,
             )
-        signing_key_secret, signing_key_version = key_secrets[signing.current]
-        bundle = pulumi.Output.all(*[certs[g].cert_pem for g in signing.generations]).apply(trust_bundle)
+        signing_key_secret, signing_key_version = key_secrets[spec.signing_generation]
+        bundle = pulumi.Output.all(*[certs[g].cert_pem for g in spec.signing_generations]).apply(trust_bundle)
 
         # --- CI robots: a generated token each, for CI to read; the service gets its bcrypt hash ---
         robot_passwords: dict[str, random.RandomPassword] = {}
         robot_secrets: dict[str, aws.secretsmanager.Secret] = {}
-        for robot, settings in args.access.robots.items():
+        for robot, settings in spec.robots.items():
             password = random.RandomPassword(
                 f"{name}-robot-{robot}-random",
                 length=ROBOT_TOKEN_LENGTH,
@@ -239,7 +171,12 @@ class RegistryAccess(pulumi.ComponentResource):
         # --- the service's config: rendered once from resolved values, stored as a secret ---
         names = list(robot_passwords)
         config = pulumi.Output.all(*[robot_passwords[n].bcrypt_hash for n in names]).apply(
-            lambda hashes: inputs.config_text(ldap, dict(zip(names, hashes, strict=True)))
+            lambda hashes: render_token_service_config(
+                spec,
+                signing_key_file=TOKEN_SIGNING_KEY_FILE,
+                signing_cert_file=TOKEN_SIGNING_CERT_FILE,
+                robot_token_hashes=dict(zip(names, hashes, strict=True)),
+            )
         )
         config_secret, config_version = access_secret(
             "token-config",
@@ -263,12 +200,12 @@ class RegistryAccess(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
 
-        self.signing_cert_pem = certs[signing.current].cert_pem
+        self.signing_cert_pem = certs[spec.signing_generation].cert_pem
         self.trust_bundle_pem = bundle
         self.config_secret_arn = config_secret.arn
         self.config_version_id = config_version.version_id
         self.signing_key_secret_arn = signing_key_secret.arn
-        self.signing_key_secret_arns = [key_secrets[g][0].arn for g in signing.generations]
+        self.signing_key_secret_arns = [key_secrets[g][0].arn for g in spec.signing_generations]
         self.signing_key_version_id = signing_key_version.version_id
         self.robot_secret_arns = {robot: s.arn for robot, s in robot_secrets.items()}
         self.artifact_key = args.artifact.key
@@ -283,4 +220,26 @@ class RegistryAccess(pulumi.ComponentResource):
                 "artifactKey": args.artifact.key,
                 "artifactSha256": args.artifact.sha256,
             }
+        )
+
+    def fleet_token_service(self, target_group_arn: pulumi.Input[str]) -> FleetTokenService:
+        """What the fleet's hosts need to run the service: its secrets, certificates, code and directory."""
+        spec = self.spec
+        return FleetTokenService(
+            service=spec.service,
+            issuer=spec.issuer,
+            target_group_arn=target_group_arn,
+            config_secret_arn=self.config_secret_arn,
+            config_version_id=self.config_version_id,
+            signing_key_secret_arn=self.signing_key_secret_arn,
+            signing_key_secret_arns=self.signing_key_secret_arns,
+            signing_key_version_id=self.signing_key_version_id,
+            signing_cert_pem=self.signing_cert_pem,
+            trust_bundle_pem=self.trust_bundle_pem,
+            artifact_key=self.artifact_key,
+            artifact_sha256=self.artifact_sha256,
+            pip_index_url=spec.pip_index_url,
+            ldap_ca_pem=spec.ldap_ca_pem,
+            ldap_cidrs=spec.ldap_cidrs,
+            ldap_port=spec.ldap.port if spec.ldap else None,
         )

@@ -76,7 +76,8 @@ class FleetCdn:
 
 @dataclass
 class FleetTokenService:
-    """Token mode: the token service beside the registry (components.access made its secrets)."""
+    """Token mode: the token service beside the registry, as `RegistryAccess.fleet_token_service` gives it
+    (components.access made its secrets)."""
 
     service: str  # auth.token.service, the tokens' aud: the registry's host name
     issuer: str  # auth.token.issuer, the tokens' iss

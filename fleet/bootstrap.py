@@ -28,7 +28,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from fleet.private_bucket import PUBLIC_ACCESS_FLAGS, bucket_arn, harden_bucket, tls_only_policy
-from infra.settings import _REGION as REGION_NAME  # one rule for region names, shared with the stack settings
+from infra.settings import REGION_NAME  # one rule for region names, shared with the stack settings
 
 NONCURRENT_VERSION_DAYS = 90
 ABORT_INCOMPLETE_UPLOAD_DAYS = 7

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from infra.settings import STACKS_DIR, SettingsError, available_stacks, load_stack_settings
+from infra.settings import STACKS_DIR, SettingsError, TokenAccess, available_stacks, load_stack_settings
 
 EXIT_FAILED = 1  # the command ran and found a problem (an audit failure)
 EXIT_USER_ERROR = 2
@@ -35,7 +35,7 @@ def validate(stack: str, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
         file=out,
     )
     access = settings.access
-    if access.mode == "token":
+    if isinstance(access, TokenAccess):
         directory = access.ldap.url if access.ldap else "no directory"
         print(
             f"  access: token mode, {len(access.teams)} team(s), {len(access.users)} local user(s), "

@@ -34,14 +34,14 @@ from typing import Any
 import yaml
 
 from infra.settings import (
-    _SLUG,
-    _STACK,
     ENVIRONMENTS,
     PROJECT,
+    STACK_NAME,
+    TEAM_SLUG,
     Settings,
     SettingsError,
     available_stacks,
-    deep_merge,
+    merge_over_defaults,
     project_defaults,
     settings_from_config,
     stack_file,
@@ -53,7 +53,7 @@ SECRETS = (("cloudflare:apiToken", "a Cloudflare API token with DNS edit rights 
 # Template keys that belong to the template stack alone.
 NOT_COPIED = ("accountId", "waivers")
 FIRST_OCTET, FIRST_SECOND_OCTET = 10, 40
-MAX_STACK_NAME = 18  # infra.settings._STACK
+MAX_STACK_NAME = 18  # infra.settings.STACK_NAME
 
 
 class StackNewError(ValueError):
@@ -81,7 +81,7 @@ def new_stack(
         )
 
     defaults = project_defaults(project_file)
-    others = {stack: deep_merge(defaults, stack_overrides(stack_file(stack, stacks_dir))) for stack in known}
+    others = {stack: merge_over_defaults(defaults, stack_overrides(stack_file(stack, stacks_dir))) for stack in known}
     base = stack_overrides(stack_file(template, stacks_dir))
     merged_template = others[template]
 
@@ -103,7 +103,7 @@ def new_stack(
 
     overrides = only_differences(config, defaults)
     try:
-        settings = settings_from_config(name, deep_merge(defaults, overrides), source=f"new stack {name}")
+        settings = settings_from_config(name, merge_over_defaults(defaults, overrides), source=f"new stack {name}")
     except SettingsError as err:
         problems = "\n".join(f"  - {p}" for p in err.problems)
         raise StackNewError(
@@ -119,7 +119,7 @@ def new_stack(
 
 
 def _check_names(team: str, env: str) -> str:
-    if not _SLUG.match(team):
+    if not TEAM_SLUG.match(team):
         raise StackNewError(
             f"team {team!r}: a team is a lowercase slug: letters, digits and dashes, 2 to 32 characters, "
             "starting with a letter and ending with a letter or digit"
@@ -127,7 +127,7 @@ def _check_names(team: str, env: str) -> str:
     if env not in ENVIRONMENTS:
         raise StackNewError(f"env {env!r}: one of {', '.join(ENVIRONMENTS)}")
     name = f"{team}-{env}"
-    if not _STACK.match(name):
+    if not STACK_NAME.match(name):
         room = MAX_STACK_NAME - len(env) - 1
         raise StackNewError(
             f"team {team!r}: the stack name {name} has {len(name)} characters, over {MAX_STACK_NAME} "

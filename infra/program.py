@@ -5,7 +5,7 @@ the registry bucket) -> internal TLS -> the registry's public certificate -> loa
 CDN -> the primary bucket's policies (they name the distribution) -> access (token mode: the
 token service's signing key, robots, config and code) -> fleet -> DNS.
 Components never read config: everything comes from the typed settings and the validated
-secret inputs (infra/secrets.py).
+secret inputs (infra/secrets.py); the token service's from its spec (infra/token_service.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components.access import RegistryAccess, RegistryAccessArgs, TokenServiceInputs, check_token_service_inputs
+from components.access import RegistryAccess, RegistryAccessArgs
 from components.cdn import BlobCdn, BlobCdnArgs
 from components.certificates import DnsValidatedCertificate, DnsValidatedCertificateArgs
 from components.dns import RegistryDns, RegistryDnsArgs
-from components.fleet import ADMIN_USER, FleetCdn, FleetTokenService, RegistryFleet, RegistryFleetArgs
+from components.fleet import ADMIN_USER, FleetCdn, RegistryFleet, RegistryFleetArgs
 from components.internal_tls import InternalTls, InternalTlsArgs
 from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
 from components.network import RegistryNetwork, RegistryNetworkArgs, subnet_plan
@@ -34,6 +34,7 @@ from components.waivers import PolicyWaivers, WaiverArgs
 from host.artifact import build_artifact
 from infra.secrets import AccessSecrets
 from infra.settings import Settings
+from infra.token_service import token_service_spec
 
 # CloudFront reads certificates for its aliases from us-east-1 only, whatever the stack's region.
 CLOUDFRONT_CERT_REGION = "us-east-1"
@@ -59,13 +60,10 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
     # The load balancer's nodes live in its subnets; the token service believes the
     # X-Forwarded-For they add (client addresses for its lockout and its logs).
     lb_cidrs = private_cidrs if internal else public_cidrs
-    token_mode = s.access.mode == "token"
-    token_inputs = TokenServiceInputs(s.access, secrets, s.token_issuer, s.registry_host, tuple(lb_cidrs))
-    artifact = None
-    if token_mode:
-        # Before anything is registered: a config the service would refuse, or no artifact, stops here.
-        check_token_service_inputs(token_inputs)
-        artifact = build_artifact()
+    # Before anything is registered: a config the service would refuse, or no artifact, stops here.
+    token_spec = token_service_spec(s, secrets, lb_cidrs)  # None in htpasswd mode
+    token_mode = token_spec is not None
+    artifact = build_artifact() if token_mode else None
 
     # Explicit providers: regions come from the settings (stack files set no aws:region), and a
     # stack pinned to an account refuses to run with another account's credentials.
@@ -185,17 +183,14 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
     )
 
     access = None
-    if artifact is not None:
+    token = None
+    if token_spec is not None and artifact is not None:
         access = RegistryAccess(
             "access",
             RegistryAccessArgs(
                 stack=s.stack,
                 name_prefix=prefix,
-                access=s.access,
-                secrets=secrets,
-                issuer=token_inputs.issuer,
-                service=token_inputs.service,
-                trusted_proxies=token_inputs.trusted_proxies,
+                spec=token_spec,
                 artifact=artifact,
                 bucket_name=storage.bucket.bucket,
                 kms_key_arn=storage.key.arn,
@@ -203,28 +198,8 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
             ),
             opts=in_primary,
         )
-    token = None
-    if access is not None:
         assert lb.token_target_group_arn is not None  # token mode: the load balancer made it
-        ldap = s.access.ldap
-        token = FleetTokenService(
-            service=s.registry_host,
-            issuer=s.token_issuer,
-            target_group_arn=lb.token_target_group_arn,
-            config_secret_arn=access.config_secret_arn,
-            config_version_id=access.config_version_id,
-            signing_key_secret_arn=access.signing_key_secret_arn,
-            signing_key_secret_arns=access.signing_key_secret_arns,
-            signing_key_version_id=access.signing_key_version_id,
-            signing_cert_pem=access.signing_cert_pem,
-            trust_bundle_pem=access.trust_bundle_pem,
-            artifact_key=access.artifact_key,
-            artifact_sha256=access.artifact_sha256,
-            pip_index_url=s.access.pip_index_url,
-            ldap_ca_pem=ldap.ca_certificate if ldap else None,
-            ldap_cidrs=ldap.cidrs if ldap else (),
-            ldap_port=ldap.port if ldap else None,
-        )
+        token = access.fleet_token_service(lb.token_target_group_arn)
 
     fleet = RegistryFleet(
         "fleet",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auth.access import bcrypt_cost
-from infra.settings import Problem, Settings, SettingsError
+from infra.settings import Problem, Settings, SettingsError, TokenAccess
 
 USER_HASHES_KEY = "accessUserHashes"
 LDAP_PASSWORD_KEY = "ldapBindPassword"
@@ -37,6 +37,8 @@ class AccessSecrets:
 def check_access_secrets(settings: Settings, user_hashes: Any, ldap_password: Any) -> AccessSecrets:
     """The secrets for `settings`, or SettingsError naming every missing, extra or malformed one."""
     access = settings.access
+    users = access.users if isinstance(access, TokenAccess) else ()
+    ldap = access.ldap if isinstance(access, TokenAccess) else None
     problems: list[Problem] = []
     set_hashes = f'pulumi config set --secret registry-fleet:{USER_HASHES_KEY} \'{{"NAME": "$2b$12$..."}}\''
     if isinstance(user_hashes, str):
@@ -51,7 +53,7 @@ def check_access_secrets(settings: Settings, user_hashes: Any, ldap_password: An
     if not isinstance(user_hashes, Mapping):
         problems.append(Problem(USER_HASHES_KEY, SHOWN, "must be an object of user name -> bcrypt hash"))
         user_hashes = {}
-    for name in access.users:
+    for name in users:
         value = user_hashes.get(name)
         if value is None:
             problems.append(
@@ -71,12 +73,12 @@ def check_access_secrets(settings: Settings, user_hashes: Any, ldap_password: An
             problems.append(Problem(f"{USER_HASHES_KEY}.{name}", SHOWN, f"has bcrypt cost {cost}; at least 10"))
         else:
             hashes[name] = value
-    for name in sorted(set(user_hashes) - set(access.users)):
+    for name in sorted(set(user_hashes) - set(users)):
         problems.append(
             Problem(f"{USER_HASHES_KEY}.{name}", SHOWN, "is not in access.users: remove it, or list the user")
         )
     password: str | None = None
-    if access.mode == "token" and access.ldap is not None:
+    if ldap is not None:
         if not isinstance(ldap_password, str) or not ldap_password:
             problems.append(
                 Problem(
@@ -114,7 +116,9 @@ def placeholder_bcrypt_hash(name: str) -> str:
 def placeholder_access_secrets(settings: Settings) -> AccessSecrets:
     """Fake secrets for the recording engine: the shape the stack needs, no real value."""
     access = settings.access
-    password = f"placeholder-ldap-password-{settings.stack}" if access.ldap and access.mode == "token" else None
+    if not isinstance(access, TokenAccess):
+        return AccessSecrets()
+    password = f"placeholder-ldap-password-{settings.stack}" if access.ldap else None
     return AccessSecrets(
         user_hashes={name: placeholder_bcrypt_hash(name) for name in access.users},
         ldap_bind_password=password,

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from auth.access import ROLE_ACTIONS
 from auth.local import hash_secret
-from infra.settings import AccessSettings
+from infra.settings import TokenAccess
 from lab.slapd import Directory, DirectoryUser
 
 Kind = Literal["directory", "local", "robot"]
@@ -67,10 +67,8 @@ def _unique(name: str, taken: set[str], fallback: str) -> str:
     return f"{fallback}-{n}"
 
 
-def seed_accounts(access: AccessSettings, password: Callable[[], str] = _password) -> list[LabAccount]:
+def seed_accounts(access: TokenAccess, password: Callable[[], str] = _password) -> list[LabAccount]:
     """One lab account per group role, per named account, per local user and per robot (see the module doc)."""
-    if access.mode != "token":
-        raise ValueError("seed_accounts: access.mode is htpasswd; the lab's htpasswd user is its only account")
     local, robots = list(access.users), list(access.robots)
     named = [*(m for team in access.teams.values() for m in team.members), *access.admins]
     directory_named = list(dict.fromkeys(n for n in named if n not in local and n not in robots))
@@ -90,7 +88,7 @@ def seed_accounts(access: AccessSettings, password: Callable[[], str] = _passwor
     return accounts
 
 
-def directory_seed(accounts: Sequence[LabAccount], access: AccessSettings) -> Directory:
+def directory_seed(accounts: Sequence[LabAccount], access: TokenAccess) -> Directory:
     """What the lab slapd holds: the directory users, and every group the stack maps (even if empty)."""
     groups = tuple(dict.fromkeys(g for team in access.teams.values() for g in team.groups))
     users = tuple(
@@ -108,7 +106,7 @@ def _actions(actions: Sequence[str] | frozenset[str]) -> list[str]:
     return [a for a in ACTION_ORDER if a in actions]
 
 
-def describe(account: LabAccount, access: AccessSettings) -> dict[str, Any]:
+def describe(account: LabAccount, access: TokenAccess) -> dict[str, Any]:
     """The account as `lab status --json` lists it: name, kind, password and what it may do."""
     name, groups = account.name, set(account.groups)
     teams: list[dict[str, Any]] = []

@@ -40,7 +40,7 @@ from auth.tokens import create_signing_pair
 from fleet.private_bucket import harden_bucket
 from host.contract import TOKEN_HEALTH_PATH
 from host.registry_config import render_registry_config
-from infra.settings import AccessSettings, Settings
+from infra.settings import AccessSettings, Settings, TokenAccess
 from lab import supervisor
 from lab.accounts import (
     LabAccount,
@@ -85,7 +85,7 @@ class LabError(Exception):
 
 def missing_binaries(settings: Settings | None = None) -> list[str]:
     needed = list(REQUIRED_BINARIES)
-    if settings is not None and settings.access.mode == "token" and settings.access.ldap is not None:
+    if settings is not None and isinstance(settings.access, TokenAccess) and settings.access.ldap is not None:
         needed += DIRECTORY_BINARIES
     return [b for b in needed if not Path(b).exists()]
 
@@ -436,7 +436,8 @@ class Lab:
     def _start_access(self, pki: LabPki, ports: dict[str, int], launch: Launcher, started: list[Service]) -> _Access:
         """htpasswd: the lab user's file. Token mode: the accounts, the directory, the token service."""
         s, d = self.settings, self.state_dir
-        if s.access.mode != "token":
+        access = s.access
+        if not isinstance(access, TokenAccess):
             password = secrets.token_urlsafe(18)
             htpasswd = d / "htpasswd"
             subprocess.run(["htpasswd", "-cbB", str(htpasswd), LAB_USER, password], check=True, capture_output=True)
@@ -444,16 +445,16 @@ class Lab:
             entry = htpasswd_entry(LAB_USER, password)
             return _Access([entry], entry, "lab", {}, {}, [])
 
-        accounts = seed_accounts(s.access)
-        entries = [describe(a, s.access) for a in accounts]
+        accounts = seed_accounts(access)
+        entries = [describe(a, access) for a in accounts]
         try:
             demo, namespace = demo_account(entries)
         except ValueError as err:
             raise LabError(f"stack {s.stack}: {err}") from None
         slapd = None
         directory: dict[str, str] = {}
-        if s.access.ldap is not None:
-            slapd = start_slapd(d / "slapd", pki, directory_seed(accounts, s.access), name=DIRECTORY_SERVICE)
+        if access.ldap is not None:
+            slapd = start_slapd(d / "slapd", pki, directory_seed(accounts, access), name=DIRECTORY_SERVICE)
             started.append(slapd.service)
             save_env(d, slapd.service)
             directory = {
@@ -564,7 +565,7 @@ class Lab:
         a role changed) and restart the service with it: what a stack update does to the fleet's
         token service. The accounts stay the lab's: a new local user or robot needs a new lab."""
         state = LabState.load(state_dir.resolve())
-        if state.auth_mode != "token" or access.mode != "token":
+        if state.auth_mode != "token" or not isinstance(access, TokenAccess):
             raise LabError("apply_access: the lab and the access settings must both be in token mode")
         settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
         settings = settings.model_copy(update={"access": access})

@@ -8,6 +8,7 @@ it does not belong here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,9 @@ from auth.ldap import LdapSettings
 from host.contract import TOKEN_PATH
 from host.registry_config import CloudFrontSettings, NotificationEndpoint, RegistryConfig, TokenAuth
 from host.token_config import render_token_service_config
-from infra.settings import DirectorySettings, Settings
+from infra.secrets import AccessSecrets
+from infra.settings import DirectorySettings, Settings, TokenAccess
+from infra.token_service import token_service_spec
 from lab.slapd import SlapdHandle
 
 # Lab-only credentials: moto accepts any; the registry reads them from its environment, as it
@@ -82,7 +85,7 @@ def lab_registry_config(
 
 def lab_token_auth(settings: Settings, endpoints: LabEndpoints) -> TokenAuth | None:
     """`auth.token` as the fleet renders it; only the realm's host (nginx) and the certificate's path differ."""
-    if settings.access.mode != "token":
+    if not isinstance(settings.access, TokenAccess):
         return None
     if endpoints.token_signing_cert_file is None:
         raise ValueError("lab_token_auth: token mode needs the lab's token signing certificate")
@@ -119,20 +122,20 @@ def lab_token_service_config(
     robot_token_hashes: Mapping[str, str],
     slapd: SlapdHandle | None,
 ) -> str:
-    """The token service's config file, from the fleet's renderer; lab paths, hashes and directory."""
-    ldap = None
-    if settings.access.ldap is not None:
-        if slapd is None:
-            raise ValueError("lab_token_service_config: the stack names a directory; the lab needs its slapd")
-        ldap = lab_ldap_settings(settings.access.ldap, slapd)
+    """The token service's config file, from the fleet's spec and renderer; lab paths, hashes and directory."""
+    access = settings.access
+    if not isinstance(access, TokenAccess):
+        raise ValueError("lab_token_service_config: the stack runs htpasswd mode; it has no token service")
+    if access.ldap is not None and slapd is None:
+        raise ValueError("lab_token_service_config: the stack names a directory; the lab needs its slapd")
+    secrets = AccessSecrets(user_hashes=user_hashes, ldap_bind_password=slapd.bind_password if slapd else None)
+    spec = token_service_spec(settings, secrets, LAB_TRUSTED_PROXIES)
+    assert spec is not None  # token mode
+    if access.ldap is not None and slapd is not None:
+        spec = dataclasses.replace(spec, ldap=lab_ldap_settings(access.ldap, slapd))
     return render_token_service_config(
-        settings.access,
-        issuer=settings.token_issuer,
-        service=settings.registry_host,
+        spec,
         signing_key_file=str(signing_key_file),
         signing_cert_file=str(signing_cert_file),
-        user_hashes=user_hashes,
         robot_token_hashes=robot_token_hashes,
-        ldap=ldap,
-        trusted_proxies=LAB_TRUSTED_PROXIES,
     )

@@ -14,6 +14,7 @@ What mocks cannot prove: that AWS accepts these inputs, that hosts boot, that th
 
 from __future__ import annotations
 
+import ast
 import base64
 import copy
 import datetime
@@ -54,7 +55,16 @@ from infra.secrets import (
     placeholder_access_secrets,
     placeholder_bcrypt_hash,
 )
-from infra.settings import PROJECT, Settings, SettingsError, load_stack_settings, settings_from_config, stack_overrides
+from infra.settings import (
+    PROJECT,
+    Settings,
+    SettingsError,
+    TokenAccess,
+    load_stack_settings,
+    settings_from_config,
+    stack_overrides,
+)
+from infra.token_service import token_service_spec
 from policy.graph import Res, is_secret, unwrap, user_data_text
 from tests.conftest import STACKS, recording, stack_config
 
@@ -612,6 +622,55 @@ def test_htpasswd_fails_practice_4_unless_waived() -> None:
     )
     card = score("dev", record(waived).in_urn_order(), AUDIT_DAY)
     assert card.passed and {p.id: p.status for p in card.practices}[4] == "waived"
+
+
+# --- the token service's spec: built once from settings + secrets -----------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_token_service_spec_is_built_from_the_settings_and_the_secret_inputs(stack: str) -> None:
+    s = load_stack_settings(stack)
+    access, secrets = s.access, placeholder_access_secrets(s)
+    assert isinstance(access, TokenAccess) and access.ldap is not None
+    spec = token_service_spec(s, secrets, ["10.40.8.0/24"])
+    assert spec is not None
+    assert (spec.issuer, spec.service, spec.trusted_proxies) == (s.token_issuer, s.registry_host, ("10.40.8.0/24",))
+    assert spec.user_hashes == secrets.user_hashes and set(spec.robots) == set(access.robots)
+    assert (spec.signing_generations, spec.signing_generation) == (
+        access.token_signing.generations,
+        access.token_signing.current,
+    )
+    assert spec.ldap is not None and spec.ldap.bind_password.get_secret_value() == secrets.ldap_bind_password
+    assert spec.ldap.ca_file == Path(SYSTEM_CA_BUNDLE), "no caCertificate: the hosts' system CA bundle"
+    assert (spec.ldap_cidrs, spec.ldap_ca_pem) == (access.ldap.cidrs, None)
+    shown = repr(spec)
+    assert secrets.ldap_bind_password not in shown
+    assert not any(h in shown for h in secrets.user_hashes.values()), "the spec's repr shows a user hash"
+
+
+def test_an_htpasswd_stack_has_no_token_service_spec() -> None:
+    s = htpasswd_settings()
+    assert token_service_spec(s, placeholder_access_secrets(s), ["10.40.8.0/24"]) is None
+
+
+def test_a_directory_without_its_bind_password_is_refused_by_the_spec() -> None:
+    s = load_stack_settings("dev")
+    secrets = AccessSecrets(user_hashes={"registry-admin": GOOD_HASH})
+    with pytest.raises(ComponentInputError, match="the directory's bind password is not"):
+        token_service_spec(s, secrets, ["10.40.8.0/24"])
+
+
+def test_components_import_nothing_from_infra() -> None:
+    """The dependency runs one way: infra builds specs from settings, components take them."""
+    offending = []
+    for folder in ("components", "host"):
+        for path in sorted(Path(folder).glob("**/*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                offending += [f"{path}: imports {n}" for n in names if n == "infra" or n.startswith("infra.")]
+    assert offending == []
 
 
 # --- secret inputs: checked by key, never shown -----------------------------------------------------

@@ -109,7 +109,7 @@ def test_plan_json_redacts_the_htpasswd_admin_password(tmp_path: Path) -> None:
     shutil.copytree("stacks", stacks)
     dev = stacks / "Pulumi.dev.yaml"
     config = yaml.safe_load(dev.read_text())
-    config["config"]["registry-fleet:access"] = {"mode": "htpasswd", "ldap": None}
+    config["config"]["registry-fleet:access"] = {"mode": "htpasswd"}
     dev.write_text(yaml.safe_dump(config))
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["plan", "dev", "--json"], out=out, err=err, stacks_dir=stacks) == 0, err.getvalue()

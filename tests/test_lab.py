@@ -38,16 +38,8 @@ from lab.overrides import LAB_USER
 from tests.conftest import settings_with, stack_config
 
 Response = tuple[int, dict[str, str], bytes]
-# htpasswd mode carries no token-mode settings (infra/settings.py refuses them).
-HTPASSWD_ACCESS: dict[str, Any] = {
-    "mode": "htpasswd",
-    "teams": {},
-    "admins": [],
-    "rules": [],
-    "users": [],
-    "robots": {},
-    "ldap": None,
-}
+# htpasswd mode has no key but `mode` (the settings model refuses token mode's keys).
+HTPASSWD_ACCESS: dict[str, Any] = {"mode": "htpasswd"}
 
 
 def htpasswd_settings() -> Settings:

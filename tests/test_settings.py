@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from infra.settings import (
+    HtpasswdAccess,
     SettingsError,
+    TokenAccess,
     available_stacks,
     deep_merge,
     load_stack_settings,
+    merge_over_defaults,
     project_defaults,
     settings_from_config,
     stack_overrides,
@@ -282,17 +287,100 @@ def test_prod_needs_token_mode() -> None:
 
 def test_htpasswd_mode_carries_no_token_settings() -> None:
     found = problems("dev", {"access": {"mode": "htpasswd"}})
-    keys = {f"access.{k}" for k in ("teams", "admins", "rules", "users", "robots", "ldap")}
-    assert {p.split(":")[0] for p in found} == keys, found
-    assert all("applies to mode token only" in p for p in found)
+    token_keys = ("teams", "admins", "rules", "users", "robots", "ldap", "tokenLifetimeSeconds", "tokenSigning")
+    assert {p.split(":")[0] for p in found} == {f"access.{k}" for k in token_keys}, found
+    assert all(p.endswith(": applies to mode token only; remove it or use mode token") for p in found), found
     s = settings_from_config("dev", {**stack_config("dev"), "access": {"mode": "htpasswd"}})
-    assert s.access.mode == "htpasswd" and s.access.ldap is None
+    assert isinstance(s.access, HtpasswdAccess) and s.access.mode == "htpasswd"
+
+
+# --- access is a tagged union on mode: the model refuses a key of the other mode ---------------------
+
+TOKEN_ONLY = {
+    "tokenLifetimeSeconds": 300,
+    "teams": {"a": {"namespaces": ["a"]}},
+    "admins": ["root"],
+    "rules": [],
+    "users": ["registry-admin"],
+    "robots": {},
+    "ldap": None,
+    "tokenSigning": {"generations": [1], "current": 1},
+    "refreshTokens": {"enabled": False},
+    "pipIndexUrl": "https://pypi.org/simple",
+}
+
+
+@pytest.mark.parametrize(("key", "value"), TOKEN_ONLY.items(), ids=list(TOKEN_ONLY))
+def test_a_token_mode_key_under_htpasswd_is_refused_naming_the_key(key: str, value: object) -> None:
+    """Even with its default value or null: under htpasswd the key does not exist."""
+    assert access_problems("dev", {"mode": "htpasswd", key: value}) == [
+        f"access.{key}: {json.dumps(value)}: applies to mode token only; remove it or use mode token"
+    ]
+
+
+def test_every_token_mode_key_is_covered_by_the_union_test() -> None:
+    assert set(TOKEN_ONLY) | {"mode"} == {f.alias or n for n, f in TokenAccess.model_fields.items()}
+
+
+def test_a_key_of_no_mode_is_unknown_under_either_mode_and_lists_that_modes_keys() -> None:
+    """The other way round: htpasswd mode has no key but `mode`, so under token mode a key that is not
+    token mode's belongs to no mode; the message lists the keys token mode allows."""
+    (token,) = problems("dev", {"access": {"realm": "registry"}})
+    assert token == (
+        'access.realm: "registry": unknown key; allowed here: admins, ldap, mode, pipIndexUrl, refreshTokens, '
+        "robots, rules, teams, tokenLifetimeSeconds, tokenSigning, users"
+    )
+    assert access_problems("dev", {"mode": "htpasswd", "realm": "registry"}) == [
+        'access.realm: "registry": unknown key; allowed here: mode'
+    ]
+
+
+def test_a_nested_problem_names_the_stack_file_key_path_without_the_union_tag() -> None:
+    found = problems("dev", {"access": {"robots": {"ci-team-a": {"rotation": 0}}}})
+    assert found == ["access.robots.ci-team-a.rotation: 0: Input should be greater than or equal to 1"], found
+
+
+def test_access_without_mode_is_required() -> None:
+    config = {**stack_config("dev"), "access": {"teams": {}}}
+    with pytest.raises(SettingsError) as info:
+        settings_from_config("dev", config)
+    assert [str(p) for p in info.value.problems] == [
+        "access.mode: (missing): required; set it in the stack file or as a default in Pulumi.yaml"
+    ]
+
+
+def test_a_stack_file_choosing_htpasswd_gets_none_of_the_token_mode_defaults(tmp_path: Path) -> None:
+    """Pulumi.yaml's access defaults (tokenSigning, ldap...) are token mode's: a stack that picks htpasswd
+    writes `access: {mode: htpasswd}` and nothing else; its other keys would still be refused."""
+    dev = (Path("stacks") / "Pulumi.dev.yaml").read_text()
+    config = yaml.safe_load(dev)["config"]
+    config["registry-fleet:access"] = {"mode": "htpasswd"}
+    (tmp_path / "Pulumi.small.yaml").write_text(yaml.safe_dump({"config": config}))
+    s = load_stack_settings("small", stacks_dir=tmp_path)
+    assert s.access == HtpasswdAccess(mode="htpasswd")
+    config["registry-fleet:access"] = {"mode": "htpasswd", "ldap": None}
+    (tmp_path / "Pulumi.small.yaml").write_text(yaml.safe_dump({"config": config}))
+    with pytest.raises(SettingsError) as info:
+        load_stack_settings("small", stacks_dir=tmp_path)
+    assert [str(p) for p in info.value.problems] == [
+        "access.ldap: null: applies to mode token only; remove it or use mode token"
+    ]
+
+
+def test_merging_over_the_defaults_keeps_the_default_access_when_the_mode_stays() -> None:
+    defaults = {"access": {"mode": "token", "tokenLifetimeSeconds": 300}, "fleet": {"mode": "x", "a": 1}}
+    merged = merge_over_defaults(defaults, {"access": {"users": ["u"]}, "fleet": {"mode": "y"}})
+    assert merged == {
+        "access": {"mode": "token", "tokenLifetimeSeconds": 300, "users": ["u"]},
+        "fleet": {"mode": "y", "a": 1},  # only a tagged union's tag replaces the object
+    }
+    assert merge_over_defaults(defaults, {"access": {"mode": "htpasswd"}})["access"] == {"mode": "htpasswd"}
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_stack_runs_token_mode_with_the_directory_and_its_robots(stack: str) -> None:
     s = load_stack_settings(stack)
-    assert s.access.mode == "token" and s.access.ldap is not None and s.access.robots
+    assert isinstance(s.access, TokenAccess) and s.access.ldap is not None and s.access.robots
     assert s.token_issuer == f"registry-fleet-{stack}"
 
 
@@ -301,7 +389,9 @@ def test_every_stack_runs_token_mode_with_the_directory_and_its_robots(stack: st
 
 def test_token_signing_defaults_to_one_generation_from_pulumi_yaml() -> None:
     assert project_defaults()["access"]["tokenSigning"] == {"generations": [1], "current": 1}
-    signing = load_stack_settings("dev").access.token_signing
+    access = load_stack_settings("dev").access
+    assert isinstance(access, TokenAccess)
+    signing = access.token_signing
     assert (signing.generations, signing.current) == ((1,), 1)
 
 
@@ -316,6 +406,7 @@ def test_token_signing_defaults_to_one_generation_from_pulumi_yaml() -> None:
 )
 def test_every_rotation_phase_is_valid(signing: dict[str, object]) -> None:
     s = settings_from_config("dev", deep_merge(stack_config("dev"), {"access": {"tokenSigning": signing}}))
+    assert isinstance(s.access, TokenAccess)
     assert (list(s.access.token_signing.generations), s.access.token_signing.current) == (
         signing["generations"],
         signing["current"],
@@ -350,39 +441,23 @@ def test_bad_token_signing_is_named(signing: dict[str, object], expected: str) -
     assert any(p.startswith(expected) for p in found), found
 
 
-def test_htpasswd_mode_refuses_token_signing_but_not_the_pulumi_yaml_default() -> None:
-    # Merged over the Pulumi.yaml defaults, as a stack file is: the default tokenSigning is no mistake.
-    htpasswd = {"mode": "htpasswd", "ldap": None}
-    s = settings_from_config("dev", deep_merge(project_defaults(), {**stack_config("dev"), "access": htpasswd}))
-    assert s.access.mode == "htpasswd" and s.access.token_signing.generations == (1,)
-    rotating = {**htpasswd, "tokenSigning": {"generations": [1, 2], "current": 1}}
-    assert access_problems("dev", rotating) == [
-        'access.tokenSigning: {"generations": [1, 2], "current": 1}: applies to mode token only; '
-        "remove it or use mode token"
-    ]
-
-
 # --- access.refreshTokens -----------------------------------------------------------------------------
 
 
 def test_refresh_token_settings_reach_the_token_service_and_are_checked() -> None:
     from host.token_config import token_service_config
+    from infra.secrets import AccessSecrets
+    from infra.token_service import token_service_spec
     from tests.conftest import settings_with
 
     revoked = "AbCdEfGhIjKlMnOpQrStUvWx"
     s = settings_with("dev", {"access": {"refreshTokens": {"lifetimeSeconds": 86400, "revoked": [revoked]}}})
+    assert isinstance(s.access, TokenAccess)
     hashes = {n: "$2b$10$" + "a" * 53 for n in s.access.users}
     robots = {n: "$2b$10$" + "b" * 53 for n in s.access.robots}
-    config = token_service_config(
-        s.access,
-        issuer="i",
-        service="s",
-        signing_key_file="/k",
-        signing_cert_file="/c",
-        user_hashes=hashes,
-        robot_token_hashes=robots,
-        ldap=None,
-    )
+    spec = token_service_spec(s, AccessSecrets(hashes, "password"), ["10.40.0.0/20"])
+    assert spec is not None
+    config = token_service_config(spec, signing_key_file="/k", signing_cert_file="/c", robot_token_hashes=robots)
     assert config["refresh_tokens"] == {"enabled": True, "lifetime_seconds": 86400, "revoked": [revoked]}
     found = problems("dev", {"access": {"refreshTokens": {"lifetimeSeconds": 10, "revoked": ["x"]}}})
     assert any(p.startswith("access.refreshTokens.lifetimeSeconds") for p in found), found

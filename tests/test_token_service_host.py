@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import grp
 import json
 import os
@@ -59,7 +60,9 @@ from host.contract import (
 )
 from host.registry_config import RegistryConfig, render_registry_config
 from host.token_config import render_token_service_config
-from infra.settings import load_stack_settings
+from infra.secrets import AccessSecrets
+from infra.settings import TokenAccess, load_stack_settings
+from infra.token_service import token_service_spec
 from lab.pki import create_pki
 from lab.supervisor import free_port
 
@@ -408,16 +411,18 @@ def test_service_starts_as_the_unit_says_and_issues_a_token(installed: Installed
     write_owned(signing_cert, installed.signing_cert_pem.encode(), 0o644, gid)
     tls_key = files / "tls.key"
     write_owned(tls_key, pki.server_key.read_bytes(), 0o640, gid)
-    access = load_stack_settings("dev").access
+    settings = load_stack_settings("dev")
+    access = settings.access
+    assert isinstance(access, TokenAccess)
+    user_hashes = {name: hash_secret(PASSWORD, cost=BCRYPT_COST) for name in access.users}
+    spec = token_service_spec(settings, AccessSecrets(user_hashes, "unused"), ["10.40.0.0/20"])
+    assert spec is not None
+    spec = dataclasses.replace(spec, issuer=ISSUER, service=SERVICE, ldap=None, trusted_proxies=())
     config_text = render_token_service_config(
-        access,
-        issuer=ISSUER,
-        service=SERVICE,
+        spec,
         signing_key_file=str(signing_key),
         signing_cert_file=str(signing_cert),
-        user_hashes={name: hash_secret(PASSWORD, cost=BCRYPT_COST) for name in access.users},
         robot_token_hashes={name: hash_secret(f"robot-{name}", cost=BCRYPT_COST) for name in access.robots},
-        ldap=None,
     )
     config = files / "config.json"
     write_owned(config, config_text.encode(), 0o640, gid)

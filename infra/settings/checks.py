@@ -1,0 +1,138 @@
+"""Cross-field checks: rules that relate several settings keys.
+
+They run once every key has the right shape (infra/settings/model.py), and return every problem
+at once; the loader (infra/settings/loading.py) raises them as one SettingsError.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from auth.access import ownership_problems
+from auth.config import check_account_name
+from infra.settings.errors import MISSING, Problem
+from infra.settings.model import HtpasswdAccess, Settings, TokenAccess
+
+
+def cross_field_problems(s: Settings) -> list[Problem]:
+    """Rules that relate several keys; run once every key has the right shape."""
+    out = []
+    f = s.fleet
+    if f.max_size < f.min_size:
+        out.append(Problem("fleet.maxSize", f.max_size, f"is below fleet.minSize ({f.min_size})"))
+    if not f.min_size <= f.desired_capacity <= f.max_size:
+        out.append(
+            Problem(
+                "fleet.desiredCapacity",
+                f.desired_capacity,
+                f"must lie within fleet.minSize..fleet.maxSize ({f.min_size}..{f.max_size})",
+            )
+        )
+    if s.environment == "prod" and s.network.az_count < 3:
+        out.append(Problem("network.azCount", s.network.az_count, "is below 3: prod runs in three zones"))
+    if f.min_size < min(s.network.az_count, 3):
+        out.append(
+            Problem(
+                "fleet.minSize",
+                f.min_size,
+                f"is below the zone count ({min(s.network.az_count, 3)}): every zone in use needs a host",
+            )
+        )
+    if s.replica_region == s.region:
+        out.append(Problem("replicaRegion", s.replica_region, "equals region: the replica must live in another region"))
+    zone = s.cloudflare.zone
+    if s.domain != zone and not s.domain.endswith("." + zone):
+        out.append(Problem("domain", s.domain, f"is not inside the Cloudflare zone cloudflare.zone ({zone})"))
+    if s.backup.continuous and s.backup.continuous_retention_days > s.backup.retention_days:
+        out.append(
+            Problem(
+                "backup.continuousRetentionDays",
+                s.backup.continuous_retention_days,
+                f"exceeds backup.retentionDays ({s.backup.retention_days})",
+            )
+        )
+    if s.environment == "prod" and s.network.nat_gateways != "per-az":
+        out.append(
+            Problem(
+                "network.natGateways",
+                s.network.nat_gateways,
+                "prod needs per-az: a single NAT gateway is a zone-wide single point of failure",
+            )
+        )
+    if s.environment == "prod" and s.cdn.enabled and not s.cdn.alias:
+        out.append(
+            Problem(
+                "cdn.alias",
+                s.cdn.alias,
+                "prod needs true: the default *.cloudfront.net certificate still accepts TLS 1.0",
+            )
+        )
+    match s.access:
+        case HtpasswdAccess() if s.environment == "prod":
+            out.append(Problem("access.mode", "htpasswd", "prod needs token: htpasswd lets every user push everywhere"))
+        case TokenAccess() as access:
+            out += _token_access_problems(access)
+    return out
+
+
+def _token_access_problems(a: TokenAccess) -> list[Problem]:
+    out: list[Problem] = []
+    if not a.teams and not a.admins:
+        out.append(Problem("access.teams", {}, "is empty: in token mode give at least one team a namespace"))
+    signing = a.token_signing
+    if signing.current not in signing.generations:
+        out.append(
+            Problem(
+                "access.tokenSigning.current",
+                signing.current,
+                f"is not in access.tokenSigning.generations ({list(signing.generations)}): the service signs "
+                "with a live generation only",
+            )
+        )
+    for key, message in ownership_problems(a.teams, {n: r.namespace for n, r in a.robots.items()}):
+        out.append(Problem(f"access.{key}", _lookup_access(a, key), message))
+    accounts = [(f"access.users[{i}]", u) for i, u in enumerate(a.users)]
+    accounts += [(f"access.admins[{i}]", n) for i, n in enumerate(a.admins)]
+    accounts += [(f"access.robots.{n}", n) for n in a.robots]
+    for team_name, team in a.teams.items():
+        accounts += [(f"access.teams.{team_name}.members.{m}", m) for m in team.members]
+    for key, name in accounts:
+        problem = check_account_name(name)
+        if problem:
+            out.append(Problem(key, name, problem))
+    for name in sorted(set(a.users) & set(a.robots)):
+        out.append(Problem(f"access.robots.{name}", name, "is also in access.users: an account is a user or a robot"))
+    if len(set(a.users)) != len(a.users):
+        out.append(Problem("access.users", list(a.users), "lists a user twice"))
+    robot_names = set(a.robots)
+    for team_name, team in a.teams.items():
+        if team.groups and a.ldap is None:
+            out.append(
+                Problem(
+                    f"access.teams.{team_name}.groups",
+                    dict(team.groups),
+                    "maps directory groups, but access.ldap is not set: no account would ever be in them",
+                )
+            )
+        for member in sorted(set(team.members) & robot_names):
+            out.append(
+                Problem(
+                    f"access.teams.{team_name}.members.{member}",
+                    member,
+                    "is a robot: robots get their own grant (access.robots), never team roles",
+                )
+            )
+    for i, admin in enumerate(a.admins):
+        if admin in robot_names:
+            out.append(Problem(f"access.admins[{i}]", admin, "is a robot: a CI account is never an admin"))
+    return out
+
+
+def _lookup_access(a: TokenAccess, key: str) -> Any:
+    """The value at an ownership problem's key (teams.X.namespaces[i] or robots.X.namespace)."""
+    m = re.fullmatch(r"teams\.(.+)\.namespaces\[(\d+)\]", key)
+    if m:
+        return a.teams[m.group(1)].namespaces[int(m.group(2))]
+    m = re.fullmatch(r"robots\.(.+)\.namespace", key)
+    return a.robots[m.group(1)].namespace if m else MISSING
