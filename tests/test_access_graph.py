@@ -57,7 +57,7 @@ from infra.secrets import (
 )
 from infra.settings import PROJECT, Settings, SettingsError, load_stack_settings, settings_from_config, stack_overrides
 from policy.rules import is_secret, unwrap
-from tests.conftest import STACKS, recording, stack_config
+from tests.helpers import STACKS, recording, stack_config
 
 SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 SECRET = "aws:secretsmanager/secret:Secret"
@@ -425,7 +425,7 @@ _phase_recordings: dict[str, Recording] = {}
 
 
 def phase(name: str, record_variant: Callable[..., Recording]) -> Recording:
-    """dev recorded in a rotation phase, once per session (as conftest's `recording` does for stacks)."""
+    """dev recorded in a rotation phase, once per session (as tests/helpers.py's `recording` does for stacks)."""
     if name not in _phase_recordings:
         signing = PHASES[name]
         rec = recording("dev") if signing is None else record_variant("dev", {"access": {"tokenSigning": signing}})

@@ -14,7 +14,7 @@ import pytest
 from fleet import cli
 from fleet.audit import Scorecard, render, resources_of, score
 from policy.rules import PRACTICES, Res
-from tests.conftest import STACKS, recording
+from tests.helpers import STACKS, recording
 
 TODAY = datetime.date(2026, 11, 28)
 

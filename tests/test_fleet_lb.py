@@ -25,7 +25,7 @@ from components.host_boot import decode_user_data
 from fleet.engine import Recording, Resource, fake_secret, is_secret, record, unwrap
 from infra.secrets import placeholder_access_secrets
 from infra.settings import load_stack_settings
-from tests.conftest import STACKS, recording
+from tests.helpers import STACKS, recording
 
 REQUIRED_TAGS = {"environment", "team", "owner", "stack", "managed-by"}
 # Generated secrets: the registry's http.secret and, in token mode, every robot's token.

@@ -66,7 +66,7 @@ from policy.rules import (
     unwrap,
     waivers_in,
 )
-from tests.conftest import STACKS, recording
+from tests.helpers import STACKS, recording
 
 BASELINE = {r.id for r in RULES if r.practice in (5, 6)}  # fail on every stack until scanning and signing land
 TODAY = datetime.date(2026, 6, 1)

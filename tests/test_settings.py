@@ -15,7 +15,7 @@ from infra.settings import (
     settings_from_config,
     stack_overrides,
 )
-from tests.conftest import STACKS, stack_config
+from tests.helpers import STACKS, stack_config
 
 
 def problems(stack: str, overrides: dict[str, object]) -> list[str]:
@@ -367,7 +367,7 @@ def test_htpasswd_mode_refuses_token_signing_but_not_the_pulumi_yaml_default() -
 
 def test_refresh_token_settings_reach_the_token_service_and_are_checked() -> None:
     from components.token_config import token_service_config
-    from tests.conftest import settings_with
+    from tests.helpers import settings_with
 
     revoked = "AbCdEfGhIjKlMnOpQrStUvWx"
     s = settings_with("dev", {"access": {"refreshTokens": {"lifetimeSeconds": 86400, "revoked": [revoked]}}})

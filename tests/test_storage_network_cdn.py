@@ -28,7 +28,7 @@ import yaml
 from components.host_boot import decode_user_data
 from fleet.engine import Recording, Resource, record, unwrap
 from infra.settings import PROJECT, Settings, load_stack_settings
-from tests.conftest import STACKS, recording, settings_with
+from tests.helpers import STACKS, recording, settings_with
 
 BUCKET = "aws:s3/bucket:Bucket"
 VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
