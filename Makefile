@@ -4,6 +4,8 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
+# test-fast's pytest workers (pytest-xdist): one per core; JOBS=0 runs them in this process.
+JOBS ?= auto
 
 .PHONY: lab lab-packages test-packages plan test test-fast lint unit bench bench-lab bench-auth lock clean
 
@@ -53,9 +55,10 @@ unit: .venv/.installed test-packages
 # All tests: linters, type checks, the whole suite.
 test: lint unit
 
-# Every test that needs no Debian package and no root (the tests not marked `lab`), as any user.
+# Every test that needs no Debian package and no root (the tests not marked `lab`), as any user; each
+# test file runs whole on one worker.
 test-fast: .venv/.installed
-	$(PY) -m pytest -q -m "not lab" -n auto --dist loadfile
+	$(PY) -m pytest -q -m "not lab" -n $(JOBS) --dist loadfile
 
 # Wall time and peak memory of `plan` for every stack (a benchmark, not a test).
 bench: .venv/.installed
