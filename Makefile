@@ -1,9 +1,13 @@
-# The README's commands. Each installs what it needs on a fresh Debian machine (as root).
+# The README's commands. Each installs what it needs on a fresh Debian machine (as root); test-fast
+# and lint need no root and no apt once the venv exists (.venv/.installed calls apt-get only when
+# python3 or python3-venv is missing).
 SHELL := /bin/bash
 PY := .venv/bin/python
 STACK ?= dev
+# test-fast's pytest workers (pytest-xdist): one per core; JOBS=0 runs them in this process.
+JOBS ?= auto
 
-.PHONY: lab lab-packages plan docs test lint unit bench bench-lab bench-auth lock clean
+.PHONY: lab lab-packages test-packages plan docs test test-fast lint unit bench bench-lab bench-auth lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -25,6 +29,12 @@ lab-packages:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(LAB_PACKAGES); \
 	fi
 
+# What the tests marked `lab` need: the lab's packages, and shellcheck, which actionlint runs on the
+# workflows' `run:` scripts (tests/test_workflows.py).
+test-packages: lab-packages
+	@command -v shellcheck >/dev/null || { \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends shellcheck; }
+
 # Main job: the local lab for a stack (default dev) until Ctrl-C.
 lab: .venv/.installed lab-packages
 	$(PY) -m fleet lab up $(STACK)
@@ -44,11 +54,16 @@ lint: .venv/.installed
 	$(PY) -m ruff format --check infra components host fleet lab policy auth tests
 	$(PY) -m mypy infra components host fleet lab policy auth
 
-unit: .venv/.installed lab-packages
+unit: .venv/.installed test-packages
 	$(PY) -m pytest -q
 
 # All tests: linters, type checks, the whole suite.
 test: lint unit
+
+# Every test that needs no Debian package and no root (the tests not marked `lab`), as any user; each
+# test file runs whole on one worker.
+test-fast: .venv/.installed
+	$(PY) -m pytest -q -m "not lab" -n $(JOBS) --dist loadfile
 
 # Wall time and peak memory of `plan` for every stack (a benchmark, not a test).
 bench: .venv/.installed

@@ -66,7 +66,7 @@ from infra.settings import (
 )
 from infra.token_service import token_service_spec
 from policy.graph import Res, is_secret, unwrap, user_data_text
-from tests.conftest import STACKS, recording, stack_config
+from tests.helpers import STACKS, recording, stack_config
 
 SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 SECRET = "aws:secretsmanager/secret:Secret"
@@ -434,7 +434,7 @@ _phase_recordings: dict[str, Recording] = {}
 
 
 def phase(name: str, record_variant: Callable[..., Recording]) -> Recording:
-    """dev recorded in a rotation phase, once per session (as conftest's `recording` does for stacks)."""
+    """dev recorded in a rotation phase, once per session (as tests/helpers.py's `recording` does for stacks)."""
     if name not in _phase_recordings:
         signing = PHASES[name]
         rec = recording("dev") if signing is None else record_variant("dev", {"access": {"tokenSigning": signing}})

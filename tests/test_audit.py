@@ -16,7 +16,7 @@ from fleet import cli
 from fleet.audit import Scorecard, render, score
 from policy.graph import Res
 from policy.registry import PRACTICES
-from tests.conftest import STACKS, recording
+from tests.helpers import STACKS, recording
 
 TODAY = datetime.date(2026, 11, 28)
 

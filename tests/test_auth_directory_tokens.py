@@ -21,6 +21,8 @@ from auth.tokens import create_signing_pair
 from lab.pki import LabPki, create_pki
 from lab.slapd import Directory, DirectoryUser, SlapdHandle, start_slapd
 
+pytestmark = pytest.mark.lab
+
 SERVICE = "registry.lab"
 PASSWORD = "alice-Correct-Horse-1"
 

@@ -29,6 +29,8 @@ from lab import supervisor
 from lab.pki import LabPki, create_pki
 from lab.slapd import Directory, DirectoryUser, SlapdHandle, start_slapd
 
+pytestmark = pytest.mark.lab
+
 PASSWORDS = {
     "alice": "alice-Correct-Horse-1",
     "bob": "bob-Battery-Staple-2",

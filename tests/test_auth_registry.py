@@ -42,6 +42,8 @@ from lab import supervisor
 from lab.image import build_image, layer_digests
 from lab.pki import create_pki
 
+pytestmark = pytest.mark.lab
+
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "registry.lab.test"

@@ -29,7 +29,7 @@ from fleet.engine import Recording, record
 from infra.settings import load_stack_settings
 from policy.graph import Res, host_boot, is_secret, unwrap
 from policy.rules import rule_by_id
-from tests.conftest import STACKS, recording
+from tests.helpers import STACKS, recording
 
 REQUIRED_TAGS = {"environment", "team", "owner", "stack", "managed-by"}
 

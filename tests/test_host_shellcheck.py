@@ -19,6 +19,8 @@ from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
 from host.contract import FETCH_SCRIPT_PATH, HOST_CERT_FILE, HOST_KEY_FILE, TOKEN_INSTALL_SCRIPT_PATH
 from host.registry_config import RegistryConfig, render_registry_config
 
+pytestmark = pytest.mark.lab  # needs Debian's shellcheck
+
 FILES = Path(str(resources.files("host") / "files"))
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfakecert\n-----END CERTIFICATE-----\n"
 SHA256 = "0123456789abcdef" * 4

@@ -35,7 +35,9 @@ from lab.demo import edge_bytes, push_and_pull
 from lab.image import build_image, layer_digests, skopeo_copy
 from lab.lab import DIRECTORY_SERVICE, INSTANCES, TOKEN_SERVICE, Lab, LabState, https_get
 from lab.overrides import LAB_USER
-from tests.conftest import settings_with, stack_config
+from tests.helpers import settings_with, stack_config
+
+pytestmark = pytest.mark.lab
 
 Response = tuple[int, dict[str, str], bytes]
 # htpasswd mode has no key but `mode` (the settings model refuses token mode's keys).

@@ -35,7 +35,9 @@ from lab import supervisor
 from lab.accounts import registry_token
 from lab.image import build_image, layer_digests
 from lab.lab import DIRECTORY_SERVICE, INSTANCES, STATE_FILE, TOKEN_CONFIG_FILE, TOKEN_SERVICE, Lab, LabState
-from tests.conftest import settings_with
+from tests.helpers import settings_with
+
+pytestmark = pytest.mark.lab
 
 Response = tuple[int, dict[str, str], bytes]
 INSUFFICIENT = "error authorizing context: insufficient scope"

@@ -38,8 +38,10 @@ from lab.accounts import registry_token
 from lab.debian_tools import fetch
 from lab.image import build_image
 from lab.lab import STATE_FILE, TOKEN_SERVICE, Lab, LabState
-from tests.conftest import settings_with
+from tests.helpers import settings_with
 from tests.test_lab_access import push
+
+pytestmark = pytest.mark.lab
 
 LOCK_THRESHOLD = 5  # the dev stack's lockout (the service default)
 

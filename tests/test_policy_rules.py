@@ -62,7 +62,7 @@ from policy.registry import PRACTICES, STACK, Violation
 from policy.rules import PRACTICE_MODULES, RULES, evaluate, rule_by_id
 from policy.rules.hosts import HOST_PACKAGES
 from policy.waivers import apply_waivers, waivers_in
-from tests.conftest import STACKS, recording
+from tests.helpers import STACKS, recording
 
 BASELINE = {r.id for r in RULES if r.practice in (5, 6)}  # fail on every stack until scanning and signing land
 TODAY = datetime.date(2026, 6, 1)

@@ -35,7 +35,7 @@ from fleet.runner import (
     change_from_event,
 )
 from infra.settings import STACKS_DIR, SettingsError, load_stack_settings
-from tests.conftest import recording
+from tests.helpers import recording
 
 C1 = "1" * 40
 C2 = "2" * 40

@@ -20,7 +20,7 @@ from infra.settings import (
     settings_from_config,
     stack_overrides,
 )
-from tests.conftest import STACKS, stack_config
+from tests.helpers import STACKS, stack_config
 
 
 def problems(stack: str, overrides: dict[str, object]) -> list[str]:
@@ -448,7 +448,7 @@ def test_refresh_token_settings_reach_the_token_service_and_are_checked() -> Non
     from host.token_config import token_service_config
     from infra.secrets import AccessSecrets
     from infra.token_service import token_service_spec
-    from tests.conftest import settings_with
+    from tests.helpers import settings_with
 
     revoked = "AbCdEfGhIjKlMnOpQrStUvWx"
     s = settings_with("dev", {"access": {"refreshTokens": {"lifetimeSeconds": 86400, "revoked": [revoked]}}})

@@ -34,7 +34,7 @@ from fleet.engine import Recording, record
 from infra.settings import PROJECT, Settings, load_stack_settings
 from policy.graph import Res, as_list, host_boot, prop, satellites, statements, unwrap
 from policy.rules.tls import denies_plain_http
-from tests.conftest import STACKS, recording, settings_with
+from tests.helpers import STACKS, recording, settings_with
 
 BUCKET = "aws:s3/bucket:Bucket"
 ENCRYPTION = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"

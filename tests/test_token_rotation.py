@@ -32,6 +32,8 @@ from lab import supervisor
 from lab.pki import LabPki, create_pki
 from tests.test_auth_registry import REGISTRY_BINARY, call, status_of, wait_for
 
+pytestmark = pytest.mark.lab
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "registry.rotation.test"
 ISSUER = "registry-fleet-rotation"

@@ -66,6 +66,8 @@ from infra.token_service import token_service_spec
 from lab.pki import create_pki
 from lab.supervisor import free_port
 
+pytestmark = pytest.mark.lab
+
 REPO = Path(__file__).resolve().parent.parent
 REGION = "eu-west-1"
 BUCKET = "registry-fleet-dev-blobs"

