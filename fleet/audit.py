@@ -3,7 +3,7 @@
 The audit records a stack's program under the recording engine (what `pulumi preview` would
 register), runs every rule of the policy pack (policy/rules/, the same functions the
 CrossGuard pack runs, over the same `policy.graph.Res` model), applies the stack's waivers, and
-scores each practice in the order of DESIGN.md: `fail` if a mandatory rule has an unwaived
+scores each practice in the order of docs/design.md: `fail` if a mandatory rule has an unwaived
 violation, `waived` if every violation is waived, else `pass`. An unknown or expired waiver is an
 error and fails the audit.
 """

@@ -1,4 +1,4 @@
-"""registry-fleet's compliance as code: the ten practices of DESIGN.md as policy rules.
+"""registry-fleet's compliance as code: the ten practices of docs/design.md as policy rules.
 
 - `policy.graph`: the resource graph as rules see it (`Res`, the property readers, user-data
   parsing); the recording engine (`fleet/engine.py`) records its resources in this model.

@@ -1,4 +1,4 @@
-"""The compliance rules, one module per practice of DESIGN.md, and `RULES`, every one of them in practice order.
+"""The compliance rules, one module per practice of docs/design.md, and `RULES`, every one of them in practice order.
 
 | practice | module |
 |---|---|
