@@ -111,8 +111,8 @@ class AutomationRunner:
         except auto.StackNotFoundError as err:
             raise StackMissingError(
                 f"stack {stack} does not exist in the backend you are logged in to: create it once with "
-                f"`pulumi stack init {stack} --secrets-provider awskms://...` (docs/operating.md), or `pulumi login` to the "
-                "right backend"
+                f"`pulumi stack init {stack} --secrets-provider awskms://...` (docs/operating.md), "
+                "or `pulumi login` to the right backend"
             ) from err
         except auto.CommandError as err:
             raise RunnerError(f"pulumi could not select stack {stack}: {err}") from err
