@@ -1,9 +1,12 @@
-"""Shared fixtures: each stack's program is recorded once per test session.
+"""Shared fixtures: each stack's program is recorded once per test session; the token service's clock.
 
 `stack_recording` runs the real program for every stack file under the recording engine
 (fleet/engine.py). `record_variant(stack, overrides)` records a stack with settings changed,
-for the negative tests that break a practice and check that the guard catches it.
-Helpers that test modules import by name live in tests/helpers.py.
+for the negative tests that break a practice and check that the guard catches it. `clock` is the
+fake clock the in-process token service tests move by hand (test_auth_unit.py, test_auth_oauth.py).
+Fixtures used by one test module stay in that module. Helpers that test modules import by name live
+in the tests/helpers package: the stack helpers in tests/helpers/__init__.py, the others in a module
+of it named for what they help with (token_service, registry, lab).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pytest
 
 from fleet.engine import Recording, record
 from tests.helpers import STACKS, recording, settings_with
+from tests.helpers.token_service import Clock
 
 
 @pytest.fixture(params=STACKS)
@@ -28,3 +32,8 @@ def record_variant() -> Callable[..., Recording]:
         return record(settings_with(stack, overrides))
 
     return run
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

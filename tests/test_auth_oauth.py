@@ -1,6 +1,6 @@
 """The token endpoint's OAuth2 POST (containerd's first ask), refresh tokens, one canonical identity
 per login, and the client address behind proxies. No processes: the Flask app with a fake clock and
-a stand-in directory (tests/test_auth_unit.py); containerd itself runs against the lab in
+a stand-in directory (tests/helpers/token_service.py); containerd itself runs against the lab in
 tests/test_lab_clients.py.
 """
 
@@ -23,7 +23,7 @@ from auth.identity import account_key
 from auth.local import LocalAuthenticator, hash_secret
 from auth.refresh import TYP
 from auth.server import AUDIT_LOGGER, client_address, create_app
-from tests.test_auth_unit import (
+from tests.helpers.token_service import (
     COST,
     ROBOT_TOKEN,
     SERVICE,
@@ -38,11 +38,6 @@ from tests.test_auth_unit import (
 )
 
 FORM = "application/x-www-form-urlencoded"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

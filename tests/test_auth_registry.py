@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import base64
 import datetime
-import http.client
 import json
 import os
 import secrets
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -41,17 +39,16 @@ from auth.tokens import create_signing_pair
 from lab import supervisor
 from lab.image import build_image, layer_digests
 from lab.pki import create_pki
+from tests.helpers.registry import REGISTRY_BINARY, Response, call, status_of
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
-REGISTRY_BINARY = "/usr/bin/docker-registry"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "registry.lab.test"
 ISSUER = "registry-fleet-token"
 ACCOUNTS = ("alice", "bob", "carol", "dave", "root", "mallory")
 ROBOT = "robot-ci-a"
-
-Response = tuple[int, dict[str, str], bytes]
 
 
 @dataclass
@@ -198,39 +195,6 @@ def load_key(path: Path) -> rsa.RSAPrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     return key
-
-
-def status_of(ca_file: str, url: str) -> int:
-    try:
-        return call(ca_file, "GET", url)[0]
-    except OSError:
-        return 0
-
-
-def call(
-    ca_file: str,
-    method: str,
-    url: str,
-    headers: dict[str, str] | None = None,
-    body: bytes | None = None,
-    basic: tuple[str, str] | None = None,
-    bearer: str | None = None,
-) -> Response:
-    """One HTTPS request trusting only the lab CA."""
-    parts = urllib.parse.urlsplit(url)
-    context = ssl.create_default_context(cafile=ca_file)
-    conn = http.client.HTTPSConnection("127.0.0.1", parts.port, context=context, timeout=30)
-    hdrs = dict(headers or {})
-    if basic is not None:
-        hdrs["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
-    if bearer is not None:
-        hdrs["Authorization"] = f"Bearer {bearer}"
-    try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=hdrs)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def token_for(stack: Stack, account: str | None, *scopes: str, password: str | None = None) -> Response:
@@ -545,12 +509,3 @@ def test_audit_lines_are_json_and_hold_no_secret(stack: Stack) -> None:
         line for line in lines if line["account"] == "bob" and "repository:team-b/app:pull,push" in line["requested"]
     ]
     assert pushes and all(line["granted"] == [] and line["outcome"] == "denied" for line in pushes)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not seen within {timeout:.0f}s")

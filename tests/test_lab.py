@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from lab.image import build_image, layer_digests, skopeo_copy
 from lab.lab import DIRECTORY_SERVICE, INSTANCES, TOKEN_SERVICE, Lab, LabState, https_get
 from lab.overrides import LAB_USER
 from tests.helpers import settings_with, stack_config
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -118,15 +119,6 @@ def deleter(state: LabState) -> str:
             if state.namespace in grant["namespaces"] and "delete" in grant["actions"]:
                 return str(entry["name"])
     raise AssertionError(f"no account may delete in {state.namespace}")
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not seen within {timeout:.0f}s")
 
 
 # --- push, pull, CDN --------------------------------------------------------------------------
@@ -310,7 +302,7 @@ def test_pushes_and_pulls_go_on_when_an_instance_dies(lab: LabState, tmp_path: P
         source = build_image(layout, tag, [{"f.bin": 256 * 1024 + i}])
         if i == 2:
             os.killpg(victim.pid, signal.SIGKILL)
-            wait_for(lambda: not supervisor.pid_alive(victim.pid), 10, "the killed instance exiting")
+            wait_for(lambda: not supervisor.pid_alive(victim.pid), 10, "the killed instance exiting", interval=0.5)
         skopeo_copy(source, f"docker://{host}/{lab.namespace}/series:{tag}", lab.cert_dir, user)
         pushed[tag] = layer_digests(layout, tag)
     # The supervisor reports the dead instance, with the tail of its log.
@@ -323,7 +315,12 @@ def test_pushes_and_pulls_go_on_when_an_instance_dies(lab: LabState, tmp_path: P
         assert layer_digests(back, tag) == layers
     Lab.restart(Path(lab.state_dir), INSTANCES[0])
     restarted = LabState.load(Path(lab.state_dir)).service(INSTANCES[0])
-    wait_for(lambda: https_get(f"https://127.0.0.1:{restarted.ports['https']}/", lab.ca_file) == 200, 20, "restart")
+    wait_for(
+        lambda: https_get(f"https://127.0.0.1:{restarted.ports['https']}/", lab.ca_file) == 200,
+        20,
+        "restart",
+        interval=0.5,
+    )
     lab.services[INSTANCES[0]] = restarted.describe()
 
 
@@ -361,6 +358,7 @@ def test_push_and_delete_events_reach_the_receiver_with_the_token(lab: LabState)
         lambda: any(e["action"] == "push" and e["target"]["repository"] == lab.sample_repo for e in events(lab)),
         15,
         "a push event",
+        interval=0.5,
     )
     status, headers, _ = call(
         lab,
@@ -379,6 +377,7 @@ def test_push_and_delete_events_reach_the_receiver_with_the_token(lab: LabState)
         lambda: any(e["action"] == "delete" and e["target"].get("digest") == digest for e in events(lab)),
         15,
         "the delete event",
+        interval=0.5,
     )
 
 
@@ -400,9 +399,9 @@ def test_registry_health_fails_without_s3_and_recovers(lab: LabState) -> None:
     assert https_get(root, lab.ca_file) == 200
     supervisor.stop(lab.service("s3"))
     # The storage check runs every 10s and trips after 3 failures (the stack's config).
-    wait_for(lambda: https_get(root, lab.ca_file) == 503, 60, "503 on / with S3 down")
+    wait_for(lambda: https_get(root, lab.ca_file) == 503, 60, "503 on / with S3 down", interval=0.5)
     Lab.restart(Path(lab.state_dir), "s3")
-    wait_for(lambda: https_get(root, lab.ca_file) == 200, 60, "200 on / once S3 is back")
+    wait_for(lambda: https_get(root, lab.ca_file) == 200, 60, "200 on / once S3 is back", interval=0.5)
     lab.services["s3"] = LabState.load(Path(lab.state_dir)).services["s3"]
 
 

@@ -16,9 +16,7 @@ import datetime
 import http.client
 import io
 import json
-import os
 import re
-import secrets
 import ssl
 import subprocess
 import urllib.parse
@@ -36,6 +34,7 @@ from lab.accounts import registry_token
 from lab.image import build_image, layer_digests
 from lab.lab import DIRECTORY_SERVICE, INSTANCES, STATE_FILE, TOKEN_CONFIG_FILE, TOKEN_SERVICE, Lab, LabState
 from tests.helpers import settings_with
+from tests.helpers.lab import host, password, push, skopeo
 
 pytestmark = pytest.mark.lab
 
@@ -71,33 +70,6 @@ def accounts(lab: LabState) -> dict[str, dict[str, Any]]:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def host(state: LabState) -> str:
-    return state.registry_url.removeprefix("https://")
-
-
-def password(state: LabState, account: str) -> str:
-    return str(state.account(account)["password"])
-
-
-def skopeo(state: LabState, *args: str) -> subprocess.CompletedProcess[str]:
-    """skopeo with a throwaway HOME (no blob-info cache between calls) and none of the caller's env."""
-    home = Path(state.state_dir) / f"home-{secrets.token_hex(4)}"
-    home.mkdir()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
-    return subprocess.run(["skopeo", *args], capture_output=True, text=True, env=env, timeout=60)
-
-
-def push(
-    state: LabState, source: str, account: str | None, repo: str, secret: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    if account is None:
-        creds = ["--dest-no-creds"]
-    else:
-        creds = ["--dest-creds", f"{account}:{secret or password(state, account)}"]
-    dest = f"docker://{host(state)}/{repo}"
-    return skopeo(state, "copy", "--quiet", "--dest-cert-dir", state.cert_dir, *creds, source, dest)
 
 
 def pull(state: LabState, account: str | None, repo: str, layout: Path) -> subprocess.CompletedProcess[str]:

@@ -39,7 +39,7 @@ from lab.debian_tools import fetch
 from lab.image import build_image
 from lab.lab import STATE_FILE, TOKEN_SERVICE, Lab, LabState
 from tests.helpers import settings_with
-from tests.test_lab_access import push
+from tests.helpers.lab import push
 
 pytestmark = pytest.mark.lab
 

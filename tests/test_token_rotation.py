@@ -30,7 +30,8 @@ from auth.tokens import TokenSigner, create_signing_pair
 from components.access import trust_bundle
 from lab import supervisor
 from lab.pki import LabPki, create_pki
-from tests.test_auth_registry import REGISTRY_BINARY, call, status_of, wait_for
+from tests.helpers.registry import REGISTRY_BINARY, call, status_of
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 

@@ -1,7 +1,11 @@
 """Helpers the test modules import: the stacks, their merged config, settings with overrides, recordings.
 
-Fixtures live in tests/conftest.py (pytest finds them there); anything a test module imports by name
-lives here, so that it is imported once, as `tests.helpers`, whichever module asks first.
+Anything a test module imports by name lives in this package, never in another test module, so that
+it is imported once, as `tests.helpers...`, whichever module asks first. The stack helpers are here;
+the others are in modules named for what they help with: `token_service` (the token service in
+process), `registry` (the real registry on loopback), `lab` (skopeo against a running lab),
+`waiting` (polling a process until it shows something). Fixtures live in the test modules, or in
+tests/conftest.py when several modules use the same one.
 """
 
 from __future__ import annotations
