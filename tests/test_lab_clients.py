@@ -40,6 +40,7 @@ from lab.image import build_image
 from lab.lab import STATE_FILE, TOKEN_SERVICE, Lab, LabState
 from tests.helpers import settings_with
 from tests.helpers.lab import push
+from tests.helpers.timing import gaps_until_within, in_ms
 
 pytestmark = pytest.mark.lab
 
@@ -236,7 +237,8 @@ def test_parallel_wrong_tries_get_at_most_the_threshold_before_429(lab: LabState
 
 
 # A bound, not a benchmark: one more connect, TLS handshake and bind against slapd costs about 2 ms
-# here; the medians of unknown and known accounts must stay within 1.5 ms of each other.
+# here; the medians of unknown and known accounts must stay within 1.5 ms of each other (in one of up to
+# three rounds: an oracle shows in every round, a busy machine's noise does not; tests/helpers/timing.py).
 TIMING_BOUND_SECONDS = 0.0015
 
 
@@ -249,17 +251,19 @@ def test_unknown_and_known_directory_accounts_take_the_same_time(lab: LabState) 
     random.Random(7).shuffle(trials)
     for name in known[:2] + unknown[:2]:  # warm connections and caches; these names are not measured
         basic_token(lab, name + "-warm", "x")
-    times: dict[str, list[float]] = {"known": [], "unknown": []}
-    for name, kind in trials:
-        t0 = time.perf_counter()
-        assert basic_token(lab, name, secrets.token_urlsafe(9)) == 401
-        times[kind].append(time.perf_counter() - t0)
-    gap = statistics.median(times["known"]) - statistics.median(times["unknown"])
-    print(
-        f"median known {statistics.median(times['known']) * 1000:.2f} ms, "
-        f"unknown {statistics.median(times['unknown']) * 1000:.2f} ms"
-    )
-    assert abs(gap) < TIMING_BOUND_SECONDS, f"known - unknown = {gap * 1000:.2f} ms"
+
+    def gap() -> float:  # one wrong password per account and round: far below the lockout's threshold
+        times: dict[str, list[float]] = {"known": [], "unknown": []}
+        for name, kind in trials:
+            t0 = time.perf_counter()
+            assert basic_token(lab, name, secrets.token_urlsafe(9)) == 401
+            times[kind].append(time.perf_counter() - t0)
+        known_ms, unknown_ms = (statistics.median(times[k]) * 1000 for k in ("known", "unknown"))
+        print(f"median known {known_ms:.2f} ms, unknown {unknown_ms:.2f} ms")
+        return (known_ms - unknown_ms) / 1000
+
+    gaps = gaps_until_within(gap, TIMING_BOUND_SECONDS)
+    assert abs(gaps[-1]) < TIMING_BOUND_SECONDS, f"known - unknown, each round: {in_ms(gaps)}"
 
 
 # --- the lab's own files --------------------------------------------------------------------------------
