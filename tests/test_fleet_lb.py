@@ -426,6 +426,9 @@ def test_every_secret_a_host_reads_is_tagged_on_its_instances_by_version(stack: 
 
 def test_rotating_the_http_secret_changes_the_launch_template(record_variant: Callable[..., Recording]) -> None:
     before, after = recording("dev"), record_variant("dev", {"fleet": {"httpSecretRotation": 2}})
+    # Rotation 1 has no keepers: a stack made before the setting keeps its value (no replacement on upgrade).
+    assert "keepers" not in before.named("fleet-http-secret-random").inputs
+    assert after.named("fleet-http-secret-random").inputs["keepers"] == {"rotation": "2"}
     key = HOST_SECRET_VERSION_TAG.format(label="http-secret")
     assert instance_tags(after)[key] != instance_tags(before)[key]
     assert (
