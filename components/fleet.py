@@ -1,11 +1,15 @@
 """RegistryFleet: the dedicated registry hosts (practices 1, 7 and 8).
 
-Creates an Auto Scaling group of single-purpose Debian 12 hosts in the private subnets of at
-least two zones: a launch template with IMDSv2 required (hop limit 1), an encrypted root
-volume, no public IP, no SSH key (operators use SSM Session Manager); an instance role that
-may touch only the registry bucket, its KMS key and the fleet's own secrets; a security group
-that admits only the load balancer. ELB health checks replace a host whose registry answers
-503, and any launch-template change rolls the fleet through an instance refresh.
+Creates an Auto Scaling group of single-purpose Debian hosts (the newest official image of
+`fleet.debianRelease`, 13 by default) in the private subnets of at least two zones: a launch
+template with IMDSv2 required (hop limit 1), an encrypted root volume, no public IP, no SSH key
+(operators use SSM Session Manager); an instance role that may touch only the registry bucket, its
+KMS key and the fleet's own secrets; a security group that admits only the load balancer. ELB health
+checks replace a host whose registry or token service stops answering, or that an operator drains;
+they check only the host itself, never S3 (the registry config has no storage health check), so an
+S3 outage leaves every host in place. Any launch-template change rolls the fleet through an instance
+refresh, and every secret a host reads at boot is tagged on its instances by version, so rotating
+one (`fleet.httpSecretRotation`, a token signing generation) rolls the fleet onto it.
 
 Access (practices 3 and 4): in token mode the registry trusts tokens signed by the token service
 that runs beside it on every host (`auth.token`; realm `https://<registry host>/auth`, which the
@@ -37,6 +41,9 @@ from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
 from host.contract import (
     CA_CERT_FILE,
     CLOUDFRONT_KEY_FILE,
+    DEBIAN_AMI_NAME,
+    DEBIAN_AMI_OWNER,
+    DEBIAN_SUITES,
     HOST_CERT_FILE,
     HOST_KEY_FILE,
     HTPASSWD_FILE,
@@ -48,7 +55,6 @@ from host.contract import (
 from host.registry_config import CloudFrontSettings, RegistryConfig, TokenAuth, render_registry_config
 from host.user_data import encode_user_data
 
-DEBIAN_OWNER_ID = "136693071363"  # Debian's official AWS account (https://wiki.debian.org/Cloud/AmazonEC2Image)
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 ADMIN_USER = "admin"
 
@@ -59,6 +65,10 @@ TOKEN_CONFIG_VERSION_TAG = "registry-fleet:token-config-version"
 # roll only once the secret holds the current generation's key: the tag makes the launch template wait
 # for the new secret version (a host that booted earlier would pair the old key with the new certificate).
 TOKEN_SIGNING_KEY_VERSION_TAG = "registry-fleet:token-signing-key-version"
+# And the version of each of the fleet's own secrets (`http-secret`, `tls-key`, `htpasswd`, `cloudfront-key`):
+# a host reads them at each start of the registry, so without the tag a new value (a rotated http.secret)
+# would reach a host only when its registry restarts, and hosts would disagree on the shared http.secret.
+HOST_SECRET_VERSION_TAG = "registry-fleet:{label}-version"
 
 
 def token_realm(public_url: str) -> str:
@@ -108,6 +118,7 @@ class RegistryFleetArgs:
     public_url: str
     instance_type: str
     architecture: str  # "arm64" | "amd64"
+    debian_release: int  # a key of host.contract.DEBIAN_SUITES: the newest image of it boots
     min_size: int
     max_size: int
     desired_capacity: int
@@ -127,8 +138,10 @@ class RegistryFleetArgs:
     cdn: FleetCdn | None = None
     # Set: token auth with the token service; None: htpasswd with one generated admin account.
     token: FleetTokenService | None = None
-    # A pinned AMI; None: the newest Debian 12 image for the architecture (looked up at each up).
+    # A pinned AMI; None: the newest Debian image of `debian_release` for the architecture (looked up at each up).
     image_id: str | None = None
+    # Bump it for a new http.secret (the generated value is replaced; the fleet rolls onto it).
+    http_secret_rotation: int = 1
 
 
 def instance_policy(bucket_arn: str, kms_key_arn: str, secret_arns: list[str]) -> str:
@@ -181,13 +194,26 @@ class RegistryFleet(pulumi.ComponentResource):
         super().__init__("registry-fleet:index:RegistryFleet", name, None, opts)
         if args.token is not None and args.token.ldap_cidrs and args.token.ldap_port is None:
             raise ComponentInputError("RegistryFleet: token.ldap_cidrs is set without token.ldap_port")
+        if args.debian_release not in DEBIAN_SUITES:
+            raise ComponentInputError(
+                f"RegistryFleet: debian_release is {args.debian_release!r}; hosts run one of "
+                f"{', '.join(map(str, DEBIAN_SUITES))} (host.contract.DEBIAN_SUITES)"
+            )
         tags = args.tags
         child = pulumi.ResourceOptions(parent=self)
         token = args.token
 
         # --- secrets: generated or handed in as Pulumi secrets, stored in Secrets Manager ---
         # One http.secret for every host: uploads hop between hosts behind the load balancer.
-        http_secret = random.RandomPassword(f"{name}-http-secret-random", length=64, special=False, opts=child)
+        http_secret = random.RandomPassword(
+            f"{name}-http-secret-random",
+            length=64,
+            special=False,
+            # A new rotation replaces the value; its new secret version rolls the fleet (HOST_SECRET_VERSION_TAG).
+            # None for the first: the value stacks generated before the setting existed stays.
+            keepers={"rotation": str(args.http_secret_rotation)} if args.http_secret_rotation > 1 else None,
+            opts=child,
+        )
         values: dict[str, pulumi.Input[str]] = {
             "http-secret": http_secret.result,
             "tls-key": args.host_key_pem,
@@ -200,8 +226,9 @@ class RegistryFleet(pulumi.ComponentResource):
         if args.cdn is not None:
             values["cloudfront-key"] = args.cdn.private_key_pem
         secrets: dict[str, aws.secretsmanager.Secret] = {}
+        secret_versions: dict[str, pulumi.Output[str]] = {}
         for label, value in values.items():
-            secrets[label], _ = stored_secret(
+            secrets[label], version = stored_secret(
                 f"{name}-{label}",
                 name_prefix=f"{args.name_prefix}/{label}-",
                 description=f"registry-fleet {args.name_prefix}: {label} (read by registry hosts at boot)",
@@ -210,6 +237,7 @@ class RegistryFleet(pulumi.ComponentResource):
                 tags=tags,
                 opts=child,
             )
+            secret_versions[label] = version.version_id
         self.secret_arns = {label: s.arn for label, s in secrets.items()}
 
         # --- network identity: only the load balancer gets in ---
@@ -301,8 +329,11 @@ class RegistryFleet(pulumi.ComponentResource):
             token_trust_bundle=token.trust_bundle_pem if token else "",
         ).apply(lambda v: self._render(args, v))
 
-        image_id: pulumi.Input[str] = args.image_id or self._newest_debian(args.architecture)
+        image_id: pulumi.Input[str] = args.image_id or self._newest_debian(args.debian_release, args.architecture)
         instance_tags: dict[str, pulumi.Input[str]] = {**tags, "Name": f"{args.name_prefix}-registry"}
+        # Hosts read their secrets at each registry start: a new version of any of them rolls the fleet.
+        for label, version_id in secret_versions.items():
+            instance_tags[HOST_SECRET_VERSION_TAG.format(label=label)] = version_id
         if token is not None:
             # Hosts read the service's config at boot only: a new config version rolls the fleet.
             instance_tags[TOKEN_CONFIG_VERSION_TAG] = token.config_version_id
@@ -388,13 +419,13 @@ class RegistryFleet(pulumi.ComponentResource):
         self.token_realm = token_realm(args.public_url) if token else None
         self.register_outputs({"asgName": group.name, "securityGroupId": sg.id})
 
-    def _newest_debian(self, architecture: str) -> pulumi.Output[str]:
+    def _newest_debian(self, release: int, architecture: str) -> pulumi.Output[str]:
         arch = "arm64" if architecture == "arm64" else "x86_64"
         ami = aws.ec2.get_ami_output(
             most_recent=True,
-            owners=[DEBIAN_OWNER_ID],
+            owners=[DEBIAN_AMI_OWNER],
             filters=[
-                {"name": "name", "values": [f"debian-12-{architecture}-*"]},
+                {"name": "name", "values": [DEBIAN_AMI_NAME.format(release=release, architecture=architecture)]},
                 {"name": "architecture", "values": [arch]},
                 {"name": "virtualization-type", "values": ["hvm"]},
             ],

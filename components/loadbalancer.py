@@ -21,7 +21,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.iam import allow_service, policy_document
-from components.private_bucket import SSE_S3, harden_bucket, tls_only_statement
+from components.private_bucket import EVERY_OBJECT, SSE_S3, harden_bucket, tls_only_statement
 from host.contract import REGISTRY_PORT, TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
 
 # Elastic Load Balancing's log-writer accounts for regions opened before August 2022; newer
@@ -118,7 +118,7 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                 {
                     "id": "expire-access-logs",
                     "status": "Enabled",
-                    "filter": {},
+                    "filter": EVERY_OBJECT,
                     "expiration": {"days": args.access_log_days},
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 1},
                 }

@@ -20,6 +20,8 @@ import pulumi_aws as aws
 from components.errors import ComponentInputError
 from components.iam import assume_role_policy, policy_document
 
+# `opt-in-status` of a region's own Availability Zones (Local and Wavelength Zones are opted in).
+ZONE_OPT_IN_NOT_REQUIRED = "opt-in-not-required"
 # Buckets AWS owns that hosts must reach through the S3 gateway endpoint: the SSM agent
 # downloads itself, its updates and its documents from these (see the SSM VPC endpoint docs).
 SSM_BUCKET_PATTERNS = (
@@ -87,7 +89,14 @@ class RegistryNetwork(pulumi.ComponentResource):
         public_cidrs, private_cidrs = subnet_plan(args.cidr, args.az_count)
         self.private_cidrs = private_cidrs
 
-        zones = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOutputOptions(parent=self))
+        # The region's own zones only. Local and Wavelength Zones (e.g. us-east-1-atl-2a) are opt-in metro
+        # extensions with fewer services, and their names sort before the region's zones: unfiltered, an
+        # account that opted in would get its subnets there.
+        zones = aws.get_availability_zones_output(
+            state="available",
+            filters=[{"name": "opt-in-status", "values": [ZONE_OPT_IN_NOT_REQUIRED]}],
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
 
         def zone(index: int) -> pulumi.Output[str]:
             def pick(names: list[str]) -> str:

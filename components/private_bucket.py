@@ -12,12 +12,18 @@ The boto3 twin, for buckets made outside Pulumi (the state bucket, the lab), is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+
+from components.errors import ComponentInputError
+
+# A lifecycle rule's filter for every object of the bucket: an empty prefix. An empty filter (`{}`) means the
+# same to S3, but the provider warns that it will become an error (exactly one of prefix, tag, size or `and`).
+EVERY_OBJECT: dict[str, str] = {"prefix": ""}
 
 # ALB access-log delivery writes with SSE-S3 only, not SSE-KMS.
 SSE_S3: list[Any] = [{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}]
@@ -64,6 +70,14 @@ def harden_bucket(
     policy: pulumi.Input[str] | None = None,
 ) -> HardenedBucket:
     """The guardrails of `bucket`, named `<prefix>-<setting>`, each with `opts` (parent, provider)."""
+    for i, rule in enumerate(lifecycle_rules):
+        if not isinstance(rule, Mapping) or not rule.get("filter"):
+            rule_id = rule.get("id") if isinstance(rule, Mapping) else None
+            raise ComponentInputError(
+                f"harden_bucket({prefix!r}): lifecycle rule {rule_id or i} has no filter; give it one, e.g. "
+                "EVERY_OBJECT ({'prefix': ''}) for the whole bucket (an empty filter draws a provider warning that "
+                "will become an error)"
+            )
     versioning = None
     lifecycle_opts = opts
     if versioned:

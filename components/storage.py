@@ -23,13 +23,16 @@ import pulumi
 import pulumi_aws as aws
 
 from components.iam import allow_service, assume_role_policy, policy_document
-from components.private_bucket import harden_bucket, sse_kms, tls_only_statement
+from components.private_bucket import EVERY_OBJECT, harden_bucket, sse_kms, tls_only_statement
 from host.contract import BLOB_PREFIX
 
 CLOUDFRONT = "cloudfront.amazonaws.com"
+# The backup plan's role (the selection's): S3 backup and restore, and AWS Backup's own service-role policy,
+# which the plan's cross-region copy jobs run under (they copy recovery points between the two vaults).
 BACKUP_MANAGED_POLICIES = (
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Backup",
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Restore",
+    "arn:aws:iam::aws:policy/service-role/AWSBackupServiceRolePolicyForBackup",
 )
 
 
@@ -176,14 +179,14 @@ class RegistryStorage(pulumi.ComponentResource):
             {
                 "id": "expire-noncurrent-versions",
                 "status": "Enabled",
-                "filter": {},
+                "filter": EVERY_OBJECT,
                 "noncurrent_version_expiration": {"noncurrent_days": args.noncurrent_version_days},
                 "expiration": {"expired_object_delete_marker": True},
             },
             {
                 "id": "abort-incomplete-multipart-uploads",
                 "status": "Enabled",
-                "filter": {},
+                "filter": EVERY_OBJECT,
                 "abort_incomplete_multipart_upload": {"days_after_initiation": args.abort_incomplete_upload_days},
             },
         ]

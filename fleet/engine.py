@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
 
+from host.contract import DEBIAN_AMI_NAME, DEBIAN_AMI_OWNER
 from infra.settings import PROJECT, Settings
 from policy.graph import Res, is_secret, of_type, unwrap
 
@@ -33,6 +35,22 @@ REDACTED = "[secret]"
 # Zones the mock reports per region: enough for every stack, and few enough that asking for
 # more zones than a region has is caught.
 _ZONES = {"us-east-1": "abcdef"}
+
+
+def debian_ami_id(region: str, release: int, architecture: str) -> str:
+    """The id the mock gives the newest Debian `release` image for `architecture` (Debian's name) in `region`."""
+    return f"ami-{_digest(region, str(release), architecture, n=17)}"
+
+
+def local_zone(region: str) -> str:
+    """The Local Zone the mock lists unless the lookup asks for the region's own zones only."""
+    return f"{region}-lcl-1a"
+
+
+def _filter_values(args: Mapping[str, Any], name: str) -> list[str] | None:
+    """The values of the lookup's filter `name`, or None when it has no such filter."""
+    found = [f.get("values") for f in args.get("filters") or [] if f.get("name") == name]
+    return list(found[0]) if found else None
 
 
 class UnexpectedInvokeError(Exception):
@@ -115,17 +133,13 @@ class RecordingMocks(Mocks):
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             letters = _ZONES.get(region, "abc")
             names = [f"{region}{c}" for c in letters]
-            return {"names": names, "zoneIds": [f"{region[:3]}-az{i + 1}" for i in range(len(names))], "id": region}, []
+            ids = [f"{region[:3]}-az{i + 1}" for i in range(len(names))]
+            if _filter_values(args.args, "opt-in-status") != ["opt-in-not-required"]:
+                # What an account that opted in to a Local Zone gets: its name sorts before the region's zones.
+                names, ids = [local_zone(region), *names], [f"{region[:3]}-lcl1-az1", *ids]
+            return {"names": names, "zoneIds": ids, "id": region}, []
         if token == "aws:ec2/getAmi:getAmi":
-            arch = next(
-                (f["values"][0] for f in args.args.get("filters", []) if f.get("name") == "architecture"), "x86_64"
-            )
-            return {
-                "id": f"ami-{_digest(region, arch, n=17)}",
-                "name": f"debian-12-{'arm64' if arch == 'arm64' else 'amd64'}-20261101-1234",
-                "architecture": arch,
-                "ownerId": "136693071363",
-            }, []
+            return self._debian_ami(region, args.args), []
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,
@@ -140,6 +154,25 @@ class RecordingMocks(Mocks):
         raise UnexpectedInvokeError(
             f"unexpected lookup {token} (args {args.args}): add it to fleet/engine.py only if the program must make it"
         )
+
+    @staticmethod
+    def _debian_ami(region: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The newest Debian image the lookup names: Debian's own, of one release and architecture."""
+        arch = (_filter_values(args, "architecture") or ["x86_64"])[0]
+        names = _filter_values(args, "name") or []
+        match = re.fullmatch(r"debian-(\d+)-(arm64|amd64)-\*", names[0]) if len(names) == 1 else None
+        if list(args.get("owners") or []) != [DEBIAN_AMI_OWNER] or match is None:
+            raise UnexpectedInvokeError(
+                f"AMI lookup {args}: the fleet boots Debian's own images (owner {DEBIAN_AMI_OWNER}, one name "
+                f"filter like {DEBIAN_AMI_NAME!r})"
+            )
+        release, debian_arch = int(match[1]), match[2]
+        return {
+            "id": debian_ami_id(region, release, debian_arch),
+            "name": f"debian-{release}-{debian_arch}-20261101-1234",
+            "architecture": arch,
+            "ownerId": DEBIAN_AMI_OWNER,
+        }
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         inputs = dict(args.inputs)
@@ -233,9 +266,10 @@ class RecordingMocks(Mocks):
         if typ == "tls:index/certRequest:CertRequest":
             return {"certRequestPem": fake_pem("CERTIFICATE REQUEST", name)}
         if typ == "random:index/randomPassword:RandomPassword":
-            value = fake_secret(name)
-            # New keepers make a new password: its hash changes (the result stays findable by name).
+            # New keepers make a new password (the provider replaces it), so a new secret version downstream.
+            # The value starts with fake_secret(name): a search for it by name still finds it anywhere.
             keepers = str(sorted(dict(unwrap(inputs.get("keepers")) or {}).items()))
+            value = fake_secret(name) + (_digest("keepers", keepers) if inputs.get("keepers") else "")
             return {"result": value, "bcryptHash": f"$2a$10${_digest('bcrypt', name, keepers, n=53)}"}
         return {}
 

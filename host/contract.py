@@ -1,10 +1,11 @@
 """The host contract: what a registry host is, as every other part of the project sees it.
 
-A registry host is a Debian 12 instance that runs the registry (the Debian package `docker-registry`,
-CNCF distribution 2.8) and, in token mode, the token service (auth/) beside it, and nothing else but
-the SSM agent. Its ports, paths, users, unit names, packages and services are defined here once: the
-renderers in this package write them into the host's files, the load balancer and the fleet open
-and route to them, the lab runs the same files, and the compliance rules check a host against them.
+A registry host is a Debian instance (13 by default, 12 on request) that runs the registry (the Debian
+package `docker-registry`, CNCF distribution 2.8) and, in token mode, the token service (auth/) beside
+it, and nothing else but the SSM agent. Its ports, paths, users, unit names, packages and services are
+defined here once: the renderers in this package write them into the host's files, the load balancer
+and the fleet open and route to them, the lab runs the same files, and the compliance rules check a
+host against them.
 
 Plain constants, no logic and no imports: changing a value here changes every host's user-data,
 which rolls the fleet.
@@ -16,6 +17,13 @@ DEBUG_PORT = 5001  # http.debug.addr: /debug/health and /metrics (prometheus), o
 TOKEN_SERVICE_PORT = 5002  # HTTPS; the ALB's token target group
 TOKEN_PATH = "/auth"  # the realm's path on the registry's public URL (an ALB listener rule)
 TOKEN_HEALTH_PATH = "/healthz"  # the token service's health check (the ALB's token target group)
+
+# --- the operating system --------------------------------------------------------------------------
+# The Debian releases a host may boot (`fleet.debianRelease`), newest first, with their suites. Debian's
+# official AMIs come from its own AWS account, named `debian-<release>-<arch>-<date>-<build>`.
+DEBIAN_SUITES = {13: "trixie", 12: "bookworm"}
+DEBIAN_AMI_OWNER = "136693071363"  # https://wiki.debian.org/Cloud/AmazonEC2Image
+DEBIAN_AMI_NAME = "debian-{release}-{architecture}-*"  # the image lookup's name filter (Debian arch names)
 
 # --- what a host installs and runs ------------------------------------------------------------------
 REGISTRY_UNIT = "docker-registry"  # the Debian package's unit; the fetch script's default

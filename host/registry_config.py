@@ -8,9 +8,9 @@ addresses, a moto S3 endpoint). Every environment-specific value is therefore a 
 Practices served: TLS everywhere (2: the hosts listen with TLS 1.2+), private registry (7: no
 credential or secret in the file; S3 access comes from the instance role, `http.secret` from the
 REGISTRY_HTTP_SECRET environment variable, key material from files written at boot), replicated
-across servers (8: the same config on every host, a storage health check and a drain file so the
-load balancer takes a host out of rotation) and CDN for blobs (9: the `cloudfront` storage
-middleware redirects blob GETs to signed CloudFront URLs).
+across servers (8: the same config on every host, and a drain file so the load balancer takes a host
+out of rotation; no storage health check, so an S3 outage does not take every host out at once) and
+CDN for blobs (9: the `cloudfront` storage middleware redirects blob GETs to signed CloudFront URLs).
 
 Option names were checked against the distribution 2.8 configuration reference
 (`docs/configuration.md`) and `configuration/configuration.go`.
@@ -247,10 +247,11 @@ def registry_config_dict(cfg: RegistryConfig) -> dict[str, Any]:
                 for e in cfg.notifications
             ],
         }
-    config["health"] = {
-        "storagedriver": {"enabled": True, "interval": "10s", "threshold": 3},
-        "file": [{"file": cfg.drain_file, "interval": "10s"}],
-    }
+    # Only the drain file: every health check the registry runs makes it answer 503 on every path, `/` (the
+    # load balancer's check, which replaces hosts) included. A storage check would fail on every host at once
+    # when S3 or the KMS key is unavailable and make the Auto Scaling group replace the whole fleet; without
+    # it, a host stays in service through such an outage and each request that needs S3 fails on its own.
+    config["health"] = {"file": [{"file": cfg.drain_file, "interval": "10s"}]}
     return config
 
 

@@ -334,7 +334,8 @@ def test_each_robot_has_a_generated_token_in_its_own_secret(stack: str) -> None:
         assert password["keepers"] == {"rotation": str(robot_settings.rotation)}
         assert rec.named(f"access-robot-{robot}").inputs["namePrefix"] == f"{prefix}/robots/{robot}-"
         value = rec.named(f"access-robot-{robot}-value").inputs["secretString"]
-        assert is_secret(value) and unwrap(value) == fake_secret(f"access-robot-{robot}-random")
+        assert is_secret(value) and unwrap(value) == rec.named(f"access-robot-{robot}-random").outputs["result"]
+        assert str(unwrap(value)).startswith(fake_secret(f"access-robot-{robot}-random"))
     robots = [r for r in rec.of_type(RANDOM_PASSWORD) if r.name.startswith("access-robot-")]
     assert len(robots) == len(s.access.robots)
 

@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 
-from fleet.engine import Recording, record
+from components.fleet import HOST_SECRET_VERSION_TAG, TOKEN_CONFIG_VERSION_TAG, TOKEN_SIGNING_KEY_VERSION_TAG
+from fleet.engine import Recording, debian_ami_id, record
+from host.contract import DEBIAN_SUITES, DRAIN_FILE, TOKEN_HEALTH_PATH
 from infra.settings import load_stack_settings
 from policy.graph import Res, host_boot, is_secret, unwrap
 from policy.rules import rule_by_id
@@ -318,7 +320,7 @@ def test_registry_config_has_s3_tls_and_health(stack: str) -> None:
     assert s3["encrypt"] is True and s3["keyid"].startswith("arn:aws:kms:") and "accesskey" not in s3
     assert config["http"]["tls"]["certificate"] and config["http"]["tls"]["key"]
     assert "secret" not in config["http"]
-    assert config["health"]["storagedriver"]["enabled"] is True and config["health"]["file"]
+    assert config["health"] == {"file": [{"file": DRAIN_FILE, "interval": "10s"}]}, "only the drain switch"
     assert config["http"]["host"] == f"https://{load_stack_settings(stack).registry_host}"
 
 
@@ -370,7 +372,7 @@ def test_a_stack_pinned_to_an_account_refuses_other_credentials() -> None:
     # Provider configuration reaches the engine JSON-encoded.
     assert pinned and all(json.loads(ids) == ["111122223333"] for ids in pinned.values()), pinned
     free = [r.inputs.get("allowedAccountIds") for r in recording("dev").of_type("pulumi:providers:aws")]
-    assert free == [None, None]
+    assert free and all(ids is None for ids in free), free
 
 
 def test_a_pinned_image_is_used_as_is(record_variant: Callable[..., Recording]) -> None:
@@ -378,6 +380,92 @@ def test_a_pinned_image_is_used_as_is(record_variant: Callable[..., Recording]) 
     assert one(rec, "aws:ec2/launchTemplate:LaunchTemplate").inputs["imageId"] == "ami-0123456789abcdef0"
 
 
-def test_without_a_pin_the_newest_debian_12_image_for_the_architecture_is_used() -> None:
-    image = one(recording("dev"), "aws:ec2/launchTemplate:LaunchTemplate").inputs["imageId"]
-    assert image.startswith("ami-") and image != "ami-0123456789abcdef0"
+@pytest.mark.parametrize("stack", STACKS)
+def test_without_a_pin_the_newest_debian_13_image_for_the_architecture_is_used(stack: str) -> None:
+    """The mock answers an AMI lookup only for Debian's account and one `debian-<release>-<arch>-*` name."""
+    s = load_stack_settings(stack)
+    assert s.fleet.debian_release == 13 == max(DEBIAN_SUITES)
+    image = one(recording(stack), "aws:ec2/launchTemplate:LaunchTemplate").inputs["imageId"]
+    assert image == debian_ami_id(s.region, 13, s.fleet.architecture)
+
+
+def test_debian_12_stays_a_stack_setting(record_variant: Callable[..., Recording]) -> None:
+    rec = record_variant("staging", {"fleet": {"debianRelease": 12}})
+    image = one(rec, "aws:ec2/launchTemplate:LaunchTemplate").inputs["imageId"]
+    assert image == debian_ami_id("eu-west-1", 12, "arm64") != debian_ami_id("eu-west-1", 13, "arm64")
+
+
+# --- rotating a secret rolls the fleet ----------------------------------------------------------
+
+
+def instance_tags(rec: Recording) -> dict[str, Any]:
+    lt = one(rec, "aws:ec2/launchTemplate:LaunchTemplate")
+    (spec,) = [t for t in lt.inputs["tagSpecifications"] if t["resourceType"] == "instance"]
+    return dict(spec["tags"])
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_secret_a_host_reads_is_tagged_on_its_instances_by_version(stack: str) -> None:
+    """A host reads its secrets at each registry start: the version tags put each one into the launch
+    template, so a new version is a new template version, which starts an instance refresh."""
+    rec = recording(stack)
+    tags = instance_tags(rec)
+    settings = load_stack_settings(stack)
+    fleet = rec.named("fleet").urn
+    secrets = [s.name for s in rec.of_type("aws:secretsmanager/secret:Secret") if s.parent == fleet]
+    labels = sorted(name.removeprefix("fleet-") for name in secrets)
+    assert labels == sorted(["http-secret", "tls-key", *(["cloudfront-key"] if settings.cdn.enabled else [])])
+    for label in labels:
+        version = rec.named(f"fleet-{label}-value").outputs["versionId"]
+        assert tags[HOST_SECRET_VERSION_TAG.format(label=label)] == version, label
+    # Token mode: the service's config and its signing key's current generation.
+    assert tags[TOKEN_CONFIG_VERSION_TAG] == rec.named("access-token-config-value").outputs["versionId"]
+    assert TOKEN_SIGNING_KEY_VERSION_TAG in tags
+    assert not [v for v in tags.values() if "mocksecret" in str(v)], "a tag holds a secret value"
+
+
+def test_rotating_the_http_secret_changes_the_launch_template(record_variant: Callable[..., Recording]) -> None:
+    before, after = recording("dev"), record_variant("dev", {"fleet": {"httpSecretRotation": 2}})
+    # Rotation 1 has no keepers: a stack made before the setting keeps its value (no replacement on upgrade).
+    assert "keepers" not in before.named("fleet-http-secret-random").inputs
+    assert after.named("fleet-http-secret-random").inputs["keepers"] == {"rotation": "2"}
+    key = HOST_SECRET_VERSION_TAG.format(label="http-secret")
+    assert instance_tags(after)[key] != instance_tags(before)[key]
+    assert (
+        instance_tags(after)[HOST_SECRET_VERSION_TAG.format(label="tls-key")]
+        == instance_tags(before)[HOST_SECRET_VERSION_TAG.format(label="tls-key")]
+    )
+    lt_before = one(before, "aws:ec2/launchTemplate:LaunchTemplate").inputs
+    lt_after = one(after, "aws:ec2/launchTemplate:LaunchTemplate").inputs
+    assert lt_after["tagSpecifications"] != lt_before["tagSpecifications"]
+    # The group follows the template's latest version, not $Latest: a new version starts a refresh.
+    asg = one(after, "aws:autoscaling/group:Group").inputs
+    assert asg["launchTemplate"]["version"] != "$Latest" and asg["instanceRefresh"]["strategy"] == "Rolling"
+
+
+def test_a_new_token_signing_generation_changes_the_launch_template(
+    record_variant: Callable[..., Recording],
+) -> None:
+    before = instance_tags(recording("dev"))[TOKEN_SIGNING_KEY_VERSION_TAG]
+    rotated = record_variant("dev", {"access": {"tokenSigning": {"generations": [1, 2], "current": 2}}})
+    assert instance_tags(rotated)[TOKEN_SIGNING_KEY_VERSION_TAG] != before
+
+
+# --- health: what replaces a host ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_hosts_are_replaced_on_their_own_health_only(stack: str) -> None:
+    """The group replaces a host that fails a load balancer check (ELB health) in any of its target groups:
+    the registry's `/` (drain file only, no storage check) and the token service's /healthz (answered by
+    the service itself). Neither asks S3, KMS or the directory, which every host shares."""
+    rec = recording(stack)
+    asg = one(rec, "aws:autoscaling/group:Group").inputs
+    groups = {tg.name: tg for tg in rec.of_type("aws:lb/targetGroup:TargetGroup")}
+    assert asg["healthCheckType"] == "ELB"
+    assert sorted(asg["targetGroupArns"]) == sorted(tg.outputs["arn"] for tg in groups.values())
+    assert {name: tg.inputs["healthCheck"]["path"] for name, tg in groups.items()} == {
+        "lb-tg": "/",
+        "lb-token-tg": TOKEN_HEALTH_PATH,
+    }
+    assert "storagedriver" not in registry_config(rec)["health"]

@@ -4,8 +4,8 @@ One lab (two registry instances behind nginx, the dev stack's token auth: slapd 
 service) serves the whole module; a second lab with two different `http.secret`s and a third in
 htpasswd mode run beside it for one test each. Clients sign in as the lab's demo account (a team's
 developer) and, where they need more, as another seeded account; roles themselves are tested in
-tests/test_lab_access.py. Tests run in file order: the one that kills an instance restarts it, and
-the one that stops S3 runs last. A missing binary fails the lab's start (it never skips): CI
+tests/test_lab_access.py. Tests run in file order: the ones that kill or drain an instance restore it,
+and the one that stops S3 runs last. A missing binary fails the lab's start (it never skips): CI
 installs the Debian packages first.
 """
 
@@ -390,19 +390,70 @@ def test_the_receiver_refuses_events_without_the_token(lab: LabState) -> None:
     assert Path(lab.events_file + ".rejected").read_text().count("1") >= 1
 
 
-# --- health (last: it stops S3) -----------------------------------------------------------------
+# --- health: what the load balancer checks, and what replaces a host --------------------------------
+# The ALB health-checks each registry's `/` (and the token service's /healthz); the Auto Scaling group
+# replaces a host that fails them. `/` must fail for a dead registry and a drained one, never for S3.
 
 
-def test_registry_health_fails_without_s3_and_recovers(lab: LabState) -> None:
-    instance = lab.service(INSTANCES[1])
-    root = f"https://127.0.0.1:{instance.ports['https']}/"
-    assert https_get(root, lab.ca_file) == 200
+def instance_health(state: LabState, name: str) -> int:
+    """What the load balancer's health check of one instance gets: the status of `/` (0: no answer)."""
+    return https_get(f"https://127.0.0.1:{state.service(name).ports['https']}/", state.ca_file)
+
+
+def test_a_killed_registry_fails_its_health_check_and_the_other_serves(lab: LabState) -> None:
+    victim = lab.service(INSTANCES[0])
+    assert instance_health(lab, INSTANCES[0]) == 200
+    os.killpg(victim.pid, signal.SIGKILL)
+    wait_for(lambda: not supervisor.pid_alive(victim.pid), 10, "the killed instance exiting")
+    assert instance_health(lab, INSTANCES[0]) == 0, "a dead registry must fail the load balancer's check"
+    assert instance_health(lab, INSTANCES[1]) == 200
+    status, _, _ = call(lab, "GET", f"{lab.registry_url}/v2/", headers=pull_auth(lab, lab.sample_repo))
+    assert status == 200
+    Lab.restart(Path(lab.state_dir), INSTANCES[0])
+    lab.services[INSTANCES[0]] = LabState.load(Path(lab.state_dir)).services[INSTANCES[0]]
+    wait_for(lambda: instance_health(lab, INSTANCES[0]) == 200, 20, "the restarted instance healthy")
+
+
+def test_the_drain_file_fails_the_health_check_until_it_is_removed(lab: LabState) -> None:
+    drain = Path(lab.state_dir) / f"{INSTANCES[1]}.drain"  # the config's health.file (DRAIN_FILE on a host)
+    drain.touch()
+    try:
+        # The file check runs every 10 s.
+        wait_for(lambda: instance_health(lab, INSTANCES[1]) == 503, 25, "503 on / of the drained instance")
+        assert instance_health(lab, INSTANCES[0]) == 200
+    finally:
+        drain.unlink()
+    wait_for(lambda: instance_health(lab, INSTANCES[1]) == 200, 25, "200 on / once the drain file is gone")
+
+
+# Last: it stops S3.
+def test_registry_stays_healthy_without_s3_and_clients_get_a_storage_error(lab: LabState) -> None:
+    """An S3 outage must not fail `/` on every host at once (the Auto Scaling group would replace the whole
+    fleet): the registry has no storage health check. Requests that need S3 fail, naming the storage driver."""
+    repo = f"{lab.namespace}/s3-outage"
+    uploads = f"{lab.registry_url}/v2/{repo}/blobs/uploads/"  # starting an upload writes to S3
+
+    def start_upload() -> Response:
+        return call(lab, "POST", uploads, headers=authorization(lab, f"repository:{repo}:pull,push"))
+
+    assert start_upload()[0] == 202
     supervisor.stop(lab.service("s3"))
-    # The storage check runs every 10s and trips after 3 failures (the stack's config).
-    wait_for(lambda: https_get(root, lab.ca_file) == 503, 60, "503 on / with S3 down", interval=0.5)
-    Lab.restart(Path(lab.state_dir), "s3")
-    wait_for(lambda: https_get(root, lab.ca_file) == 200, 60, "200 on / once S3 is back", interval=0.5)
-    lab.services["s3"] = LabState.load(Path(lab.state_dir)).services["s3"]
+    try:
+        status, _, body = start_upload()
+        assert status == 500, (status, body)
+        (error,) = json.loads(body)["errors"]
+        assert error["code"] == "UNKNOWN" and error["detail"]["DriverName"] == "s3aws", error
+        # Longer than a storage check would take to trip (3 failures 10 s apart): `/` stays 200 on both hosts.
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            assert [instance_health(lab, name) for name in INSTANCES] == [200, 200], "an S3 outage failed /"
+            time.sleep(2)
+        # Signing in and the registry's base endpoint need no S3: clients still reach the fleet.
+        assert call(lab, "GET", f"{lab.registry_url}/v2/", headers=pull_auth(lab, repo))[0] == 200
+    finally:
+        Lab.restart(Path(lab.state_dir), "s3")
+        lab.services["s3"] = LabState.load(Path(lab.state_dir)).services["s3"]
+    wait_for(lambda: start_upload()[0] == 202, 30, "uploads again once S3 is back")
 
 
 def test_edge_served_the_blob_bytes(lab: LabState) -> None:

@@ -64,6 +64,8 @@ from policy.rules.hosts import HOST_PACKAGES
 from policy.waivers import apply_waivers, waivers_in
 from tests.helpers import STACKS, recording
 
+# What a distribution without an alias had (and what CloudFront serves TLS 1.0 with, whatever it says).
+DEFAULT_CLOUDFRONT_CERTIFICATE = {"cloudfrontDefaultCertificate": True, "minimumProtocolVersion": "TLSv1.2_2021"}
 BASELINE = {r.id for r in RULES if r.practice in (5, 6)}  # fail on every stack until scanning and signing land
 TODAY = datetime.date(2026, 6, 1)
 UNKNOWN = policy_proxy.UNKNOWN_STRING_VALUE
@@ -353,6 +355,13 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         "minimumProtocolVersion is 'TLSv1.2_2019'",
     ),
     (
+        "tls-cdn-viewers",
+        "dev",
+        edit("cdn-distribution", lambda p: p.update(aliases=None, viewerCertificate=DEFAULT_CLOUDFRONT_CERTIFICATE)),
+        "cdn-distribution",
+        "the default *.cloudfront.net certificate",
+    ),
+    (
         "tls-only-buckets",
         "prod",
         edit_policy("lb-access-logs-policy", lambda st: st.pop(0)),
@@ -543,6 +552,13 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         edit("fleet-asg", lambda p: p.update(healthCheckType="EC2")),
         "fleet-asg",
         "healthCheckType is 'EC2'",
+    ),
+    (
+        "fleet-replicated",
+        "payments-prod",
+        registry_config(lambda c: c["health"].update(storagedriver={"enabled": True, "interval": "10s"})),
+        "fleet-lt",
+        "health.storagedriver.enabled is true",
     ),
     ("bucket-replicated", "dev", drop("storage-replication"), STACK, "no aws:s3/bucketReplicationConfig"),
     (

@@ -125,7 +125,6 @@ def test_bad_values_are_named(overrides: dict[str, object], expected: str) -> No
     [
         ({"network": {"azCount": 2}}, "network.azCount: 2 is below 3: prod runs in three zones"),
         ({"network": {"natGateways": "single"}}, 'network.natGateways: "single": prod needs per-az'),
-        ({"cdn": {"alias": False}}, "cdn.alias: false: prod needs true"),
     ],
 )
 def test_prod_only_rules(overrides: dict[str, object], expected: str) -> None:
@@ -133,6 +132,23 @@ def test_prod_only_rules(overrides: dict[str, object], expected: str) -> None:
     assert any(p.startswith(expected) for p in found), found
     # The same values are fine outside prod.
     settings_from_config("staging", deep_merge(stack_config("staging"), overrides))
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_the_cdn_needs_its_alias_in_every_environment(stack: str) -> None:
+    """On its default *.cloudfront.net certificate CloudFront accepts TLS 1.0 (rule tls-cdn-viewers)."""
+    found = problems(stack, {"cdn": {"alias": False}})
+    assert any(p.startswith("cdn.alias: false must be true while cdn.enabled is") for p in found), found
+    settings_from_config(stack, deep_merge(stack_config(stack), {"cdn": {"alias": False, "enabled": False}}))
+
+
+def test_hosts_run_debian_13_unless_a_stack_asks_for_12() -> None:
+    assert {load_stack_settings(stack).fleet.debian_release for stack in STACKS} == {13}
+    assert settings_from_config("dev", deep_merge(stack_config("dev"), {"fleet": {"debianRelease": 12}}))
+    for bad in (11, 14, "13", True):
+        found = problems("dev", {"fleet": {"debianRelease": bad}})
+        assert any(p.startswith("fleet.debianRelease: ") for p in found), (bad, found)
+    assert any("allowed: 13, 12" in p for p in problems("dev", {"fleet": {"debianRelease": 11}}))
 
 
 def test_stack_names_that_would_break_bucket_names_are_rejected() -> None:

@@ -25,12 +25,17 @@ import dataclasses
 import fnmatch
 import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import pulumi
 import pytest
 
-from fleet.engine import Recording, record
+from components import network
+from components.errors import ComponentInputError
+from components.private_bucket import harden_bucket
+from fleet.engine import Recording, local_zone, record
 from infra.settings import PROJECT, Settings, load_stack_settings
 from policy.graph import Res, as_list, host_boot, prop, satellites, statements, unwrap
 from policy.rules.tls import denies_plain_http
@@ -75,7 +80,9 @@ BLOB_KEYS = "docker/registry/v2/blobs/*"  # the registry's blob prefix when stor
 BACKUP_POLICIES = {
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Backup",
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Restore",
+    "arn:aws:iam::aws:policy/service-role/AWSBackupServiceRolePolicyForBackup",  # copy jobs
 }
+EVERY_OBJECT = {"prefix": ""}  # a lifecycle rule's filter for the whole bucket
 # AWS-owned buckets the SSM agent reads (AWS Systems Manager docs, "SSM Agent communications with
 # AWS managed S3 buckets"). Written out here, not imported from the component, so the test is a
 # second opinion, not a copy.
@@ -253,7 +260,7 @@ def check_lifecycle(rec: Recording) -> list[str]:
             (cfg, rule)
             for cfg in configs
             for rule in as_list(prop(cfg, "rules"))
-            if rule.get("status") == "Enabled" and not rule.get("filter") and not rule.get("prefix")
+            if rule.get("status") == "Enabled" and rule.get("filter") == EVERY_OBJECT and not rule.get("prefix")
         ]
         label = configs[0].name
         if not any((r.get("noncurrentVersionExpiration") or {}).get("noncurrentDays") for _, r in rules):
@@ -478,8 +485,24 @@ def check_backup_selection(rec: Recording) -> list[str]:
     return []
 
 
+def check_lifecycle_filters(rec: Recording) -> list[str]:
+    """Every lifecycle rule of every bucket (the access-log bucket's too) has a filter with a key: an empty
+    filter (`{}`) or none draws the provider's warning that it will become an error; `{"prefix": ""}` is
+    the whole bucket."""
+    out = []
+    for cfg in rec.of_type(LIFECYCLE):
+        for rule in as_list(prop(cfg, "rules")):
+            flt = rule.get("filter")
+            if not isinstance(flt, Mapping) or not flt:
+                out.append(f"{cfg.name}: rule {rule.get('id')} has filter {flt!r}, not one of prefix, tag, size, and")
+    if not rec.of_type(LIFECYCLE):
+        out.append("storage: no lifecycle configuration")
+    return out
+
+
 def check_backup_role(rec: Recording) -> list[str]:
-    """The role of the backup selection has AWS's S3 backup and S3 restore managed policies."""
+    """The role of the backup selection has AWS's S3 backup and S3 restore managed policies, and AWS Backup's
+    own, which the plan's cross-region copy jobs run under."""
     out = []
     for selection in rec.of_type(SELECTION):
         arn = prop(selection, "iamRoleArn")
@@ -547,6 +570,12 @@ def check_subnets_per_zone(rec: Recording, s: Settings) -> list[str]:
         found = subnets(rec, tier)
         zones = [prop(sn, "availabilityZone") for sn in found]
         zones_by_tier[tier] = set(zones)
+        # The region's own zones: a Local Zone (`<region>-<metro>-1a`) is what an unfiltered lookup lists first.
+        out += [
+            f"{sn.name}: zone {zone} is not one of {s.region}'s own zones"
+            for sn, zone in zip(found, zones, strict=True)
+            if not re.fullmatch(rf"{re.escape(s.region)}[a-z]", str(zone))
+        ]
         if len(found) != s.network.az_count:
             out.append(f"{vpc_label(rec)}: {len(found)} {tier} subnets, network.azCount is {s.network.az_count}")
         seen: set[Any] = set()
@@ -830,6 +859,7 @@ RECORDING_CHECKS: list[Check] = [
     check_kms_encryption,
     check_owner_enforced,
     check_lifecycle,
+    check_lifecycle_filters,
     check_tls_deny_scope,
     check_replication_rule,
     check_replication_role_scope,
@@ -1143,7 +1173,9 @@ def test_backup_selection_beyond_the_primary_bucket_is_caught(extra: str) -> Non
     assert_flags(check_backup_selection(broken), "storage-backup-selection")
 
 
-@pytest.mark.parametrize("attachment", ["storage-backup-role-s3backup", "storage-backup-role-s3restore"])
+@pytest.mark.parametrize(
+    "attachment", ["storage-backup-role-s3backup", "storage-backup-role-s3restore", "storage-backup-role-backup"]
+)
 def test_backup_role_missing_a_managed_policy_is_caught(attachment: str) -> None:
     rec = without(recording("prod"), attachment)
     assert_flags(check_backup_role(rec), "storage-backup-role")
@@ -1174,6 +1206,38 @@ def test_two_private_subnets_in_one_zone_is_caught() -> None:
     zone = prop(rec.named("network-private-0"), "availabilityZone")
     broken = changed(rec, "network-private-1", lambda i: i.update(availabilityZone=zone))
     assert_flags(check_subnets_per_zone(broken, stack_settings("prod")), "network-private-1")
+
+
+def test_subnet_in_a_local_zone_is_caught() -> None:
+    rec = recording("payments-prod")
+    broken = changed(rec, "network-public-0", lambda i: i.update(availabilityZone=local_zone("us-east-1")))
+    assert_flags(check_subnets_per_zone(broken, stack_settings("payments-prod")), "network-public-0")
+
+
+def test_an_unfiltered_zone_lookup_gets_a_local_zone_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mock lists a Local Zone first unless the lookup filters on opt-in-status: without the program's
+    filter, the first subnets would land there and the guard would catch it."""
+    monkeypatch.setattr(network, "ZONE_OPT_IN_NOT_REQUIRED", "opted-in")
+    rec = record(stack_settings("dev"))
+    assert prop(rec.named("network-private-0"), "availabilityZone") == local_zone("eu-west-1")
+    assert_flags(check_subnets_per_zone(rec, stack_settings("dev")), "network-private-0")
+
+
+@pytest.mark.parametrize("name", ["storage-primary-lifecycle", "lb-access-logs-lifecycle"])
+def test_lifecycle_rule_with_an_empty_filter_is_caught(name: str) -> None:
+    rec = changed(recording("dev"), name, lambda i: i["rules"][0].update(filter={}))
+    assert_flags(check_lifecycle_filters(rec), name)
+
+
+def test_harden_bucket_refuses_a_lifecycle_rule_without_a_filter() -> None:
+    with pytest.raises(ComponentInputError, match="rule expire-all has no filter; give it one"):
+        harden_bucket(
+            "logs",
+            None,  # type: ignore[arg-type]  # refused before the bucket is used
+            encryption=[],
+            lifecycle_rules=[{"id": "expire-all", "status": "Enabled", "filter": {}, "expiration": {"days": 1}}],
+            opts=pulumi.ResourceOptions(),
+        )
 
 
 def test_private_subnet_with_public_ips_is_caught() -> None:
@@ -1365,11 +1429,17 @@ def test_proxied_record_is_caught(name: str) -> None:
     assert_flags(check_dns_not_proxied(rec), name)
 
 
-@pytest.mark.parametrize(("stack", "expected"), [("prod", True), ("payments-prod", True), ("dev", False)])
-def test_blobs_record_only_with_the_cdn_alias(stack: str, expected: bool) -> None:
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_cdn_is_served_on_its_alias(stack: str) -> None:
+    """The CDN needs its alias (settings: cdn.alias; rule tls-cdn-viewers): every stack has `blobs.<domain>`."""
     names = [prop(r, "name") for r in recording(stack).of_type(DNS_RECORD)]
-    has_blobs = f"blobs.{stack_settings(stack).domain}" in names
-    assert has_blobs == expected, f"{stack}: dns records {names}"
+    assert f"blobs.{stack_settings(stack).domain}" in names, f"{stack}: dns records {names}"
+
+
+def test_no_blobs_record_without_the_cdn() -> None:
+    rec, s = variant("dev", json.dumps({"cdn": {"enabled": False}}))
+    names = [prop(r, "name") for r in rec.of_type(DNS_RECORD)]
+    assert f"blobs.{s.domain}" not in names and not rec.of_type(DISTRIBUTION), names
 
 
 def test_missing_blobs_record_is_caught() -> None:

@@ -60,12 +60,13 @@ def cross_field_problems(s: Settings) -> list[Problem]:
                 "prod needs per-az: a single NAT gateway is a zone-wide single point of failure",
             )
         )
-    if s.environment == "prod" and s.cdn.enabled and not s.cdn.alias:
+    if s.cdn.enabled and not s.cdn.alias:
         out.append(
             Problem(
                 "cdn.alias",
                 s.cdn.alias,
-                "prod needs true: the default *.cloudfront.net certificate still accepts TLS 1.0",
+                "must be true while cdn.enabled is: on its default *.cloudfront.net certificate CloudFront accepts "
+                "TLS 1.0 whatever the minimum protocol says (or set cdn.enabled: false)",
             )
         )
     match s.access:

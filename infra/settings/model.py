@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from auth.access import AccessRule, Action, Team
 from auth.ldap import DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER, LdapSettings
 from auth.refresh import RefreshTokenSettings
+from host.contract import DEBIAN_SUITES
 
 # ALB security policies that allow TLS 1.2 and 1.3 only (no TLS 1.0/1.1, no CBC-only suites).
 TLS_POLICIES = (
@@ -171,11 +172,32 @@ class FleetSettings(SettingsModel):
     root_volume_gib: int = Field(
         alias="rootVolumeGiB", description="The root volume (gp3, encrypted), 8..512 GiB: blobs live in S3."
     )
+    debian_release: StrictInt = Field(
+        description="The Debian release the hosts run: "
+        + " or ".join(f"`{release}` ({suite})" for release, suite in DEBIAN_SUITES.items())
+        + ". Each `pulumi up` boots the newest official image of it; changing it rolls the fleet."
+    )
     image_id: str | None = Field(
         default=None,
-        description="Pins the host image: an AMI id (`ami-` and 8 or 17 hex digits). Unset, each `pulumi up` "
-        "looks up the newest Debian 12 image for the architecture, which rolls the fleet when Debian publishes one.",
+        description="Pins the host image: an AMI id (`ami-` and 8 or 17 hex digits) of `fleet.debianRelease`. "
+        "Unset, each `pulumi up` looks up the newest Debian image of that release for the architecture, which "
+        "rolls the fleet when Debian publishes one.",
     )
+
+    http_secret_rotation: int = Field(
+        default=1,
+        ge=1,
+        description="Bump it for a new `http.secret`, the secret every registry shares (e.g. after a suspected "
+        "leak): the fleet rolls onto it. During the roll, an upload that spans an old and a new host fails and "
+        "must be pushed again.",
+    )
+
+    @field_validator("debian_release")
+    @classmethod
+    def _release(cls, v: int) -> int:
+        if v not in DEBIAN_SUITES:
+            raise _rule(f"not a Debian release a host runs; allowed: {', '.join(map(str, DEBIAN_SUITES))}")
+        return v
 
     @field_validator("image_id")
     @classmethod
@@ -314,8 +336,9 @@ class CdnSettings(SettingsModel):
     )
     signed_url_seconds: int = Field(description="The lifetime of a signed blob URL, 60..3600 seconds.")
     alias: bool = Field(
-        description="`true` serves the CDN on `blobs.<domain>` with an ACM certificate in us-east-1. `prod` needs "
-        "`true` when the CDN is on (the default *.cloudfront.net certificate still accepts TLS 1.0)."
+        description="`true` serves the CDN on `blobs.<domain>` with an ACM certificate in us-east-1 and TLS 1.2+. "
+        "Must be `true` while `cdn.enabled` is: on its default *.cloudfront.net certificate CloudFront accepts "
+        "TLS 1.0 whatever the minimum protocol says."
     )
 
     @field_validator("signed_url_seconds")

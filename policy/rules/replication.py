@@ -18,6 +18,7 @@ from policy.graph import (
     mapping,
     of_type,
     prop,
+    registry_configs,
 )
 from policy.registry import STACK, Finding, rule
 
@@ -29,7 +30,8 @@ def _number(value: Any) -> bool:
 @rule(
     "fleet-replicated",
     8,
-    "The Auto Scaling group keeps at least two hosts in at least two subnets, replaced on ELB health.",
+    "The Auto Scaling group keeps at least two hosts in at least two subnets, replaced on ELB health that no "
+    "shared dependency fails (the registry runs no storage health check).",
 )
 def find_fleet_replicated(resources: Sequence[Res]) -> Iterator[Finding]:
     groups = of_type(resources, AUTOSCALING_GROUP)
@@ -45,6 +47,16 @@ def find_fleet_replicated(resources: Sequence[Res]) -> Iterator[Finding]:
         health = prop(group, "healthCheckType")
         if not is_unknown(health) and health != "ELB":
             yield group.name, f"healthCheckType is {health!r}, expected 'ELB' (replace hosts the registry fails on)"
+    # Every registry health check fails `/`, the load balancer's check that replaces hosts: a storage check
+    # fails on every host at once while S3 or the KMS key is unavailable.
+    for lt, config in registry_configs(resources):
+        storage = mapping(mapping(config).get("health")).get("storagedriver") if isinstance(config, dict) else None
+        if mapping(storage).get("enabled") is True:
+            yield (
+                lt.name,
+                "the registry config's health.storagedriver.enabled is true: an S3 outage would fail `/` on every "
+                "host at once and ELB health would replace the whole fleet",
+            )
 
 
 def _bucket_named(resources: Sequence[Res], name: Any) -> Res | None:

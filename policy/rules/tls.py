@@ -98,19 +98,35 @@ def _tls_version(value: Any) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-@rule("tls-cdn-viewers", 2, "CloudFront serves viewers https-only, with TLSv1.2_2021 or newer on a custom certificate.")
+@rule(
+    "tls-cdn-viewers",
+    2,
+    "CloudFront serves viewers https-only on an alias with an ACM certificate and TLSv1.2_2021 or newer, never on "
+    "the default *.cloudfront.net certificate (which accepts TLS 1.0).",
+)
 def find_tls_cdn_viewers(resources: Sequence[Res]) -> Iterator[Finding]:
     for d in of_type(resources, DISTRIBUTION):
         for where, behavior in cache_behaviors(d):
             policy = behavior.get("viewerProtocolPolicy")
             if not is_unknown(policy) and policy != "https-only":
                 yield d.name, f"{where}.viewerProtocolPolicy is {policy!r}, expected 'https-only'"
-        certificate = mapping(prop(d, "viewerCertificate"))
-        if certificate.get("acmCertificateArn"):
-            version = certificate.get("minimumProtocolVersion")
-            parsed = _tls_version(version)
-            if not is_unknown(version) and (parsed is None or parsed < MIN_CLOUDFRONT_TLS):
-                yield d.name, f"viewerCertificate.minimumProtocolVersion is {version!r}, expected TLSv1.2_2021 or newer"
+        certificate = prop(d, "viewerCertificate")
+        if is_unknown(certificate):
+            continue
+        certificate = mapping(certificate)
+        # AWS: on the default certificate CloudFront uses TLSv1 as the minimum, whatever the setting says.
+        if certificate.get("cloudfrontDefaultCertificate") is True or not certificate.get("acmCertificateArn"):
+            yield (
+                d.name,
+                "viewerCertificate is the default *.cloudfront.net certificate "
+                f"(cloudfrontDefaultCertificate {certificate.get('cloudfrontDefaultCertificate')!r}, no "
+                "acmCertificateArn), which accepts TLS 1.0: serve the CDN on an alias with an ACM certificate",
+            )
+            continue
+        version = certificate.get("minimumProtocolVersion")
+        parsed = _tls_version(version)
+        if not is_unknown(version) and (parsed is None or parsed < MIN_CLOUDFRONT_TLS):
+            yield d.name, f"viewerCertificate.minimumProtocolVersion is {version!r}, expected TLSv1.2_2021 or newer"
 
 
 def denies_plain_http(stmt: Mapping[str, Any]) -> bool:
