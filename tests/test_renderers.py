@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import random
 from importlib import resources
 from typing import Any
@@ -571,6 +572,20 @@ def test_a_unit_whose_account_is_not_created_before_it_starts_is_caught(break_it
     problems = service_account_problems(doc)
     assert problems and all(p.startswith(TOKEN_UNIT_PATH) for p in problems), problems
     assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize("encoding", ["b64", "gz+b64"])
+def test_the_service_account_check_reads_encoded_files_as_cloud_init_writes_them(encoding: str) -> None:
+    """A unit written base64- or gzip-encoded (to save user-data bytes) is checked all the same."""
+    doc = yaml.safe_load(cloud_init(token_boot()))
+    for entry in doc["write_files"]:
+        if entry["path"] in (TOKEN_UNIT_PATH, TOKEN_SYSUSERS_PATH):
+            raw = entry["content"].encode()
+            entry["content"] = base64.b64encode(gzip.compress(raw) if "gz" in encoding else raw).decode()
+            entry["encoding"] = encoding
+    assert service_account_problems(doc) == []
+    _without_sysusers_step(doc)
+    assert any("sets User=registry-token" in p for p in service_account_problems(doc))
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,9 @@ can start at all: the account in its `User=`/`Group=` exists before systemd star
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
 import re
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
@@ -112,14 +115,27 @@ def sysusers_accounts(text: str) -> tuple[set[str], set[str]]:
     return users, groups
 
 
+def write_file_text(entry: Mapping[str, Any]) -> str:
+    """The text a cloud-init write_files entry writes, its `encoding` (base64, gzip or both) undone; an
+    entry that does not decode counts as empty."""
+    content: Any = entry.get("content") or ""
+    encoding = str(entry.get("encoding") or "text").lower()
+    try:
+        if "b64" in encoding or "base64" in encoding:
+            content = base64.b64decode(str(content), validate=True)
+        if "gz" in encoding:
+            content = gzip.decompress(content if isinstance(content, bytes) else str(content).encode("latin-1"))
+        return content.decode("utf-8") if isinstance(content, bytes) else str(content)
+    except (binascii.Error, OSError, EOFError, UnicodeDecodeError):
+        return ""
+
+
 def service_account_problems(cloud_init: Mapping[str, Any]) -> list[str]:
     """Why a unit user-data writes may fail with 217/USER: each `User=`/`Group=` account must be declared
     in a sysusers.d file user-data writes, applied by `systemd-sysusers` in runcmd before the first
     command that starts the unit. Empty when every account is created in time."""
     files = {
-        str(f.get("path")): str(f.get("content") or "")
-        for f in as_list(cloud_init.get("write_files"))
-        if isinstance(f, Mapping)
+        str(f.get("path")): write_file_text(f) for f in as_list(cloud_init.get("write_files")) if isinstance(f, Mapping)
     }
     commands = runcmd_commands(cloud_init)
 
