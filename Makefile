@@ -22,18 +22,19 @@ LAB_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils slapd lda
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# Installed without starting their services (lab/install-packages.sh): on a machine booted with systemd
+# the packages would otherwise leave an open registry on *:5000, nginx on *:80 and slapd on *:389.
 lab-packages:
 	@for b in $(LAB_BINARIES); do [ -x $$b ] || missing=1; done; \
-	if [ -n "$$missing" ]; then \
-		mkdir -p /etc/ldap && touch /etc/ldap/noslapd; \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(LAB_PACKAGES); \
-	fi
+	if [ -n "$$missing" ]; then lab/install-packages.sh $(LAB_PACKAGES); fi
 
-# What the tests marked `lab` need: the lab's packages, and shellcheck, which actionlint runs on the
-# workflows' `run:` scripts (tests/test_workflows.py).
+# What the tests marked `lab` need: the lab's packages; shellcheck, which actionlint runs on the
+# workflows' `run:` scripts (tests/test_workflows.py); systemd-sysusers, which applies the hosts'
+# sysusers.d file in tests/test_token_service_host.py (Debian's systemd has it; without systemd, the
+# standalone package).
 test-packages: lab-packages
-	@command -v shellcheck >/dev/null || { \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends shellcheck; }
+	@command -v shellcheck >/dev/null || lab/install-packages.sh shellcheck
+	@command -v systemd-sysusers >/dev/null || lab/install-packages.sh systemd-standalone-sysusers
 
 # Main job: the local lab for a stack (default dev) until Ctrl-C.
 lab: .venv/.installed lab-packages

@@ -20,9 +20,11 @@ docker-registry and starts the registry with the package's default config), then
 deferred files (`defer: true` runs in the final stage, after packages, so our config.yml replaces
 the package's conffile and `owner` may name the docker-registry group), then `runcmd` installs the
 SSM agent and restarts the registry with the drop-in, whose `ExecStartPre=+` fetches the secrets.
-In token mode `runcmd` then installs the token service (its artifact from S3, checked against the
-SHA-256 in user-data, into a venv from the hash-pinned lock) and starts its unit `registry-token`,
-whose `ExecStartPre=+` runs the same fetch script for its own secrets (config, signing key, TLS key).
+In token mode `runcmd` then creates the token service's account (`systemd-sysusers` with the file
+user-data wrote: systemd resolves `User=` before it runs any command of a unit, so the account must
+exist before the unit starts) and starts its unit `registry-token`, whose `ExecStartPre=+` installs
+the token service (its artifact from S3, checked against the SHA-256 in user-data, into a venv from
+the hash-pinned lock) and runs the same fetch script for its own secrets (config, signing key, TLS key).
 
 User-data holds at most 16 KB: the rendered scripts and units are compact (their explanations live
 here, in the docstrings of their renderers, not in the files), and the fetch script carries its
@@ -60,6 +62,7 @@ from host.contract import (
     TOKEN_SERVICE_PORT,
     TOKEN_SIGNING_CERT_FILE,
     TOKEN_SIGNING_KEY_FILE,
+    TOKEN_SYSUSERS_PATH,
     TOKEN_TLS_KEY_FILE,
     TOKEN_TRUST_BUNDLE_FILE,
     TOKEN_UNIT,
@@ -186,7 +189,7 @@ def validate_host_boot(boot: HostBoot) -> None:
     paths += [f.path for f in boot.secret_files] + [path for path, _ in boot.public_files]
     if boot.token_service is not None:
         _validate_token_service(boot.token_service, [path for path, _ in boot.public_files])
-        paths += [TOKEN_INSTALL_SCRIPT_PATH, TOKEN_UNIT_PATH]
+        paths += [TOKEN_INSTALL_SCRIPT_PATH, TOKEN_UNIT_PATH, TOKEN_SYSUSERS_PATH]
         paths += [f.path for f in token_secret_files(boot.token_service)]
         paths += [path for path, _ in token_public_files(boot.token_service)]
     duplicates = sorted({p for p in paths if paths.count(p) > 1})
@@ -373,7 +376,8 @@ def _token_install_script(region: str, token: TokenServiceBoot) -> str:
     - releases/<sha256>/{app,venv} is complete once the marker exists: a complete release is not
       installed again; on any failure the trap removes the partial release, so a rerun starts clean;
     - `current` is switched by renaming a new symlink over it (atomic); a running service keeps its files;
-    - umask 022: root owns the code, the service user only reads it.
+    - umask 022: root owns the code, the service user only reads it;
+    - it creates no account: the service's account exists before the unit starts (_token_sysusers).
     Hosts are replaced when the artifact changes (its SHA-256 is in user-data), so nothing prunes old
     releases.
     """
@@ -386,9 +390,22 @@ def _token_install_script(region: str, token: TokenServiceBoot) -> str:
         ARTIFACT_KEY=shlex.quote(token.artifact_key),
         ARTIFACT_SHA256=shlex.quote(token.artifact_sha256),
         PIP_INDEX_URL=shlex.quote(token.pip_index_url),
-        TOKEN_USER=TOKEN_USER,
         RELEASE_MARKER=TOKEN_RELEASE_MARKER,
     )
+
+
+def _token_sysusers() -> str:
+    """The token service's account (host/files/registry-token.sysusers.conf, at TOKEN_SYSUSERS_PATH), a
+    systemd-sysusers(8) file: user and group TOKEN_USER, a system account with no home and no login.
+
+    systemd resolves `User=`/`Group=` before it runs any command of a unit, `ExecStartPre=+` included: an
+    account the unit's own commands create is one it never gets to create (every start fails with
+    217/USER). So `runcmd` applies this file with `systemd-sysusers` before it enables the unit, and
+    systemd-sysusers.service applies it again early at every boot. A static account, not `DynamicUser=`:
+    the fetch script chowns the service's secrets (and their directory, once) to its group, which must
+    exist by name when the script runs and keep its GID across restarts and reboots.
+    """
+    return render_file("registry-token.sysusers.conf", TOKEN_USER=TOKEN_USER)
 
 
 def _token_unit(token: TokenServiceBoot) -> str:
@@ -479,10 +496,12 @@ def render_host(boot: HostBoot) -> RenderedHost:
         files += [HostFile(path, content, "0644") for path, content in token_public_files(token)]
         files += [
             HostFile(TOKEN_INSTALL_SCRIPT_PATH, _token_install_script(boot.region, token), "0700"),
+            HostFile(TOKEN_SYSUSERS_PATH, _token_sysusers(), "0644"),
             HostFile(TOKEN_UNIT_PATH, _token_unit(token), "0644"),
         ]
         packages += TOKEN_SERVICE_PACKAGES
         token_steps = [  # the unit's ExecStartPre installs the service (see _token_unit)
+            ["systemd-sysusers", TOKEN_SYSUSERS_PATH],  # its User= must exist before it starts (_token_sysusers)
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", TOKEN_UNIT],
         ]

@@ -58,7 +58,10 @@ ENV_DIR = "/run/registry-fleet"  # tmpfs: the HTTP secret never reaches a disk
 ENV_FILE = f"{ENV_DIR}/registry.env"
 
 # --- the token service's files (token mode) ---------------------------------------------------------
-TOKEN_USER = "registry-token"
+TOKEN_USER = "registry-token"  # and its group: created by systemd-sysusers before the unit starts
+# systemd-sysusers(8) config: declares TOKEN_USER, so the account exists before the unit starts (systemd
+# resolves User= before it runs any command of the unit) and is recreated at every boot if removed.
+TOKEN_SYSUSERS_PATH = f"/etc/sysusers.d/{TOKEN_USER}.conf"
 TOKEN_CONFIG_FILE = "/etc/registry-token/config.json"  # secret: hashes, directory password
 TOKEN_SIGNING_KEY_FILE = "/etc/registry-token/signing.key"  # secret
 TOKEN_TLS_KEY_FILE = "/etc/registry-token/tls.key"  # secret: the host key, the service's own copy

@@ -7,9 +7,12 @@
 as the rootdn: the memberOf overlay maintains `memberOf` on LDAP writes, not on `slapadd`.
 
 What the server enforces:
-- TLS with the lab server certificate, TLS 1.2 at least (a GnuTLS priority string); every
-  operation but StartTLS itself needs TLS (`security tls=1`), a simple bind needs 128-bit
-  strength (`simple_bind=128`);
+- TLS with the lab server certificate, TLS 1.2 at least; every operation but StartTLS itself needs
+  TLS (`security tls=1`), a simple bind needs 128-bit strength (`simple_bind=128`). How TLS 1.2 is
+  set depends on the TLS library slapd's libldap is built with (`tls_library`): Debian 12's slapd 2.5
+  uses GnuTLS, which ignores `TLSProtocolMin` and takes the versions in a GnuTLS priority string
+  (`TLSCipherSuite`); Debian 13's slapd 2.6 uses OpenSSL, which refuses that string ("no cipher
+  match": slapd exits) and takes `TLSProtocolMin 3.3`;
 - `allow bind_anon_dn`: like Active Directory and many servers, a simple bind with a DN and an
   empty password is an *unauthenticated* bind and succeeds, as anonymous. The lab keeps this on
   on purpose so the tests prove that auth/ldap.py, not the server, refuses empty passwords;
@@ -46,6 +49,58 @@ SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
 MODULE_PATH = "/usr/lib/ldap"
 SCHEMA_DIR = "/etc/ldap/schema"
+
+# TLS 1.2 and 1.3 only, in the words of each TLS library OpenLDAP can be built with.
+TLS_SETTINGS = {
+    # GnuTLS ignores TLSProtocolMin: the versions go in its priority string.
+    "gnutls": "TLSCipherSuite NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2",
+    # OpenSSL refuses a GnuTLS priority string; 3.3 is TLS 1.2 (SSL 3 counted as 3.0).
+    "openssl": "TLSProtocolMin 3.3",
+}
+# The shared objects that tell the library apart (libcrypto alone is no TLS library).
+_TLS_LIBRARIES = {"gnutls": "libgnutls.so", "openssl": "libssl.so"}
+
+
+@dataclass(frozen=True)
+class SlapdBuild:
+    """How to run one slapd build: the commands that start slapd and slapadd (a program, or a dynamic
+    loader and its arguments before the program), its module directory and its schema directory.
+    The default is the machine's Debian package."""
+
+    slapd: tuple[str, ...] = (SLAPD,)
+    slapadd: tuple[str, ...] = (SLAPADD,)
+    module_path: str = MODULE_PATH
+    schema_dir: str = SCHEMA_DIR
+
+
+SYSTEM_SLAPD = SlapdBuild()
+
+
+def tls_library_of(listing: str) -> str:
+    """ "gnutls" or "openssl": the TLS library in a dynamic loader's listing of slapd's shared objects
+    (what `ldd` prints). Raises RuntimeError when the listing names neither or both."""
+    names = {line.split()[0].rsplit("/", 1)[-1] for line in listing.splitlines() if line.strip()}
+    found = sorted(lib for lib, prefix in _TLS_LIBRARIES.items() if any(n.startswith(prefix) for n in names))
+    if len(found) != 1:
+        raise RuntimeError(
+            f"cannot tell which TLS library slapd uses: its shared objects name "
+            f"{' and '.join(found) or 'neither libgnutls nor libssl'}:\n{listing.strip()}"
+        )
+    return found[0]
+
+
+def tls_library(build: SlapdBuild = SYSTEM_SLAPD) -> str:
+    """The TLS library `build`'s slapd loads ("gnutls" or "openssl"), from the dynamic loader's own
+    list of the shared objects it maps (LD_TRACE_LOADED_OBJECTS: what `ldd` does, through the build's
+    own loader when it names one). slapd gets TLS from libldap, so its dependencies count too."""
+    argv = [*build.slapd, "-VVV"]  # -VVV: if nothing were traced, slapd only prints its version
+    _require(argv[0])
+    env = {**supervisor.clean_env({"LDAPNOINIT": "1"}), "LD_TRACE_LOADED_OBJECTS": "1"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"listing the shared objects of {' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
+    return tls_library_of(done.stdout)
+
 
 SUFFIX = "dc=lab,dc=registry"
 PEOPLE_DN = f"ou=people,{SUFFIX}"
@@ -143,27 +198,33 @@ def seed_ldif(seed: Directory, service_password: str) -> str:
     return "".join(out)
 
 
-def slapd_conf(state_dir: Path, pki: LabPki, admin_password: str) -> str:
+def slapd_conf(
+    state_dir: Path, pki: LabPki, admin_password: str, tls: str = "gnutls", build: SlapdBuild = SYSTEM_SLAPD
+) -> str:
+    """The lab directory's slapd.conf; `tls` is the build's TLS library (tls_library), which decides how
+    TLS 1.2 is made the minimum."""
+    if tls not in TLS_SETTINGS:
+        raise ValueError(f"unknown TLS library {tls!r}; known: {', '.join(sorted(TLS_SETTINGS))}")
+
     def q(path: Path) -> str:
         return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     return f"""# Written by lab/slapd.py: the lab's directory. Not the system slapd's config.
-include {SCHEMA_DIR}/core.schema
-include {SCHEMA_DIR}/cosine.schema
-include {SCHEMA_DIR}/inetorgperson.schema
+include {build.schema_dir}/core.schema
+include {build.schema_dir}/cosine.schema
+include {build.schema_dir}/inetorgperson.schema
 
 pidfile {q(state_dir / "slapd.pid")}
 argsfile {q(state_dir / "slapd.args")}
-modulepath {MODULE_PATH}
+modulepath {build.module_path}
 moduleload back_mdb
 moduleload memberof
 
 TLSCACertificateFile {q(pki.ca_cert)}
 TLSCertificateFile {q(pki.server_cert)}
 TLSCertificateKeyFile {q(pki.server_key)}
-# TLS 1.2 and 1.3 only. Debian's slapd is built with GnuTLS, which ignores TLSProtocolMin: the
-# versions are set in the GnuTLS priority string (an OpenSSL build would need TLSProtocolMin 3.3).
-TLSCipherSuite NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2
+# TLS 1.2 and 1.3 only, as this slapd's TLS library ({tls}) takes it.
+{TLS_SETTINGS[tls]}
 
 # Nothing but StartTLS without TLS; simple binds need 128-bit protection.
 security tls=1 simple_bind=128
@@ -314,13 +375,20 @@ class SlapdHandle:
 
 
 def start_slapd(
-    state_dir: Path, pki: LabPki, seed: Directory, name: str = "slapd", host: str = "127.0.0.1"
+    state_dir: Path,
+    pki: LabPki,
+    seed: Directory,
+    name: str = "slapd",
+    host: str = "127.0.0.1",
+    build: SlapdBuild = SYSTEM_SLAPD,
 ) -> SlapdHandle:
     """Configure, seed and start a slapd in `state_dir`; returns once it answers over LDAPS.
 
     slapd listens on 127.0.0.1 only; `host` is the name clients dial (in the URLs), which must be
-    in the server certificate."""
-    slapd, slapadd = _require(SLAPD), _require(SLAPADD)
+    in the server certificate. `build` is the slapd to run (default: the machine's)."""
+    _require(build.slapd[0])
+    _require(build.slapadd[0])
+    tls = tls_library(build)
     state_dir.mkdir(parents=True, exist_ok=True)
     data = state_dir / "data"
     if data.exists():
@@ -329,7 +397,7 @@ def start_slapd(
     admin_password = secrets.token_urlsafe(24)
     service_password = secrets.token_urlsafe(24)
     conf = state_dir / "slapd.conf"
-    conf.write_text(slapd_conf(state_dir, pki, admin_password))
+    conf.write_text(slapd_conf(state_dir, pki, admin_password, tls, build))
     conf.chmod(0o600)
     ldif = state_dir / "seed.ldif"
     ldif.write_text(seed_ldif(seed, service_password))
@@ -337,7 +405,7 @@ def start_slapd(
     # LDAPNOINIT: libldap inside slapd/slapadd reads no ldap.conf or ~/.ldaprc of the machine or user.
     env = supervisor.clean_env({"LDAPNOINIT": "1"})
     done = subprocess.run(
-        [slapadd, "-q", "-f", str(conf), "-l", str(ldif)], env=env, capture_output=True, text=True, check=False
+        [*build.slapadd, "-q", "-f", str(conf), "-l", str(ldif)], env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"slapadd failed ({done.returncode}):\n{done.stdout}{done.stderr}")
@@ -346,7 +414,7 @@ def start_slapd(
     urls = f"ldap://127.0.0.1:{ports['ldap']}/ ldaps://127.0.0.1:{ports['ldaps']}/"
     # -d: stay in the foreground and log to stderr (the supervisor's log file); "stats" logs
     # connections, binds (DNs, never passwords) and searches.
-    argv = [slapd, "-f", str(conf), "-h", urls, "-d", "stats"]
+    argv = [*build.slapd, "-f", str(conf), "-h", urls, "-d", "stats"]
     service = supervisor.Service(name, argv, str(state_dir / f"{name}.log"), ports, env=env)
     supervisor.start(service, state_dir)
     handle = SlapdHandle(

@@ -280,16 +280,32 @@ def registry_configs(resources: Sequence[Res]) -> Iterator[tuple[Res, dict[str, 
     return ((lt, config) for lt, _, config in host_boot(resources) if config is not None)
 
 
-def enabled_services(cloud_init: Mapping[str, Any]) -> list[str]:
-    """The units `systemctl enable` names anywhere in runcmd (also inside `sh -c '...'`)."""
-    found = []
+def runcmd_commands(cloud_init: Mapping[str, Any]) -> list[list[str]]:
+    """Each command of runcmd as words, in the order the host runs them: an entry (a list or a string,
+    also `sh -c '...'`) is split into its commands at `;`, `&`, `|` and newlines."""
+    commands = []
     for cmd in as_list(cloud_init.get("runcmd")):
         text = " ".join(map(str, cmd)) if isinstance(cmd, list) else str(cmd)
         for segment in re.split(r"[;&|\n]", text):
             words = [w.strip("'\"") for w in segment.split()]
-            if "systemctl" not in words:
-                continue
-            verbs = [w for w in words[words.index("systemctl") + 1 :] if not w.startswith("-")]
-            if verbs[:1] == ["enable"]:
-                found += [v.removesuffix(".service") for v in verbs[1:]]
+            if words:
+                commands.append(words)
+    return commands
+
+
+def systemctl_verb(words: Sequence[str]) -> tuple[str, list[str]] | None:
+    """(verb, units) of a `systemctl` command (options dropped, `.service` removed); None for any other."""
+    if "systemctl" not in words:
+        return None
+    args = [w for w in words[list(words).index("systemctl") + 1 :] if not w.startswith("-")]
+    return (args[0], [a.removesuffix(".service") for a in args[1:]]) if args else None
+
+
+def enabled_services(cloud_init: Mapping[str, Any]) -> list[str]:
+    """The units `systemctl enable` names anywhere in runcmd (also inside `sh -c '...'`)."""
+    found = []
+    for words in runcmd_commands(cloud_init):
+        call = systemctl_verb(words)
+        if call is not None and call[0] == "enable":
+            found += call[1]
     return found

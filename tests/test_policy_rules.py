@@ -96,7 +96,7 @@ def test_rules_cover_every_practice_with_stable_kebab_case_ids() -> None:
 
 def test_rule_lookup_names_the_known_ids() -> None:
     assert rule_by_id("hosts-dedicated").practice == 1
-    with pytest.raises(KeyError, match="known rules: hosts-dedicated, tls-listeners"):
+    with pytest.raises(KeyError, match="known rules: hosts-dedicated, hosts-service-accounts, tls-listeners"):
         rule_by_id("no-such-rule")
 
 
@@ -310,6 +310,20 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         user_data(lambda d: d["runcmd"].append(["sh", "-c", "systemctl enable --now nginx"])),
         "fleet-lt",
         "enables 'nginx'",
+    ),
+    (
+        "hosts-service-accounts",
+        "dev",
+        user_data(lambda d: d["runcmd"].remove(["systemd-sysusers", "/etc/sysusers.d/registry-token.conf"])),
+        "fleet-lt",
+        "sets User=registry-token; /etc/sysusers.d/registry-token.conf declares it, but runcmd runs no systemd-sys",
+    ),
+    (
+        "hosts-service-accounts",
+        "prod",
+        user_data(lambda d: d["runcmd"].insert(0, ["systemctl", "start", "registry-token"])),
+        "fleet-lt",
+        "runcmd starts registry-token before systemd-sysusers creates the account",
     ),
     (
         "tls-listeners",

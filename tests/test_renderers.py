@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import random
 from importlib import resources
 from typing import Any
@@ -18,7 +19,13 @@ import yaml
 
 from auth.certificates import Usage, certificate, certificate_pem, distinguished_name
 from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
-from host.contract import DROPIN_PATH, FETCH_SCRIPT_PATH, TOKEN_INSTALL_SCRIPT_PATH, TOKEN_UNIT_PATH
+from host.contract import (
+    DROPIN_PATH,
+    FETCH_SCRIPT_PATH,
+    TOKEN_INSTALL_SCRIPT_PATH,
+    TOKEN_SYSUSERS_PATH,
+    TOKEN_UNIT_PATH,
+)
 from host.registry_config import (
     CloudFrontSettings,
     NotificationEndpoint,
@@ -29,6 +36,7 @@ from host.registry_config import (
 )
 from host.template import PLACEHOLDER, render_file, template_text
 from host.user_data import compress_user_data, decode_user_data, encode_user_data
+from policy.rules.hosts import service_account_problems
 
 KMS_KEY = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 FAKE_PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfakefakefake\n-----END RSA PRIVATE KEY-----\n"
@@ -451,6 +459,7 @@ def test_token_mode_user_data_writes_the_unit_the_install_script_and_the_certifi
     expected = {
         "/usr/local/sbin/registry-fleet-install-token-service": (install_script(boot), "0700"),
         "/etc/systemd/system/registry-token.service": (token_unit(boot), "0644"),
+        "/etc/sysusers.d/registry-token.conf": (render_host(boot).content(TOKEN_SYSUSERS_PATH), "0644"),
         "/etc/registry-fleet/token-signing.crt": (SIGNING_CERT, "0644"),
         "/etc/registry-fleet/token-trust.crt": (SIGNING_CERT, "0644"),  # no bundle given: the signing cert alone
         "/etc/registry-fleet/ldap-ca.crt": (LDAP_CA, "0644"),
@@ -477,6 +486,7 @@ def test_token_mode_enables_the_unit_after_the_registry_and_the_unit_installs_fi
     runcmd = config["runcmd"]
     restart = runcmd.index(["systemctl", "restart", "docker-registry"])
     assert runcmd[restart + 1 :] == [
+        ["systemd-sysusers", "/etc/sysusers.d/registry-token.conf"],  # the unit's User= exists before it starts
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "registry-token"],
     ]
@@ -505,6 +515,106 @@ def test_token_unit_runs_python_m_auth_as_its_own_user() -> None:
         "WantedBy=multi-user.target",
     ):
         assert line in lines, f"token unit lacks {line}"
+
+
+def test_token_sysusers_file_declares_the_units_account_as_a_locked_system_account() -> None:
+    text = render_host(token_boot()).content(TOKEN_SYSUSERS_PATH)
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    # sysusers.d(5): user and group registry-token, a system id, no home, no login shell.
+    assert lines == ['u registry-token - "registry-fleet token service" /nonexistent /usr/sbin/nologin']
+
+
+@pytest.mark.parametrize("boot", [base_boot(), token_boot()], ids=["htpasswd", "token"])
+def test_every_unit_user_data_writes_has_its_account_created_before_it_starts(boot: HostBoot) -> None:
+    """systemd resolves User=/Group= before any command of a unit (ExecStartPre=+ included): an account
+    the unit's own commands create is never there in time (217/USER, restarted forever)."""
+    doc = yaml.safe_load(cloud_init(boot))
+    assert service_account_problems(doc) == []
+
+
+def _without_sysusers_step(doc: dict[str, Any]) -> None:
+    doc["runcmd"] = [c for c in doc["runcmd"] if c[0] != "systemd-sysusers"]
+
+
+def _sysusers_after_the_enable(doc: dict[str, Any]) -> None:
+    step = ["systemd-sysusers", TOKEN_SYSUSERS_PATH]
+    doc["runcmd"].remove(step)
+    doc["runcmd"].append(step)
+
+
+def _without_sysusers_file(doc: dict[str, Any]) -> None:
+    doc["write_files"] = [f for f in doc["write_files"] if f["path"] != TOKEN_SYSUSERS_PATH]
+
+
+def _another_account_in_the_unit(doc: dict[str, Any]) -> None:
+    (unit,) = [f for f in doc["write_files"] if f["path"] == TOKEN_UNIT_PATH]
+    unit["content"] = unit["content"].replace("User=registry-token", "User=registry-tokens")
+
+
+def _sysusers_applied_in_a_shell_line_after_the_start(doc: dict[str, Any]) -> None:
+    _without_sysusers_step(doc)
+    doc["runcmd"][-1] = ["sh", "-c", f"systemctl enable --now {TOKEN_UNIT_PATH.rsplit('/', 1)[-1]}; systemd-sysusers"]
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (_without_sysusers_step, "declares it, but runcmd runs no systemd-sysusers on it"),
+        (_sysusers_after_the_enable, "runcmd starts registry-token before systemd-sysusers creates the account"),
+        (_sysusers_applied_in_a_shell_line_after_the_start, "runcmd starts registry-token before systemd-sysusers"),
+        (_without_sysusers_file, "no sysusers.d file in userData creates that account"),
+        (_another_account_in_the_unit, "sets User=registry-tokens, but no sysusers.d file"),
+    ],
+    ids=["no-sysusers-step", "sysusers-after-enable", "sysusers-after-start-in-sh", "no-sysusers-file", "other-user"],
+)
+def test_a_unit_whose_account_is_not_created_before_it_starts_is_caught(break_it: Any, message: str) -> None:
+    doc = yaml.safe_load(cloud_init(token_boot()))
+    break_it(doc)
+    problems = service_account_problems(doc)
+    assert problems and all(p.startswith(TOKEN_UNIT_PATH) for p in problems), problems
+    assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize("encoding", ["b64", "gz+b64"])
+def test_the_service_account_check_reads_encoded_files_as_cloud_init_writes_them(encoding: str) -> None:
+    """A unit written base64- or gzip-encoded (to save user-data bytes) is checked all the same."""
+    doc = yaml.safe_load(cloud_init(token_boot()))
+    for entry in doc["write_files"]:
+        if entry["path"] in (TOKEN_UNIT_PATH, TOKEN_SYSUSERS_PATH):
+            raw = entry["content"].encode()
+            entry["content"] = base64.b64encode(gzip.compress(raw) if "gz" in encoding else raw).decode()
+            entry["encoding"] = encoding
+    assert service_account_problems(doc) == []
+    _without_sysusers_step(doc)
+    assert any("sets User=registry-token" in p for p in service_account_problems(doc))
+
+
+@pytest.mark.parametrize(
+    ("unit", "sysusers", "expected"),
+    [
+        ("[Service]\nUser=svc\n", "g svc -\n", ["sets User=svc, but no sysusers.d"]),  # a group is not a user
+        ("[Service]\nUser=svc\nGroup=other\n", "u svc -\n", ["sets Group=other, but no sysusers.d"]),
+        ("[Service]\nUser=svc\nGroup=other\n", "u svc -\nm svc other\n", []),
+        ("[Service]\nUser=svc\nGroup=svc\n", "u svc 990:users\n", ["sets Group=svc, but no sysusers.d"]),
+        ("[Service]\nDynamicUser=yes\nUser=svc\n", "", []),  # systemd allocates the account
+        ("[Service]\nUser=root\nGroup=0\n", "", []),
+        ("[Unit]\nDescription=User=svc\n[Service]\nExecStart=/bin/true\n", "", []),  # not a [Service] setting
+        ("[Service]\nUser=svc\nUser=\n", "", []),  # the empty assignment resets it
+    ],
+    ids=["group-only", "other-group", "member", "uid-gid", "dynamic", "root", "unit-section", "reset"],
+)
+def test_service_account_check_reads_units_and_sysusers_files_as_systemd_does(
+    unit: str, sysusers: str, expected: list[str]
+) -> None:
+    doc = {
+        "write_files": [
+            {"path": "/etc/sysusers.d/svc.conf", "content": sysusers},
+            {"path": "/etc/systemd/system/svc.service.d/10-user.conf", "content": unit},
+        ],
+        "runcmd": [["systemd-sysusers"], ["systemctl", "enable", "--now", "svc.service"]],
+    }
+    problems = service_account_problems(doc)
+    assert len(problems) == len(expected) and all(e in p for e, p in zip(expected, problems, strict=True)), problems
 
 
 def test_token_unit_port_follows_the_boot() -> None:
@@ -566,7 +676,8 @@ def test_install_script_downloads_verifies_then_unpacks_and_installs_from_the_lo
         assert flag in pip.split("\n  touch")[0], f"pip install lacks {flag}"
     assert "import auth.serve" in script
     assert 'mv -T "$P/.current.new" "$P/current"' in script
-    assert "groupadd --system registry-token" in script and "useradd --system" in script
+    # The account exists before the unit starts (systemd-sysusers in runcmd): the unit's own script is too late.
+    assert "useradd" not in script and "groupadd" not in script and "registry-token" not in script
 
 
 @pytest.mark.parametrize(

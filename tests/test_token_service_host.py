@@ -1,15 +1,19 @@
 """The token service as a registry host installs and runs it, with real processes.
 
-The rendered install script (host/files/install-token-service.sh) runs for real as root: it creates the
-service user, "downloads" the artifact that `host.artifact.build_artifact()` builds, checks
-its SHA-256, unpacks it, creates a venv with `python3 -m venv` and pip-installs the hash-pinned lock
-from PyPI (auth/requirements.lock, `--require-hashes --only-binary=:all:`), then switches `current`.
-The service then starts exactly as the rendered unit's ExecStart and Environment say (paths moved to
-a temporary prefix), as the unit's User/Group, with a config from `render_token_service_config`, and
-answers over TLS. Only the AWS CLI is a stand-in (see `_stand_in_aws`): the download path of the
-script is otherwise the production one.
+The rendered install script (host/files/install-token-service.sh) runs for real as root: it
+"downloads" the artifact that `host.artifact.build_artifact()` builds, checks its SHA-256, unpacks it,
+creates a venv with `python3 -m venv` and pip-installs the hash-pinned lock from PyPI
+(auth/requirements.lock, `--require-hashes --only-binary=:all:`), then switches `current`; it creates
+no account (on a host the account exists before the unit starts). The account comes from the rendered
+sysusers.d file: the real `systemd-sysusers` applies it to a scratch root (`--root`, never this
+machine's own files), and the test creates the account it made on this machine (useradd, same name,
+GECOS, home and shell), for the run. The service then starts exactly as the rendered unit's ExecStart
+and Environment say (paths moved to a temporary prefix), as the unit's User/Group, with a config from
+`render_token_service_config`, and answers over TLS. Only the AWS CLI is a stand-in (see
+`_stand_in_aws`): the download path of the script is otherwise the production one.
 
-What this cannot prove: that systemd accepts the unit and its sandbox (no systemd runs here), that
+What this cannot prove: that systemd accepts the unit and its sandbox and applies the sysusers.d file
+at boot (no systemd runs here; the boot test does), that
 the host's Secrets Manager and S3 calls succeed (the AWS CLI is a stand-in), and that Debian 12's
 own python3-venv behaves as this machine's python3 3.11 does.
 """
@@ -54,6 +58,7 @@ from host.contract import (
     TOKEN_INSTALL_SCRIPT_PATH,
     TOKEN_RELEASE_MARKER,
     TOKEN_SERVICE_DIR,
+    TOKEN_SYSUSERS_PATH,
     TOKEN_TLS_KEY_FILE,
     TOKEN_UNIT_PATH,
     TOKEN_USER,
@@ -183,6 +188,49 @@ def user_exists(name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Account:
+    """A passwd entry and its primary group's name."""
+
+    name: str
+    gecos: str
+    home: str
+    shell: str
+    group: str
+
+
+def sysusers_account(sysusers_text: str, name: str, scratch: Path) -> Account:
+    """The account the real systemd-sysusers makes from `sysusers_text`, applied to an empty scratch
+    root (`--root`: this machine's own /etc is not read or written)."""
+    binary = shutil.which("systemd-sysusers")
+    assert binary, "systemd-sysusers not found: install the Debian package systemd (or systemd-standalone-sysusers)"
+    (scratch / "etc").mkdir(parents=True)
+    conf = scratch / "sysusers.conf"
+    conf.write_text(sysusers_text)
+    done = subprocess.run(
+        [binary, f"--root={scratch}", str(conf)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, f"systemd-sysusers refused the host's file:\n{done.stderr}"
+    passwd = {e.split(":")[0]: e.split(":") for e in (scratch / "etc" / "passwd").read_text().splitlines()}
+    groups = {e.split(":")[2]: e.split(":")[0] for e in (scratch / "etc" / "group").read_text().splitlines()}
+    assert name in passwd, f"systemd-sysusers created no user {name}: {sorted(passwd)}"
+    _, _, uid, gid, gecos, home, shell = passwd[name]
+    assert int(uid) < 1000, f"{name} is not a system account (uid {uid})"
+    return Account(name, gecos, home, shell, groups[gid])
+
+
+def create_account(account: Account) -> None:
+    """On this machine, the account systemd-sysusers made in the scratch root (ids are this machine's)."""
+    if account.group not in {g.gr_name for g in grp.getgrall()}:
+        subprocess.run(["groupadd", "--system", account.group], check=True, capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "-g", account.group, "-M", "-d", account.home, "-s", account.shell,
+         "-c", account.gecos, account.name],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Installed:
     root: Path  # world-traversable: the service user reads the release and its files below it
     prefix: Path  # stands for TOKEN_SERVICE_DIR
@@ -194,6 +242,9 @@ class Installed:
     aws_log: Path
     first: subprocess.CompletedProcess[str]
     second: subprocess.CompletedProcess[str]
+    had_user: bool  # the account existed before the install script ran
+    user_after_install: bool  # ... and after it ran (before the test created it)
+    account: Account  # what systemd-sysusers makes from the host's sysusers.d file
 
 
 def run_install(boot: HostBoot, root: Path, prefix: Path, bin_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -228,7 +279,14 @@ def installed() -> Iterator[Installed]:
         prefix = root / "opt" / "token-service"
         first = run_install(boot, root, prefix, root / "bin")
         second = run_install(boot, root, prefix, root / "bin") if first.returncode == 0 else first
-        yield Installed(root, prefix, boot, artifact, key_pem, cert_pem, port, aws_log, first, second)
+        user_after_install = user_exists(TOKEN_USER)
+        account = sysusers_account(render_host(boot).content(TOKEN_SYSUSERS_PATH), TOKEN_USER, root / "sysusers")
+        if not user_after_install:
+            create_account(account)  # as the host's runcmd does (systemd-sysusers) before the unit starts
+        yield Installed(
+            root, prefix, boot, artifact, key_pem, cert_pem, port, aws_log, first, second,
+            had_user, user_after_install, account,
+        )  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
         if not had_user and user_exists(TOKEN_USER):  # leave the machine as the test found it
@@ -248,6 +306,20 @@ def test_install_script_installs_the_release_and_points_current_at_it(installed:
     current = installed.prefix / "current"
     assert current.is_symlink() and os.readlink(current) == f"releases/{installed.artifact.sha256}"
     assert not list(installed.prefix.glob(".artifact.*")), "the downloaded artifact was left behind"
+
+
+def test_install_script_creates_no_account(installed: Installed) -> None:
+    """The unit's User= is resolved before its ExecStartPre=+ runs: the account comes from sysusers.d."""
+    if installed.had_user:
+        pytest.fail(f"{TOKEN_USER} existed on this machine before the test: remove it (userdel) to run this check")
+    assert installed.first.returncode == 0, installed.first.stderr
+    assert not installed.user_after_install, "the install script created the account: the unit would depend on it"
+
+
+def test_the_hosts_sysusers_file_makes_the_units_user_and_group_a_locked_system_account(installed: Installed) -> None:
+    unit = unit_settings(render_host(installed.boot).content(TOKEN_UNIT_PATH))
+    assert (installed.account.name, installed.account.group) == (unit["User"], unit["Group"]) == (TOKEN_USER,) * 2
+    assert (installed.account.home, installed.account.shell) == ("/nonexistent", "/usr/sbin/nologin")
     assert user_exists(TOKEN_USER) and grp.getgrnam(TOKEN_USER).gr_gid == pwd.getpwnam(TOKEN_USER).pw_gid
 
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# registry-fleet: write a unit's secrets (default ${DEFAULT_UNIT}); rendered by components/host_boot.py.
+# registry-fleet: write a unit's secrets (default ${DEFAULT_UNIT}); rendered by host/boot.py.
 set -euo pipefail
 umask 077
 REGION=${REGION_NAME}

@@ -1,5 +1,5 @@
 #!/bin/bash
-# registry-fleet: install the token service (components/host_boot.py). Usage: ${SCRIPT_NAME} [--prefix DIR]
+# registry-fleet: install the token service (host/boot.py). Usage: ${SCRIPT_NAME} [--prefix DIR]
 set -euo pipefail
 umask 022
 REGION=${REGION_NAME} BUCKET=${ARTIFACT_BUCKET} KEY=${ARTIFACT_KEY} SHA256=${ARTIFACT_SHA256} INDEX=${PIP_INDEX_URL}
@@ -7,8 +7,6 @@ P=${INSTALL_DIR}
 fail() { echo "${SCRIPT_NAME}: $*" >&2; exit 1; }
 if [ $# = 2 ] && [ "$1" = --prefix ]; then P=$2; elif [ $# != 0 ]; then fail "usage: $0 [--prefix DIR]"; fi
 case $P in /*) ;; *) fail "--prefix must be an absolute path" ;; esac
-getent group ${TOKEN_USER} >/dev/null || groupadd --system ${TOKEN_USER}
-getent passwd ${TOKEN_USER} >/dev/null || useradd --system -g ${TOKEN_USER} -M -d /nonexistent -s /usr/sbin/nologin ${TOKEN_USER}
 r=$P/releases/$SHA256 t=""
 trap '[ -z "$t" ] || rm -f "$t"; [ -e "$r/${RELEASE_MARKER}" ] || rm -rf "$r"' EXIT
 if [ ! -e "$r/${RELEASE_MARKER}" ]; then
