@@ -7,7 +7,7 @@ STACK ?= dev
 # test-fast's pytest workers (pytest-xdist): one per core; JOBS=0 runs them in this process.
 JOBS ?= auto
 
-.PHONY: lab lab-packages test-packages plan docs test test-fast lint unit bench bench-lab bench-auth lock clean
+.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-auth lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -29,9 +29,17 @@ lab-packages:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(LAB_PACKAGES); \
 	fi
 
-# What the tests marked `lab` need: the lab's packages, and shellcheck, which actionlint runs on the
-# workflows' `run:` scripts (tests/test_workflows.py).
-test-packages: lab-packages
+# What the boot test needs (tests/test_host_boot.py): debootstrap builds the Debian roots, zstd packs
+# their cache; systemd-nspawn is unpacked from the systemd-container .deb of this machine's systemd
+# version (lab/nspawn.py, never installed), which `apt-get download` finds in apt's lists.
+boot-packages:
+	@command -v debootstrap >/dev/null && command -v zstd >/dev/null || { \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends debootstrap zstd; }
+	@apt-cache show systemd-container >/dev/null 2>&1 || apt-get update
+
+# What the tests marked `lab` need: the lab's packages, the boot test's, and shellcheck, which
+# actionlint runs on the workflows' `run:` scripts (tests/test_workflows.py).
+test-packages: lab-packages boot-packages
 	@command -v shellcheck >/dev/null || { \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends shellcheck; }
 
@@ -56,6 +64,11 @@ lint: .venv/.installed
 
 unit: .venv/.installed test-packages
 	$(PY) -m pytest -q
+
+# The fleet's user-data booted for real on Debian 12 and 13 (systemd, cloud-init, the lab as AWS), as
+# root; `unit` runs it too. The first run builds the Debian roots (about a minute each, cached in .cache/).
+test-boot: .venv/.installed test-packages
+	$(PY) -m pytest -q -m boot
 
 # All tests: linters, type checks, the whole suite.
 test: lint unit
