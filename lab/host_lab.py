@@ -390,6 +390,16 @@ def listening_sockets(ss_output: str) -> set[tuple[str, str]]:
     return found
 
 
+# An Authorization header with its credential, as the registry logs a notification endpoint's headers
+# (`headers=map[Authorization:[Bearer ...]]`) or a client's request.
+_CREDENTIAL_HEADER = re.compile(r"(authorization\W{0,12}(?:bearer|basic)\s+)([A-Za-z0-9._~+/=-]{8,})", re.I)
+
+
+def credential_headers(log: str) -> list[str]:
+    """The lines of `log` that carry an Authorization header's credential, the credential masked."""
+    return [_CREDENTIAL_HEADER.sub(r"\1[masked]", line) for line in log.splitlines() if _CREDENTIAL_HEADER.search(line)]
+
+
 def _address_in_use(address: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)

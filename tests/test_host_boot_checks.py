@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab import nspawn
-from lab.host_lab import find_leaks, listening_sockets, secret_needles
+from lab.host_lab import credential_headers, find_leaks, listening_sockets, secret_needles
 from lab.host_root import CLOUD_CFG, PACKAGES, HostRootError, cache_key, tarball
 
 KEY = """-----BEGIN EC PRIVATE KEY-----
@@ -71,3 +71,16 @@ def test_the_container_harness_refuses_what_would_touch_the_machine(tmp_path: Pa
         nspawn.write_files(upper, {"relative/path": nspawn.FileSpec(b"x")})
     nspawn.write_files(upper, {"/etc/hosts": nspawn.FileSpec(b"127.0.0.1 localhost\n", 0o644)})
     assert (upper / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+
+
+def test_credential_headers_finds_a_logged_authorization_header_and_masks_it() -> None:
+    log = (
+        '{"msg":"configuring endpoint lab-events (https://127.0.0.1:1/events), timeout=5s, '
+        'headers=map[Authorization:[Bearer abcdefgh12345678]]"}\n'
+        '{"err.code":"unauthorized","err.message":"authentication required","http.request.method":"GET"}\n'
+        '127.0.0.2 - - [01/Dec/2026] "GET /v2/ HTTP/1.1" 401 87\n'
+    )
+    found = credential_headers(log)
+    assert len(found) == 1 and "Bearer [masked]" in found[0] and "abcdefgh12345678" not in found[0]
+    assert credential_headers("Authorization: Basic dXNlcjpwYXNzd29yZA==") == ["Authorization: Basic [masked]"]
+    assert credential_headers(log.splitlines()[1]) == []  # an auth error names no credential
