@@ -5,17 +5,19 @@ over TLS, slapd, the CDN edge, the lab CA) and puts there what a stack's `pulumi
 its hosts: the host's secrets in Secrets Manager (the HTTP secret, the host key, the CDN key, the
 token service's config and signing key) and the token service's artifact in the bucket. It renders
 the user-data exactly as the fleet does (`components.fleet.RegistryFleet._render`, through
-`host.boot.render_host`), from the lab's ARNs, bucket, key and certificates; `boot(suite)` then boots
-a Debian root (lab/host_root.py) in a container (lab/nspawn.py) with that user-data as its NoCloud
-seed. nginx stands in for the load balancer in front of the host (the registry's port, and the token
-service's for the realm's path), as it does for the lab's own registries.
+`host.boot.render_host`), from the lab's ARNs, bucket, key and certificates. `host_files()` is what
+a boot copies into its root: that user-data as the NoCloud seed, and the lab's overrides; the boot
+test (tests/test_host_boot.py) boots a Debian root (lab/host_root.py) with them in a container
+(lab/nspawn.py). nginx stands in for the load balancer in front of the host (the registry's port,
+and the token service's for the realm's path), as it does for the lab's own registries.
 
 The departures, all in lab/overrides.py or named here:
 - endpoints: the registry's public URL is the stand-in load balancer's; the AWS CLI and the registry
   reach the lab's moto; the SSM agent's download host resolves to a lab server (LAB_AWS_DOWNLOAD_ADDRESS)
   that serves a stand-in agent package (a unit that only sleeps: the real agent cannot register with
   the lab);
-- the lab CA is trusted by the host, and the directory is the lab's slapd (its CA in user-data);
+- the lab CA (and this machine's CAs: the host's apt and pip go out through its egress) is trusted by
+  the host, and the directory is the lab's slapd (its CA in user-data);
 - the hosts' architecture is this machine's (the stack's may be arm64).
 """
 
@@ -33,9 +35,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,17 +405,8 @@ def _address_in_use(address: str, port: int) -> bool:
         return sock.connect_ex((address, port)) == 0
 
 
-@contextmanager
-def booted(host_lab: HostLab, lower: Path, work: Path, name: str) -> Iterator[nspawn.Container]:
-    """A container booted from `lower` with the host lab's seed and overrides; stopped on exit."""
-    container = nspawn.boot(lower, work, host_lab.host_files(), name)
-    try:
-        yield container
-    finally:
-        nspawn.stop(container)
-
-
 def unpack_root(suite: str, into: Path) -> Path:
+    """A fresh copy of the cached root of `suite` at `into` (the overlay's lower layer)."""
     if into.exists():
         shutil.rmtree(into)
     return host_root(suite, into)
@@ -439,8 +429,7 @@ def main(argv: list[str]) -> int:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(args.cert, args.key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    started = time.time()
-    print(f"serving {args.root} on https://{args.address}:{args.port} ({started:.0f})", flush=True)
+    print(f"serving {args.root} on https://{args.address}:{args.port}", flush=True)
     server.serve_forever()
     return 0
 
