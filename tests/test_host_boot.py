@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -330,3 +331,24 @@ def test_everything_comes_back_after_a_restart_of_the_units_and_a_reboot(host: B
         assert units[name]["ActiveState"] == "active", f"{host.suite}: {name} after the reboot: {units[name]}"
     proc = host.run("ss", "-H", "-l", "-t", "-u", "-n", "-p")
     assert listening_sockets(proc.stdout) == EXPECTED_SOCKETS, proc.stdout
+
+
+def test_a_stop_that_hangs_kills_the_containers_pid_1(host: Booted) -> None:
+    """A container whose systemd does not answer the power-off (here: stopped with SIGSTOP) is killed
+    after the stop's timeout, and its cgroups go with it."""
+    seed = {
+        "/var/lib/cloud/seed/nocloud/meta-data": nspawn.FileSpec(b"instance-id: i-lab-hang\n"),
+        "/var/lib/cloud/seed/nocloud/user-data": nspawn.FileSpec(b"#cloud-config\n{}\n"),
+    }
+    container = nspawn.boot(host.lower, host.work.parent / "hang", seed, f"hang-{host.suite}")
+    try:
+        nspawn.wait_booted(container)
+        os.kill(container.leader(), signal.SIGSTOP)
+        started = time.monotonic()
+        nspawn.stop(container, timeout=3)
+        took = time.monotonic() - started
+    finally:
+        nspawn.stop(container, timeout=3)
+    assert container.launcher.returncode is not None, "nspawn still runs"
+    assert took < 30, f"the stop took {took:.0f} s"
+    assert not any(c.exists() for c in container.cgroups), "the container's cgroups were left behind"
