@@ -476,7 +476,6 @@ def test_token_mode_enables_the_unit_after_the_registry_and_the_unit_installs_fi
     runcmd = config["runcmd"]
     restart = runcmd.index(["systemctl", "restart", "docker-registry"])
     assert runcmd[restart + 1 :] == [
-        ["systemd-sysusers", "/etc/sysusers.d/registry-token.conf"],  # LOCAL STAND-IN (see host/boot.py)
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "registry-token"],
     ]
