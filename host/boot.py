@@ -420,12 +420,6 @@ def _token_unit(token: TokenServiceBoot) -> str:
     )
 
 
-# LOCAL STAND-IN for the token unit fix of issue 12 item 2 (another branch makes the real one): the
-# account the unit's User= names, created by systemd-sysusers before the unit is enabled.
-_TOKEN_SYSUSERS_PATH = f"/etc/sysusers.d/{TOKEN_USER}.conf"
-_TOKEN_SYSUSERS = f'u {TOKEN_USER} - "registry-fleet token service" /nonexistent /usr/sbin/nologin\n'
-
-
 @dataclass(frozen=True)
 class HostFile:
     """A file user-data writes: root-owned, in cloud-init's final stage (see the module docstring)."""
@@ -486,12 +480,9 @@ def render_host(boot: HostBoot) -> RenderedHost:
         files += [
             HostFile(TOKEN_INSTALL_SCRIPT_PATH, _token_install_script(boot.region, token), "0700"),
             HostFile(TOKEN_UNIT_PATH, _token_unit(token), "0644"),
-            HostFile(_TOKEN_SYSUSERS_PATH, _TOKEN_SYSUSERS, "0644"),
         ]
         packages += TOKEN_SERVICE_PACKAGES
         token_steps = [  # the unit's ExecStartPre installs the service (see _token_unit)
-            # systemd resolves User= before any ExecStartPre=+: the account must exist first.
-            ["systemd-sysusers", _TOKEN_SYSUSERS_PATH],
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", TOKEN_UNIT],
         ]
