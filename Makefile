@@ -7,7 +7,7 @@ STACK ?= dev
 # test-fast's pytest workers (pytest-xdist): one per core; JOBS=0 runs them in this process.
 JOBS ?= auto
 
-.PHONY: lab lab-packages test-packages plan docs test test-fast lint unit bench bench-lab bench-auth lock clean
+.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-auth lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -28,11 +28,18 @@ lab-packages:
 	@for b in $(LAB_BINARIES); do [ -x $$b ] || missing=1; done; \
 	if [ -n "$$missing" ]; then lab/install-packages.sh $(LAB_PACKAGES); fi
 
-# What the tests marked `lab` need: the lab's packages; shellcheck, which actionlint runs on the
-# workflows' `run:` scripts (tests/test_workflows.py); systemd-sysusers, which applies the hosts'
-# sysusers.d file in tests/test_token_service_host.py (Debian's systemd has it; without systemd, the
-# standalone package).
-test-packages: lab-packages
+# What the boot test needs (tests/test_host_boot.py): debootstrap builds the Debian roots, zstd packs
+# their cache; systemd-nspawn is unpacked from the systemd-container .deb of this machine's systemd
+# version (lab/nspawn.py, never installed), which `apt-get download` finds in apt's lists.
+boot-packages:
+	@command -v debootstrap >/dev/null && command -v zstd >/dev/null || lab/install-packages.sh debootstrap zstd
+	@apt-cache show systemd-container >/dev/null 2>&1 || apt-get update
+
+# What the tests marked `lab` need: the lab's packages, the boot test's; shellcheck, which actionlint
+# runs on the workflows' `run:` scripts (tests/test_workflows.py); systemd-sysusers, which applies the
+# hosts' sysusers.d file in tests/test_token_service_host.py (Debian's systemd has it; without systemd,
+# the standalone package).
+test-packages: lab-packages boot-packages
 	@command -v shellcheck >/dev/null || lab/install-packages.sh shellcheck
 	@command -v systemd-sysusers >/dev/null || lab/install-packages.sh systemd-standalone-sysusers
 
@@ -57,6 +64,11 @@ lint: .venv/.installed
 
 unit: .venv/.installed test-packages
 	$(PY) -m pytest -q
+
+# The fleet's user-data booted for real on Debian 12 and 13 (systemd, cloud-init, the lab as AWS), as
+# root; `unit` runs it too. The first run builds the Debian roots (about a minute each, cached in .cache/).
+test-boot: .venv/.installed test-packages
+	$(PY) -m pytest -q -m boot
 
 # All tests: linters, type checks, the whole suite.
 test: lint unit

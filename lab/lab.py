@@ -220,11 +220,19 @@ def https_get(url: str, ca_file: str, timeout: float = 2.0) -> int:
 class Lab:
     """One lab, in one state directory. Two labs in two directories run side by side."""
 
-    def __init__(self, settings: Settings, state_dir: Path, http_secrets: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        state_dir: Path,
+        http_secrets: tuple[str, str] | None = None,
+        hostnames: tuple[str, ...] = (),
+    ):
         self.settings = settings
         self.state_dir = state_dir.resolve()
         # Tests may give each instance its own secret, to show why the fleet shares one.
         self.http_secrets = http_secrets
+        # More names for the lab's server certificate (lab/host_lab.py: the AWS download host it stands in for).
+        self.hostnames = hostnames
 
     # --- up ---------------------------------------------------------------------------------
 
@@ -257,7 +265,7 @@ class Lab:
     def _start(self, started: list[Service]) -> LabState:
         s, d = self.settings, self.state_dir
         (d / "settings.json").write_text(s.model_dump_json(by_alias=True))
-        pki = create_pki(d / "pki", ["127.0.0.1", "localhost", s.registry_host])
+        pki = create_pki(d / "pki", ["127.0.0.1", "localhost", s.registry_host, *self.hostnames])
         cert_dir = d / "certs"  # skopeo's --cert-dir: the CA a client trusts
         cert_dir.mkdir(exist_ok=True)
         shutil.copy(pki.ca_cert, cert_dir / "ca.crt")

@@ -97,9 +97,10 @@ def lab_token_auth(settings: Settings, endpoints: LabEndpoints) -> TokenAuth | N
     )
 
 
-def lab_ldap_settings(directory: DirectorySettings, slapd: SlapdHandle) -> LdapSettings:
-    """The stack's directory settings pointed at the lab slapd: its URL (same scheme), CA, service
-    account and base DNs. Filters, attributes, group mode and timeouts stay the stack's."""
+def lab_ldap_settings(directory: DirectorySettings, slapd: SlapdHandle, ca_file: str | None = None) -> LdapSettings:
+    """The stack's directory settings pointed at the lab slapd: its URL (same scheme), CA (`ca_file`: where
+    the service finds it, by default the lab's own copy), service account and base DNs. Filters,
+    attributes, group mode and timeouts stay the stack's."""
     ldaps = directory.url.lower().startswith("ldaps://")
     moved = directory.model_copy(
         update={
@@ -110,7 +111,7 @@ def lab_ldap_settings(directory: DirectorySettings, slapd: SlapdHandle) -> LdapS
             "group_base_dn": slapd.groups_dn if directory.group_base_dn is not None else None,
         }
     )
-    return moved.ldap_settings(str(slapd.ca_file), slapd.bind_password)
+    return moved.ldap_settings(ca_file or str(slapd.ca_file), slapd.bind_password)
 
 
 def lab_token_service_config(
@@ -121,8 +122,10 @@ def lab_token_service_config(
     user_hashes: Mapping[str, str],
     robot_token_hashes: Mapping[str, str],
     slapd: SlapdHandle | None,
+    ldap_ca_file: str | None = None,
 ) -> str:
-    """The token service's config file, from the fleet's spec and renderer; lab paths, hashes and directory."""
+    """The token service's config file, from the fleet's spec and renderer; lab paths, hashes and directory
+    (`ldap_ca_file`: where the service finds the lab CA, by default the lab's own copy)."""
     access = settings.access
     if not isinstance(access, TokenAccess):
         raise ValueError("lab_token_service_config: the stack runs htpasswd mode; it has no token service")
@@ -132,10 +135,64 @@ def lab_token_service_config(
     spec = token_service_spec(settings, secrets, LAB_TRUSTED_PROXIES)
     assert spec is not None  # token mode
     if access.ldap is not None and slapd is not None:
-        spec = dataclasses.replace(spec, ldap=lab_ldap_settings(access.ldap, slapd))
+        spec = dataclasses.replace(spec, ldap=lab_ldap_settings(access.ldap, slapd, ldap_ca_file))
     return render_token_service_config(
         spec,
         signing_key_file=str(signing_key_file),
         signing_cert_file=str(signing_cert_file),
         robot_token_hashes=robot_token_hashes,
     )
+
+
+# --- a booted host (lab/host_lab.py) ---------------------------------------------------------------
+# The host runs the fleet's user-data unchanged; these files, copied into its root before it boots,
+# are its only departures: AWS's endpoints are the lab's, and the lab CA is trusted.
+LAB_HOST_CA_FILE = "/usr/local/share/ca-certificates/registry-fleet-lab.crt"  # update-ca-certificates keeps it
+LAB_HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # the machine's bundle, with the lab CA appended
+LAB_HOST_MACHINE_CA_DIR = "/usr/local/share/ca-certificates/machine"  # the machine's own CAs
+LAB_HOST_AWS_CLI = "/usr/local/bin/aws"  # before /usr/bin on every PATH of the host (systemd's, cloud-init's)
+LAB_HOST_REGISTRY_DROPIN = "/etc/systemd/system/docker-registry.service.d/90-registry-fleet-lab.conf"
+# The AWS download host (the SSM agent's bucket) as the host resolves it: a lab server on this address.
+LAB_AWS_DOWNLOAD_ADDRESS = "127.0.0.3"
+
+
+def aws_download_host(region: str) -> str:
+    """The host name in host.boot.ssm_agent_url: the region's S3 endpoint."""
+    return f"s3.{region}.amazonaws.com"
+
+
+def lab_host_files(
+    *, region: str, s3_endpoint: str, ca_pem: str, machine_ca_bundle: str, machine_local_cas: Mapping[str, str]
+) -> dict[str, tuple[str, int]]:
+    """(content, mode) of each file the lab adds to a booted host's root.
+
+    - the lab CA, in the CA bundle (curl, apt, pip, the registry) and where update-ca-certificates finds it;
+      the bundle is this machine's (Debian's CAs and the machine's own, `machine_local_cas` by file name:
+      the host's apt and pip go out through the machine's egress, which may intercept TLS, as CI's does);
+    - `aws`: the AWS CLI with the lab's S3/KMS/Secrets Manager endpoint and credentials (an instance
+      role's on a host), first on PATH; the fleet's scripts call `aws` unchanged;
+    - the registry's environment: the lab's S3 endpoint (config.yml stays the fleet's) and credentials;
+    - /etc/hosts: the region's S3 host (the SSM agent's download) is the lab's download server.
+    """
+    aws = f"""#!/bin/sh
+# registry-fleet lab (lab/overrides.py): the AWS CLI against the lab's moto.
+export AWS_ACCESS_KEY_ID={S3_ACCESS_KEY} AWS_SECRET_ACCESS_KEY={S3_SECRET_KEY} AWS_CA_BUNDLE={LAB_HOST_CA_FILE}
+exec /usr/bin/aws --endpoint-url {s3_endpoint} "$@"
+"""
+    dropin = f"""# registry-fleet lab (lab/overrides.py): the lab's S3 endpoint and credentials.
+[Service]
+Environment=AWS_ACCESS_KEY_ID={S3_ACCESS_KEY} AWS_SECRET_ACCESS_KEY={S3_SECRET_KEY}
+Environment=REGISTRY_STORAGE_S3_REGIONENDPOINT={s3_endpoint}
+"""
+    hosts = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
+    hosts += f"{LAB_AWS_DOWNLOAD_ADDRESS} {aws_download_host(region)}\n"
+    bundle = machine_ca_bundle if machine_ca_bundle.endswith("\n") else machine_ca_bundle + "\n"
+    local = {f"{LAB_HOST_MACHINE_CA_DIR}/{name}": (pem, 0o644) for name, pem in machine_local_cas.items()}
+    return {
+        **local,
+        LAB_HOST_CA_FILE: (ca_pem, 0o644),
+        LAB_HOST_CA_BUNDLE: (bundle + ca_pem, 0o644),
+        LAB_HOST_AWS_CLI: (aws, 0o755),
+        LAB_HOST_REGISTRY_DROPIN: (dropin, 0o644),
+        "/etc/hosts": (hosts, 0o644),
+    }
