@@ -204,6 +204,7 @@ class HostLab:
             public_url=lb_url,  # the stand-in load balancer: clients and the realm use it
             instance_type=s.fleet.instance_type,
             architecture=self.architecture,
+            debian_release=s.fleet.debian_release,
             min_size=1,
             max_size=1,
             desired_capacity=1,
