@@ -235,8 +235,22 @@ def test_shellcheck_passes_the_script_with_every_default_rule() -> None:
     assert result.returncode == 0, result.stdout
 
 
+def recipe(makefile: str, target: str) -> str:
+    """The recipe lines (tab-indented) right after `target:` in a Makefile."""
+    lines = makefile.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    body = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        body.append(line)
+    return "\n".join(body)
+
+
 def test_make_installs_the_lab_packages_through_the_script() -> None:
     makefile = (REPO / "Makefile").read_text()
-    recipe = makefile[makefile.index("\nlab-packages:") : makefile.index("\ntest-packages:")]
-    assert "lab/install-packages.sh $(LAB_PACKAGES)" in recipe
-    assert "apt-get" not in recipe, "lab-packages must install through lab/install-packages.sh only"
+    lab = recipe(makefile, "lab-packages")
+    assert "lab/install-packages.sh $(LAB_PACKAGES)" in lab
+    assert "apt-get" not in lab, "lab-packages must install through lab/install-packages.sh only"
+    for target in ("test-packages", "boot-packages"):
+        assert "apt-get install" not in recipe(makefile, target), f"{target} installs through lab/install-packages.sh"
