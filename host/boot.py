@@ -510,8 +510,12 @@ def render_host(boot: HostBoot) -> RenderedHost:
         f'{shlex.quote(ssm_agent_url(boot.region, boot.architecture))}; dpkg -i "$deb"; rm -f "$deb"'
     )
     cloud_config = {
-        # Host egress allows only 443: fetch packages over HTTPS.
+        # Host egress allows only 443: fetch packages over HTTPS. Debian's cloud.cfg sets
+        # preserve_sources_list: true (keep the image's sources, whatever primary/security say): false
+        # makes cloud-init write these mirrors (Debian 12: /etc/apt/sources.list; Debian 13: the deb822
+        # /etc/apt/sources.list.d/debian.sources, the old sources.list removed).
         "apt": {
+            "preserve_sources_list": False,
             "primary": [{"arches": ["default"], "uri": "https://deb.debian.org/debian"}],
             "security": [{"arches": ["default"], "uri": "https://deb.debian.org/debian-security"}],
         },

@@ -161,10 +161,19 @@ def _hierarchies() -> list[Path]:
     return found
 
 
-def boot(lower: Path, work: Path, files: Mapping[str, FileSpec], name: str, nspawn: Path | None = None) -> Container:
+def boot(
+    lower: Path,
+    work: Path,
+    files: Mapping[str, FileSpec],
+    name: str,
+    nspawn: Path | None = None,
+    private_network: bool = False,
+) -> Container:
     """Boot `lower` (read-only) with a fresh upper layer in `work` (new or empty, not under /tmp or /run:
     the container's namespace gets its own tmpfs there); `files` maps absolute paths in the container
-    to what is copied into the upper layer first. Returns once nspawn runs; see `wait_booted`."""
+    to what is copied into the upper layer first. `private_network`: the container gets its own network
+    namespace with only a loopback (nothing it listens on reaches the machine's network, and it reaches
+    nothing outside). Returns once nspawn runs; see `wait_booted`."""
     if os.geteuid() != 0:
         raise ContainerError("booting a container needs root")
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", name):
@@ -194,6 +203,7 @@ def boot(lower: Path, work: Path, files: Mapping[str, FileSpec], name: str, nspa
         f"mount -t overlay overlay -o {shlex.quote(overlay)} {shlex.quote(str(merged))}; "
         f"exec {shlex.quote(str(binary))} -D {shlex.quote(str(merged))} --boot --register=no --keep-unit "
         f"--machine={name} --console=read-only --resolv-conf=copy-host --timezone=off --link-journal=no"
+        + (" --private-network" if private_network else "")
     )
     console = (work / "console.log").open("wb")
     try:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from host.contract import (
     DEBUG_PORT,
@@ -46,6 +47,7 @@ from host.contract import (
 from infra.settings import load_stack_settings
 from lab import nspawn
 from lab.accounts import registry_token
+from lab.debian_tools import debian_mirror
 from lab.host_lab import HostLab, credential_headers, find_leaks, listening_sockets, unpack_root
 from lab.host_root import SUITES
 from lab.image import build_image, layer_digests, skopeo_copy, skopeo_digest
@@ -204,6 +206,53 @@ def test_registry_and_token_service_are_active_and_stay_active(host: Booted) -> 
         assert after[name]["MainPID"] == before[name]["MainPID"], f"{host.suite}: {name} restarted"
         assert after[name]["NRestarts"] == "0", f"{host.suite}: {name} restarted {after[name]['NRestarts']} times"
     assert host.healthy()
+
+
+def test_apt_uses_the_https_mirrors_the_user_data_names(host: Booted) -> None:
+    """Debian's cloud.cfg keeps the image's sources (`preserve_sources_list: true`); the user-data turns
+    that off, so apt's sources are exactly its mirrors (the roots' own are plain http, as an image's
+    may be, and the hosts' egress allows only 443)."""
+    named = _user_data_mirrors(host)
+    assert all(uri.startswith("https://") for uri in named), named
+    assert _apt_repo_uris(host.container) == named
+
+
+def test_broken_twin_without_preserve_sources_list_false_apt_keeps_the_roots_sources(host: Booted) -> None:
+    """The same `apt` section without `preserve_sources_list: false`, in a fresh boot of the root (its
+    own network: nothing else of the user-data runs): the root's own sources stay (here this machine's
+    archive, plain http), and the check above sees them."""
+    assert host.host_lab.state is not None
+    apt = yaml.safe_load(host.host_lab.state.user_data)["apt"]
+    del apt["preserve_sources_list"]
+    seed = {
+        "/var/lib/cloud/seed/nocloud/meta-data": nspawn.FileSpec(b"instance-id: i-lab-apt-twin\n"),
+        "/var/lib/cloud/seed/nocloud/user-data": nspawn.FileSpec(
+            ("#cloud-config\n" + yaml.safe_dump({"apt": apt})).encode()
+        ),
+    }
+    container = nspawn.boot(host.lower, host.work.parent / "apt-twin", seed, f"apt-{host.suite}", private_network=True)
+    try:
+        nspawn.wait_booted(container)
+        done = nspawn.run(container, ["cloud-init", "status", "--wait"], timeout=300)
+        assert done.returncode == 0, done.stdout
+        uris = _apt_repo_uris(container)
+    finally:
+        nspawn.stop(container)
+    assert uris != _user_data_mirrors(host)
+    assert uris == {debian_mirror() + "/"}, uris  # what debootstrap wrote: the archive this machine uses
+
+
+def _user_data_mirrors(host: Booted) -> set[str]:
+    assert host.host_lab.state is not None
+    apt = yaml.safe_load(host.host_lab.state.user_data)["apt"]
+    return {apt["primary"][0]["uri"].rstrip("/") + "/", apt["security"][0]["uri"].rstrip("/") + "/"}
+
+
+def _apt_repo_uris(container: nspawn.Container) -> set[str]:
+    """The repositories of every index target apt's sources name (downloaded or not)."""
+    proc = nspawn.run(container, ["apt-get", "indextargets", "--no-release-info", "--format", "$(REPO_URI)"])
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.split())
 
 
 def test_the_host_listens_on_exactly_the_expected_sockets(host: Booted) -> None:

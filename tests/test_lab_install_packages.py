@@ -6,7 +6,8 @@ the machine's packaging or init), and POLICY_RC_D and SYSTEMD_BOOTED point into 
 the machine's own /usr/sbin/policy-rc.d, apt and systemd are never used. The stand-in apt-get records
 what a maintainer script would see during the install: whether policy-rc.d exists and what it answers
 (invoke-rc.d starts nothing when it exits 101). What this cannot prove: that Debian's maintainer
-scripts honour policy-rc.d on a machine booted with systemd (the boot test runs `make lab` there).
+scripts honour policy-rc.d on a machine booted with systemd: tests/test_host_boot_lab_packages.py runs
+the script with the real packages in Debian roots booted with systemd.
 """
 
 from __future__ import annotations

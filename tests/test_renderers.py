@@ -353,6 +353,8 @@ def test_cloud_init_installs_packages_over_https_mirrors() -> None:
     config = yaml.safe_load(cloud_init(base_boot()))
     assert config["apt"]["primary"][0]["uri"] == "https://deb.debian.org/debian"
     assert config["apt"]["security"][0]["uri"] == "https://deb.debian.org/debian-security"
+    # Debian's /etc/cloud/cloud.cfg says true: the mirrors above would never be written.
+    assert config["apt"]["preserve_sources_list"] is False
     assert config["package_update"] is True
     assert {"docker-registry", "awscli", "ca-certificates"} <= set(config["packages"])
 
