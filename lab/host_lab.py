@@ -55,7 +55,7 @@ from lab import nspawn, supervisor
 from lab.accounts import LabAccount, secret_hashes
 from lab.host_root import host_root
 from lab.lab import Lab, LabState, s3_client
-from lab.nginx import NginxSite, render_nginx_conf
+from lab.nginx import NginxSite, write_nginx_conf
 from lab.overrides import (
     LAB_AWS_DOWNLOAD_ADDRESS,
     LAB_BUCKET,
@@ -257,25 +257,20 @@ class HostLab:
     def _start_lb(self, lab: LabState, services: list[supervisor.Service]) -> str:
         """nginx as the load balancer: the host's registry port, and its token service's for the realm."""
         d = self.state_dir / "lb"
-        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
         pki = Path(lab.state_dir) / "pki"
         ports = {"https": supervisor.free_port(), "http": supervisor.free_port()}
-        conf = d / "nginx.conf"
-        conf.write_text(
-            render_nginx_conf(
-                NginxSite(
-                    https_port=ports["https"],
-                    http_port=ports["http"],
-                    upstreams=(REGISTRY_PORT,),
-                    cert_file=pki / "server.crt",
-                    key_file=pki / "server.key",
-                    ca_file=Path(lab.ca_file),
-                    state_dir=d,
-                    token_port=TOKEN_SERVICE_PORT if isinstance(self.settings.access, TokenAccess) else None,
-                    source_address=LAB_LB_ADDRESS,
-                    worker_user="root" if os.geteuid() == 0 else None,
-                )
+        conf = write_nginx_conf(
+            NginxSite(
+                https_port=ports["https"],
+                http_port=ports["http"],
+                upstreams=(REGISTRY_PORT,),
+                cert_file=pki / "server.crt",
+                key_file=pki / "server.key",
+                ca_file=Path(lab.ca_file),
+                state_dir=d,
+                token_port=TOKEN_SERVICE_PORT if isinstance(self.settings.access, TokenAccess) else None,
+                source_address=LAB_LB_ADDRESS,
+                worker_user="root" if os.geteuid() == 0 else None,
             )
         )
         service = supervisor.Service(

@@ -51,7 +51,7 @@ from lab.accounts import (
     secret_hashes,
     seed_accounts,
 )
-from lab.nginx import NginxSite, render_nginx_conf
+from lab.nginx import NginxSite, write_nginx_conf
 from lab.overrides import (
     LAB_BUCKET,
     LAB_LB_ADDRESS,
@@ -251,8 +251,6 @@ class Lab:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.state_dir.chmod(0o700)
-            for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-                (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
             return self._start(started)
         except BaseException:
             for service in reversed(started):
@@ -375,21 +373,18 @@ class Lab:
                 )
             )
 
-        conf = d / "nginx.conf"
-        conf.write_text(
-            render_nginx_conf(
-                NginxSite(
-                    https_port=ports["https"],
-                    http_port=ports["http"],
-                    upstreams=(ports["a"], ports["b"]),
-                    cert_file=pki.server_cert,
-                    key_file=pki.server_key,
-                    ca_file=pki.ca_cert,
-                    state_dir=d,
-                    token_port=ports["token"] if access.token else None,
-                    source_address=LAB_LB_ADDRESS,
-                    worker_user=pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None,
-                )
+        conf = write_nginx_conf(
+            NginxSite(
+                https_port=ports["https"],
+                http_port=ports["http"],
+                upstreams=(ports["a"], ports["b"]),
+                cert_file=pki.server_cert,
+                key_file=pki.server_key,
+                ca_file=pki.ca_cert,
+                state_dir=d,
+                token_port=ports["token"] if access.token else None,
+                source_address=LAB_LB_ADDRESS,
+                worker_user=pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None,
             )
         )
         nginx = launch(

@@ -69,6 +69,15 @@ def _token_service(site: NginxSite) -> tuple[str, str]:
     return upstream, location
 
 
+def write_nginx_conf(site: NginxSite) -> Path:
+    """nginx.conf in the site's state directory, with the temp directories it names; returns its path."""
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (site.state_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    conf = site.state_dir / "nginx.conf"
+    conf.write_text(render_nginx_conf(site))
+    return conf
+
+
 def render_nginx_conf(site: NginxSite) -> str:
     d = site.state_dir
     servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in site.upstreams)

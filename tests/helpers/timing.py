@@ -10,24 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-def gaps_until_within(measure: Callable[[], float], bound: float, rounds: int = 3) -> list[float]:
-    """Gaps (seconds) measured until one is within `bound` in absolute value, at most `rounds` of them."""
+def gaps_until(measure: Callable[[], float], done: Callable[[float], bool], rounds: int = 3) -> list[float]:
+    """Gaps (seconds) measured until one is `done`, at most `rounds` of them."""
     gaps: list[float] = []
-    for _ in range(rounds):
+    while len(gaps) < rounds and not (gaps and done(gaps[-1])):
         gaps.append(measure())
-        if abs(gaps[-1]) < bound:
-            break
     return gaps
 
 
-def gaps_until_beyond(measure: Callable[[], float], bound: float, rounds: int = 3) -> list[float]:
-    """For a broken twin: gaps measured until one exceeds `bound`, at most `rounds` of them."""
-    gaps: list[float] = []
-    for _ in range(rounds):
-        gaps.append(measure())
-        if gaps[-1] > bound:
-            break
-    return gaps
+def gaps_until_within(measure: Callable[[], float], bound: float) -> list[float]:
+    """Until a gap is within `bound` in absolute value: the check that unknown and known accounts cost the same."""
+    return gaps_until(measure, lambda gap: abs(gap) < bound)
+
+
+def gaps_until_beyond(measure: Callable[[], float], bound: float) -> list[float]:
+    """Until a gap exceeds `bound`: the broken twin, which must show the oracle."""
+    return gaps_until(measure, lambda gap: gap > bound)
 
 
 def in_ms(gaps: list[float]) -> str:
