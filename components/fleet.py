@@ -5,9 +5,9 @@ Creates an Auto Scaling group of single-purpose Debian hosts (the newest officia
 template with IMDSv2 required (hop limit 1), an encrypted root volume, no public IP, no SSH key
 (operators use SSM Session Manager); an instance role that may touch only the registry bucket, its
 KMS key and the fleet's own secrets; a security group that admits only the load balancer. ELB health
-checks replace a host whose registry or token service stops answering, or that an operator drains;
-they check only the host itself, never S3 (the registry config has no storage health check), so an
-S3 outage leaves every host in place. Any launch-template change rolls the fleet through an instance
+checks replace a host whose registry or token service stops answering; while S3 is unreachable the
+registry answers `503 UNAVAILABLE`, which the load balancer counts as alive, so an S3 outage leaves
+every host in place. Any launch-template change rolls the fleet through an instance
 refresh, and every secret a host reads at boot is tagged on its instances by version, so rotating
 one (`fleet.httpSecretRotation`, a token signing generation) rolls the fleet onto it.
 

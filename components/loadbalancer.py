@@ -4,7 +4,8 @@ Creates an Application Load Balancer (internal or internet-facing per settings) 
 deletion protection, access logs, invalid-header dropping; a security group that admits only
 the allowed client ranges on 443 (and 80, which only redirects); an HTTPS listener with the
 validated ACM certificate and a TLS 1.2+/1.3 security policy; HTTP answering 301 to HTTPS; an HTTPS target
-group health-checking the registry's `/` (503 when its storage or drain check fails).
+group health-checking the registry's `/` (200, or 503 while S3 is unreachable: alive either way, so an S3
+outage replaces no host; no answer fails the check).
 In token mode (practice 3) a second HTTPS target group reaches the token service on the same hosts,
 health-checked on its `/healthz`, and a listener rule sends the realm path (`/auth`) there: clients
 get tokens from the registry's own host name, so one certificate and one allow-list cover both.
@@ -22,7 +23,7 @@ import pulumi_aws as aws
 
 from components.iam import allow_service, policy_document
 from components.private_bucket import EVERY_OBJECT, SSE_S3, harden_bucket, tls_only_statement
-from host.contract import REGISTRY_PORT, TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
+from host.contract import REGISTRY_HEALTH_CODES, REGISTRY_PORT, TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
 
 # Elastic Load Balancing's log-writer accounts for regions opened before August 2022; newer
 # regions use the logdelivery.elasticloadbalancing.amazonaws.com service principal (both are
@@ -185,9 +186,9 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
         )
 
         def https_target_group(
-            resource_name: str, port: int, health_path: str, deregistration_delay: int
+            resource_name: str, port: int, health_path: str, deregistration_delay: int, matcher: str = "200"
         ) -> aws.lb.TargetGroup:
-            """Hosts behind HTTPS on `port`, healthy while `health_path` answers 200."""
+            """Hosts behind HTTPS on `port`, healthy while `health_path` answers a status in `matcher`."""
             return aws.lb.TargetGroup(
                 resource_name,
                 vpc_id=args.vpc_id,
@@ -200,7 +201,7 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                     "protocol": "HTTPS",
                     "path": health_path,
                     "port": "traffic-port",
-                    "matcher": "200",
+                    "matcher": matcher,
                     "interval": 15,
                     "timeout": 5,
                     "healthy_threshold": 2,
@@ -211,7 +212,9 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
             )
 
         # The registry's draintimeout is 60s: let in-flight requests finish before deregistering.
-        tg = https_target_group(f"{name}-tg", REGISTRY_PORT, "/", deregistration_delay=60)
+        tg = https_target_group(
+            f"{name}-tg", REGISTRY_PORT, "/", deregistration_delay=60, matcher=REGISTRY_HEALTH_CODES
+        )
         https = aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=lb.arn,

@@ -17,6 +17,10 @@ DEBUG_PORT = 5001  # http.debug.addr: /debug/health and /metrics (prometheus), o
 TOKEN_SERVICE_PORT = 5002  # HTTPS; the ALB's token target group
 TOKEN_PATH = "/auth"  # the realm's path on the registry's public URL (an ALB listener rule)
 TOKEN_HEALTH_PATH = "/healthz"  # the token service's health check (the ALB's token target group)
+# What the registry's `/` answers: 200, or 503 (`UNAVAILABLE`, on every path) while its storage check fails
+# (S3 or its KMS key unreachable). The ALB counts both as alive, so an S3 outage, which every host sees at
+# once, replaces no host; a registry that does not answer fails the check and its host is replaced.
+REGISTRY_HEALTH_CODES = "200,503"
 
 # --- the operating system --------------------------------------------------------------------------
 # The Debian releases a host may boot (`fleet.debianRelease`), newest first, with their suites. Debian's
@@ -41,7 +45,6 @@ ARCHITECTURES = ("arm64", "amd64")  # Debian architecture names, as in the SSM a
 REGISTRY_GROUP = "docker-registry"  # the package's user and group; the registry reads its secrets through it
 CONFIG_PATH = "/etc/docker/registry/config.yml"  # the Debian package's config path
 STATE_DIR = "/var/lib/docker-registry"  # the Debian package's state directory (home of user docker-registry)
-DRAIN_FILE = f"{STATE_DIR}/drain"  # `health.file`: while it exists `/` answers 503 and the LB drains the host
 TLS_DIR = "/etc/docker/registry/tls"
 HOST_CERT_FILE = f"{TLS_DIR}/host.crt"  # public: the host certificate (registry and token service)
 HOST_KEY_FILE = f"{TLS_DIR}/host.key"  # secret

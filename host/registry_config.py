@@ -8,8 +8,9 @@ addresses, a moto S3 endpoint). Every environment-specific value is therefore a 
 Practices served: TLS everywhere (2: the hosts listen with TLS 1.2+), private registry (7: no
 credential or secret in the file; S3 access comes from the instance role, `http.secret` from the
 REGISTRY_HTTP_SECRET environment variable, key material from files written at boot), replicated
-across servers (8: the same config on every host, and a drain file so the load balancer takes a host
-out of rotation; no storage health check, so an S3 outage does not take every host out at once) and
+across servers (8: the same config on every host; a storage health check, so while S3 is unreachable every
+request gets a clear `503 UNAVAILABLE`, which the load balancer counts as alive: an S3 outage replaces no
+host) and
 CDN for blobs (9: the `cloudfront` storage middleware redirects blob GETs to signed CloudFront URLs).
 
 Option names were checked against the distribution 2.8 configuration reference
@@ -24,7 +25,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from host.contract import DEBUG_PORT, DRAIN_FILE, HOST_CERT_FILE, HOST_KEY_FILE, HTPASSWD_FILE, REGISTRY_PORT
+from host.contract import DEBUG_PORT, HOST_CERT_FILE, HOST_KEY_FILE, HTPASSWD_FILE, REGISTRY_PORT
 
 MIN_CHUNK_SIZE_BYTES = 5 * 1024 * 1024  # the S3 driver refuses a chunksize below the S3 multipart minimum
 LOG_LEVELS = ("error", "warn", "info", "debug")  # what the registry accepts for log.level
@@ -88,7 +89,6 @@ class RegistryConfig:
     htpasswd_file: str = HTPASSWD_FILE
     htpasswd_realm: str = "registry"
     token: TokenAuth | None = None  # set: token auth (htpasswd_* unused); None: htpasswd
-    drain_file: str = DRAIN_FILE  # `health.file`: while it exists `/` answers 503 and the LB drains the host
     cloudfront: CloudFrontSettings | None = None
     log_level: str = "info"
     notifications: tuple[NotificationEndpoint, ...] = ()
@@ -247,11 +247,11 @@ def registry_config_dict(cfg: RegistryConfig) -> dict[str, Any]:
                 for e in cfg.notifications
             ],
         }
-    # Only the drain file: every health check the registry runs makes it answer 503 on every path, `/` (the
-    # load balancer's check, which replaces hosts) included. A storage check would fail on every host at once
-    # when S3 or the KMS key is unavailable and make the Auto Scaling group replace the whole fleet; without
-    # it, a host stays in service through such an outage and each request that needs S3 fails on its own.
-    config["health"] = {"file": [{"file": cfg.drain_file, "interval": "10s"}]}
+    # The storage check: `Stat("/")` on the driver every 5 s; after 3 failures in a row every path answers
+    # `503 UNAVAILABLE` ("health check failed") instead of each request failing with `500 UNKNOWN`, and the
+    # first success clears it. The load balancer counts 503 as alive (host.contract.REGISTRY_HEALTH_CODES):
+    # S3 is shared by every host, so its outage must not make the Auto Scaling group replace the fleet.
+    config["health"] = {"storagedriver": {"enabled": True, "interval": "5s", "threshold": 3}}
     return config
 
 

@@ -356,9 +356,7 @@ class Lab:
         for (name, port_key), http_secret in zip(
             ((INSTANCES[0], "a"), (INSTANCES[1], "b")), instance_secrets, strict=True
         ):
-            config = lab_registry_config(
-                s, endpoints, ports[port_key], ports[f"{port_key}-debug"], drain_file=d / f"{name}.drain"
-            )
+            config = lab_registry_config(s, endpoints, ports[port_key], ports[f"{port_key}-debug"])
             config_file = d / f"{name}.yml"
             config_file.write_text(render_registry_config(config))
             config_file.chmod(0o600)  # holds the events token

@@ -123,9 +123,9 @@ http {{
     location / {{
 {_proxy_to("registry", site)}
       # A dead instance: try the other one (before a request is sent, also for PATCH/POST). As the ALB's
-      # health check: no answer or a 503 (the drain file) takes an instance out, a 500 does not (what
-      # every instance answers a request that needs S3 during an S3 outage).
-      proxy_next_upstream error timeout http_502 http_503;
+      # health check (host.contract.REGISTRY_HEALTH_CODES): no answer takes an instance out, a 503 does not
+      # (every instance answers 503 UNAVAILABLE while S3 is unreachable: the client gets it as it is).
+      proxy_next_upstream error timeout http_502;
       proxy_connect_timeout 2s;
     }}
   }}

@@ -53,7 +53,7 @@ class LabEndpoints:
 
 
 def lab_registry_config(
-    settings: Settings, endpoints: LabEndpoints, listen_port: int, debug_port: int, drain_file: Path
+    settings: Settings, endpoints: LabEndpoints, listen_port: int, debug_port: int
 ) -> RegistryConfig:
     cloudfront = None
     if settings.cdn.enabled:
@@ -77,7 +77,6 @@ def lab_registry_config(
         chunk_size_bytes=settings.storage.chunk_size_mib * 1024 * 1024,
         htpasswd_file=str(endpoints.htpasswd_file),
         token=lab_token_auth(settings, endpoints),
-        drain_file=str(drain_file),
         cloudfront=cloudfront,
         notifications=(NotificationEndpoint("lab-events", endpoints.events_url, endpoints.events_token),),
     )

@@ -27,7 +27,7 @@ import pytest
 
 from components.fleet import HOST_SECRET_VERSION_TAG, TOKEN_CONFIG_VERSION_TAG, TOKEN_SIGNING_KEY_VERSION_TAG
 from fleet.engine import Recording, debian_ami_id, record
-from host.contract import DEBIAN_SUITES, DRAIN_FILE, TOKEN_HEALTH_PATH
+from host.contract import DEBIAN_SUITES, REGISTRY_HEALTH_CODES, TOKEN_HEALTH_PATH
 from infra.settings import load_stack_settings
 from policy.graph import Res, host_boot, is_secret, unwrap
 from policy.rules import rule_by_id
@@ -320,7 +320,7 @@ def test_registry_config_has_s3_tls_and_health(stack: str) -> None:
     assert s3["encrypt"] is True and s3["keyid"].startswith("arn:aws:kms:") and "accesskey" not in s3
     assert config["http"]["tls"]["certificate"] and config["http"]["tls"]["key"]
     assert "secret" not in config["http"]
-    assert config["health"] == {"file": [{"file": DRAIN_FILE, "interval": "10s"}]}, "only the drain switch"
+    assert config["health"] == {"storagedriver": {"enabled": True, "interval": "5s", "threshold": 3}}
     assert config["http"]["host"] == f"https://{load_stack_settings(stack).registry_host}"
 
 
@@ -457,8 +457,9 @@ def test_a_new_token_signing_generation_changes_the_launch_template(
 @pytest.mark.parametrize("stack", STACKS)
 def test_hosts_are_replaced_on_their_own_health_only(stack: str) -> None:
     """The group replaces a host that fails a load balancer check (ELB health) in any of its target groups:
-    the registry's `/` (drain file only, no storage check) and the token service's /healthz (answered by
-    the service itself). Neither asks S3, KMS or the directory, which every host shares."""
+    the registry's `/` and the token service's /healthz (answered by the service itself). Neither fails on
+    S3, KMS or the directory, which every host shares: the registry's storage check answers 503, which its
+    target group counts as alive."""
     rec = recording(stack)
     asg = one(rec, "aws:autoscaling/group:Group").inputs
     groups = {tg.name: tg for tg in rec.of_type("aws:lb/targetGroup:TargetGroup")}
@@ -468,4 +469,7 @@ def test_hosts_are_replaced_on_their_own_health_only(stack: str) -> None:
         "lb-tg": "/",
         "lb-token-tg": TOKEN_HEALTH_PATH,
     }
-    assert "storagedriver" not in registry_config(rec)["health"]
+    assert registry_config(rec)["health"]["storagedriver"]["enabled"] is True
+    matchers = {name: tg.inputs["healthCheck"]["matcher"] for name, tg in groups.items()}
+    assert matchers == {"lb-tg": REGISTRY_HEALTH_CODES, "lb-token-tg": "200"}
+    assert REGISTRY_HEALTH_CODES == "200,503"

@@ -4,7 +4,7 @@ One lab (two registry instances behind nginx, the dev stack's token auth: slapd 
 service) serves the whole module; a second lab with two different `http.secret`s and a third in
 htpasswd mode run beside it for one test each. Clients sign in as the lab's demo account (a team's
 developer) and, where they need more, as another seeded account; roles themselves are tested in
-tests/test_lab_access.py. Tests run in file order: the ones that kill or drain an instance restore it,
+tests/test_lab_access.py. Tests run in file order: the ones that kill an instance restore it,
 and the one that stops S3 runs last. A missing binary fails the lab's start (it never skips): CI
 installs the Debian packages first.
 """
@@ -27,12 +27,13 @@ from typing import Any
 
 import pytest
 
+from host.contract import REGISTRY_HEALTH_CODES
 from infra.settings import Settings, settings_from_config
 from lab import supervisor
 from lab.accounts import registry_token
 from lab.cloudfront import sign_url, verify_signed_url
 from lab.demo import edge_bytes, push_and_pull
-from lab.image import build_image, layer_digests, skopeo_copy
+from lab.image import build_image, layer_digests, skopeo_copy, skopeo_digest
 from lab.lab import DIRECTORY_SERVICE, INSTANCES, TOKEN_SERVICE, Lab, LabState, https_get
 from lab.overrides import LAB_USER
 from tests.helpers import settings_with, stack_config
@@ -392,7 +393,8 @@ def test_the_receiver_refuses_events_without_the_token(lab: LabState) -> None:
 
 # --- health: what the load balancer checks, and what replaces a host --------------------------------
 # The ALB health-checks each registry's `/` (and the token service's /healthz); the Auto Scaling group
-# replaces a host that fails them. `/` must fail for a dead registry and a drained one, never for S3.
+# replaces a host that fails them. `/` must fail for a dead registry, never for S3: while S3 is unreachable
+# it answers 503, which the registry's target group counts as alive (REGISTRY_HEALTH_CODES).
 
 
 def instance_health(state: LabState, name: str) -> int:
@@ -400,12 +402,17 @@ def instance_health(state: LabState, name: str) -> int:
     return https_get(f"https://127.0.0.1:{state.service(name).ports['https']}/", state.ca_file)
 
 
+def alive(status: int) -> bool:
+    """The registry target group's verdict on a health-check status."""
+    return str(status) in REGISTRY_HEALTH_CODES.split(",")
+
+
 def test_a_killed_registry_fails_its_health_check_and_the_other_serves(lab: LabState) -> None:
     victim = lab.service(INSTANCES[0])
     assert instance_health(lab, INSTANCES[0]) == 200
     os.killpg(victim.pid, signal.SIGKILL)
     wait_for(lambda: not supervisor.pid_alive(victim.pid), 10, "the killed instance exiting")
-    assert instance_health(lab, INSTANCES[0]) == 0, "a dead registry must fail the load balancer's check"
+    assert not alive(instance_health(lab, INSTANCES[0])), "a dead registry must fail the load balancer's check"
     assert instance_health(lab, INSTANCES[1]) == 200
     status, _, _ = call(lab, "GET", f"{lab.registry_url}/v2/", headers=pull_auth(lab, lab.sample_repo))
     assert status == 200
@@ -414,24 +421,18 @@ def test_a_killed_registry_fails_its_health_check_and_the_other_serves(lab: LabS
     wait_for(lambda: instance_health(lab, INSTANCES[0]) == 200, 20, "the restarted instance healthy")
 
 
-def test_the_drain_file_fails_the_health_check_until_it_is_removed(lab: LabState) -> None:
-    drain = Path(lab.state_dir) / f"{INSTANCES[1]}.drain"  # the config's health.file (DRAIN_FILE on a host)
-    drain.touch()
-    try:
-        # The file check runs every 10 s.
-        wait_for(lambda: instance_health(lab, INSTANCES[1]) == 503, 25, "503 on / of the drained instance")
-        assert instance_health(lab, INSTANCES[0]) == 200
-    finally:
-        drain.unlink()
-    wait_for(lambda: instance_health(lab, INSTANCES[1]) == 200, 25, "200 on / once the drain file is gone")
-
-
 # Last: it stops S3.
-def test_registry_stays_healthy_without_s3_and_clients_get_a_storage_error(lab: LabState) -> None:
-    """An S3 outage must not fail `/` on every host at once (the Auto Scaling group would replace the whole
-    fleet): the registry has no storage health check. Requests that need S3 fail, naming the storage driver."""
+def test_without_s3_hosts_stay_alive_and_clients_get_503_unavailable(lab: LabState) -> None:
+    """An S3 outage must not fail the load balancer's check on every host at once (the Auto Scaling group
+    would replace the whole fleet), and clients must get a clear, retryable error: the registry's storage
+    check turns every path into `503 UNAVAILABLE` within about 15 s, which the target group counts as alive."""
     repo = f"{lab.namespace}/s3-outage"
     uploads = f"{lab.registry_url}/v2/{repo}/blobs/uploads/"  # starting an upload writes to S3
+    manifest = f"{lab.registry_url}/v2/{lab.sample_repo}/manifests/1"  # a pull's first request
+
+    def pull_manifest() -> Response:
+        accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}  # 2.8 answers 404 to a client without it
+        return call(lab, "GET", manifest, headers=pull_auth(lab, lab.sample_repo) | accept)
 
     def start_upload() -> Response:
         return call(lab, "POST", uploads, headers=authorization(lab, f"repository:{repo}:pull,push"))
@@ -439,21 +440,36 @@ def test_registry_stays_healthy_without_s3_and_clients_get_a_storage_error(lab: 
     assert start_upload()[0] == 202
     supervisor.stop(lab.service("s3"))
     try:
-        status, _, body = start_upload()
-        assert status == 500, (status, body)
-        (error,) = json.loads(body)["errors"]
-        assert error["code"] == "UNKNOWN" and error["detail"]["DriverName"] == "s3aws", error
-        # Longer than a storage check would take to trip (3 failures 10 s apart): `/` stays 200 on both hosts.
-        deadline = time.monotonic() + 40
+        # 3 failed checks 5 s apart.
+        wait_for(
+            lambda: [instance_health(lab, name) for name in INSTANCES] == [503, 503],
+            30,
+            "503 on every instance once its storage check trips",
+        )
+        for status, _, body in (start_upload(), pull_manifest()):
+            assert status == 503, (status, body)
+            (error,) = json.loads(body)["errors"]
+            assert error["code"] == "UNAVAILABLE" and "health check failed" in error["detail"], error
+        # What a real client shows its user.
+        host = lab.registry_url.removeprefix("https://")
+        with pytest.raises(RuntimeError) as failed:
+            skopeo_digest(f"docker://{host}/{lab.sample_repo}:1", lab.cert_dir, f"{lab.username}:{lab.password}")
+        assert "503" in str(failed.value) and "unavailable" in str(failed.value).lower(), failed.value
+        # The load balancer's view: every instance answers, so none is replaced; longer than a further
+        # 3 failed checks of the target group (15 s apart).
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            assert [instance_health(lab, name) for name in INSTANCES] == [200, 200], "an S3 outage failed /"
+            statuses = [instance_health(lab, name) for name in INSTANCES]
+            assert statuses == [503, 503] and all(alive(s) for s in statuses), statuses
             time.sleep(2)
-        # Signing in and the registry's base endpoint need no S3: clients still reach the fleet.
-        assert call(lab, "GET", f"{lab.registry_url}/v2/", headers=pull_auth(lab, repo))[0] == 200
+        # Signing in needs no S3: clients still get tokens (and then the 503 above).
+        assert pull_auth(lab, repo)["Authorization"].startswith("Bearer ")
     finally:
         Lab.restart(Path(lab.state_dir), "s3")
         lab.services["s3"] = LabState.load(Path(lab.state_dir)).services["s3"]
     wait_for(lambda: start_upload()[0] == 202, 30, "uploads again once S3 is back")
+    # The next storage check that succeeds clears it.
+    wait_for(lambda: [instance_health(lab, name) for name in INSTANCES] == [200, 200], 15, "200 on every instance")
 
 
 def test_edge_served_the_blob_bytes(lab: LabState) -> None:

@@ -570,9 +570,9 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
     (
         "fleet-replicated",
         "payments-prod",
-        registry_config(lambda c: c["health"].update(storagedriver={"enabled": True, "interval": "10s"})),
-        "fleet-lt",
-        "health.storagedriver.enabled is true",
+        edit("lb-tg", lambda p: p["healthCheck"].update(matcher="200")),
+        "lb-tg",
+        "healthCheck.matcher is '200' while the registry runs a storage health check",
     ),
     ("bucket-replicated", "dev", drop("storage-replication"), STACK, "no aws:s3/bucketReplicationConfig"),
     (

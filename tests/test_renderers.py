@@ -210,11 +210,11 @@ def test_without_cloudfront_no_middleware_and_blobs_are_not_redirected_to_s3() -
     assert config["storage"]["redirect"] == {"disable": True}
 
 
-def test_health_checks_only_the_drain_file_never_storage() -> None:
-    """Every registry health check fails `/` (the load balancer's check, which replaces hosts): a storage
-    check would fail on every host at once during an S3 outage, so only the drain switch is one."""
+def test_health_is_a_storage_check_that_trips_in_15_s() -> None:
+    """While S3 is unreachable every path answers 503 UNAVAILABLE (a clear, retryable error) instead of each
+    request failing with 500 UNKNOWN; the load balancer counts that 503 as alive (REGISTRY_HEALTH_CODES)."""
     health = parsed(base_config())["health"]
-    assert health == {"file": [{"file": "/var/lib/docker-registry/drain", "interval": "10s"}]}
+    assert health == {"storagedriver": {"enabled": True, "interval": "5s", "threshold": 3}}
 
 
 def test_auth_is_htpasswd_at_the_configured_path() -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from host.contract import REGISTRY_HEALTH_CODES, REGISTRY_PORT
 from policy.graph import (
     AUTOSCALING_GROUP,
     BUCKET,
     REPLICATION,
+    TARGET_GROUPS,
     Res,
     arn_of,
     as_list,
@@ -27,11 +29,21 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _matcher_codes(matcher: Any) -> set[int]:
+    """The HTTP codes a target group's health-check matcher accepts ("200", "200,503", "200-399")."""
+    codes: set[int] = set()
+    for part in str(matcher).split(","):
+        low, _, high = part.strip().partition("-")
+        if low.isdigit() and (not high or high.isdigit()):
+            codes.update(range(int(low), int(high or low) + 1))
+    return codes
+
+
 @rule(
     "fleet-replicated",
     8,
     "The Auto Scaling group keeps at least two hosts in at least two subnets, replaced on ELB health that no "
-    "shared dependency fails (the registry runs no storage health check).",
+    "shared dependency fails (the registry's target group counts the 503 of its storage check as alive).",
 )
 def find_fleet_replicated(resources: Sequence[Res]) -> Iterator[Finding]:
     groups = of_type(resources, AUTOSCALING_GROUP)
@@ -47,16 +59,26 @@ def find_fleet_replicated(resources: Sequence[Res]) -> Iterator[Finding]:
         health = prop(group, "healthCheckType")
         if not is_unknown(health) and health != "ELB":
             yield group.name, f"healthCheckType is {health!r}, expected 'ELB' (replace hosts the registry fails on)"
-    # Every registry health check fails `/`, the load balancer's check that replaces hosts: a storage check
-    # fails on every host at once while S3 or the KMS key is unavailable.
-    for lt, config in registry_configs(resources):
-        storage = mapping(mapping(config).get("health")).get("storagedriver") if isinstance(config, dict) else None
-        if mapping(storage).get("enabled") is True:
-            yield (
-                lt.name,
-                "the registry config's health.storagedriver.enabled is true: an S3 outage would fail `/` on every "
-                "host at once and ELB health would replace the whole fleet",
-            )
+    # A registry health check fails every path with 503, `/` (the load balancer's check, which replaces hosts)
+    # included. A storage check fails on every host at once while S3 or its KMS key is unavailable: the
+    # registry's target group must count that 503 as alive, or ELB health replaces the whole fleet.
+    storage_checked = any(
+        mapping(mapping(mapping(config).get("health")).get("storagedriver")).get("enabled") is True
+        for _, config in registry_configs(resources)
+        if isinstance(config, dict)
+    )
+    if storage_checked:
+        for tg in of_type(resources, *TARGET_GROUPS):
+            if prop(tg, "port") != REGISTRY_PORT:
+                continue
+            matcher = mapping(prop(tg, "healthCheck")).get("matcher", "200")
+            if not is_unknown(matcher) and 503 not in _matcher_codes(matcher):
+                yield (
+                    tg.name,
+                    f"healthCheck.matcher is {matcher!r} while the registry runs a storage health check: an S3 "
+                    f"outage answers 503 on every host at once and ELB health would replace the whole fleet "
+                    f"(expected {REGISTRY_HEALTH_CODES!r})",
+                )
 
 
 def _bucket_named(resources: Sequence[Res], name: Any) -> Res | None:
