@@ -347,6 +347,7 @@ def stacks_script() -> str:
         (["stacks/Pulumi.prod.yaml", "stacks/Pulumi.payments-prod.yaml", "README.md"], ["payments-prod", "prod"]),
         (["components/storage.py"], ["dev", "payments-prod", "prod", "staging"]),
         (["host/files/registry-token.service"], ["dev", "payments-prod", "prod", "staging"]),
+        (["auth/server.py"], ["dev", "payments-prod", "prod", "staging"]),
         (["infra/settings/model.py"], ["dev", "payments-prod", "prod", "staging"]),
         (["Pulumi.yaml"], ["dev", "payments-prod", "prod", "staging"]),
         (["requirements.txt"], ["dev", "payments-prod", "prod", "staging"]),
