@@ -21,6 +21,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components.access_logs import CDN_LOG_PREFIX, S3_LOG_PREFIX
 from components.iam import allow_service, policy_document
 from components.private_bucket import EVERY_OBJECT, SSE_S3, harden_bucket, tls_only_statement
 from host.contract import REGISTRY_HEALTH_CODES, REGISTRY_PORT, TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
@@ -54,11 +55,25 @@ ELB_LOG_ACCOUNTS = {
 ACCESS_LOG_PREFIX = "alb"
 
 
-def access_log_bucket_policy(bucket_arn: str, account_id: str, region: str) -> str:
+def access_log_bucket_policy(bucket_arn: str, account_id: str, region: str, logged_bucket_arn: str) -> str:
+    """Who may write the access logs: the ALB (its own prefix), S3 server access logging of the registry
+    bucket and CloudFront's log delivery (components/access_logs.py), each for this account only."""
     target = f"{bucket_arn}/{ACCESS_LOG_PREFIX}/AWSLogs/{account_id}/*"
+    this_account = {"StringEquals": {"aws:SourceAccount": account_id}}
     statements: list[dict[str, Any]] = [
         tls_only_statement(bucket_arn),
         allow_service("LogDeliveryWrites", "logdelivery.elasticloadbalancing.amazonaws.com", "s3:PutObject", target),
+        allow_service(
+            "S3ServerAccessLogs", "logging.s3.amazonaws.com", "s3:PutObject", f"{bucket_arn}/{S3_LOG_PREFIX}*"
+        )
+        | {"Condition": this_account | {"ArnLike": {"aws:SourceArn": logged_bucket_arn}}},
+        allow_service(
+            "CdnLogDelivery", "delivery.logs.amazonaws.com", "s3:PutObject", f"{bucket_arn}/{CDN_LOG_PREFIX}/*"
+        )
+        | {
+            "Condition": this_account
+            | {"ArnLike": {"aws:SourceArn": f"arn:aws:logs:us-east-1:{account_id}:delivery-source:*"}}
+        },
     ]
     if region in ELB_LOG_ACCOUNTS:
         statements.append(
@@ -85,6 +100,8 @@ class RegistryLoadBalancerArgs:
     # Hosts live here: the load balancer may only talk to these ranges, on the registry port.
     host_cidrs: list[str]
     certificate_arn: pulumi.Input[str]
+    # The registry bucket: its S3 server access logs land in the access-log bucket too.
+    logged_bucket_arn: pulumi.Input[str]
     tls_policy: str
     tags: dict[str, str]
     deletion_protection: bool = True
@@ -103,6 +120,13 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
     dns_name: pulumi.Output[str]
     zone_id: pulumi.Output[str]
     arn: pulumi.Output[str]
+    # The access-log bucket (the ALB's, S3's and CloudFront's logs).
+    log_bucket: pulumi.Output[str]
+    log_bucket_arn: pulumi.Output[str]
+    # CloudWatch's dimensions: `app/<name>/<id>` and `targetgroup/<name>/<id>`.
+    arn_suffix: pulumi.Output[str]
+    target_group_arn_suffix: pulumi.Output[str]
+    token_target_group_arn_suffix: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: RegistryLoadBalancerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("registry-fleet:index:RegistryLoadBalancer", name, None, opts)
@@ -124,8 +148,8 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 1},
                 }
             ],
-            policy=pulumi.Output.all(logs.arn, args.account_id).apply(
-                lambda a: access_log_bucket_policy(a[0], a[1], args.region)
+            policy=pulumi.Output.all(logs.arn, args.account_id, args.logged_bucket_arn).apply(
+                lambda a: access_log_bucket_policy(a[0], a[1], args.region, a[2])
             ),
             opts=child,
         )
@@ -242,6 +266,7 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
         )
 
         self.token_target_group_arn = None
+        self.token_target_group_arn_suffix = None
         if args.token_service:
             # A token request is one short round trip.
             token_tg = https_target_group(
@@ -259,12 +284,17 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                 opts=child,
             )
             self.token_target_group_arn = token_tg.arn
+            self.token_target_group_arn_suffix = token_tg.arn_suffix
 
         self.security_group_id = sg.id
         self.target_group_arn = tg.arn
         self.dns_name = lb.dns_name
         self.zone_id = lb.zone_id
         self.arn = lb.arn
+        self.log_bucket = logs.bucket
+        self.log_bucket_arn = logs.arn
+        self.arn_suffix = lb.arn_suffix
+        self.target_group_arn_suffix = tg.arn_suffix
         self.register_outputs(
             {
                 "dnsName": lb.dns_name,

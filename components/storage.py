@@ -107,6 +107,9 @@ def replication_policy(source_arn: str, dest_arn: str, source_key: str, dest_key
     )
 
 
+REPLICATION_RULE_ID = "replicate-everything"  # a dimension of the replication metrics
+
+
 @dataclass
 class ObjectLock:
     mode: Literal["GOVERNANCE", "COMPLIANCE"]
@@ -241,6 +244,8 @@ class RegistryStorage(pulumi.ComponentResource):
             "storage_class": "STANDARD",
             "encryption_configuration": {"replica_kms_key_id": self.replica_key.arn},
         }
+        # Replication metrics (failed operations, latency) feed the stack's alarms (components/alarms.py).
+        destination["metrics"] = {"status": "Enabled"}
         if args.replication_time_control:
             destination["replication_time"] = {"status": "Enabled", "time": {"minutes": 15}}
             destination["metrics"] = {"status": "Enabled", "event_threshold": {"minutes": 15}}
@@ -250,7 +255,7 @@ class RegistryStorage(pulumi.ComponentResource):
             role=replication_role.arn,
             rules=[
                 {
-                    "id": "replicate-everything",
+                    "id": REPLICATION_RULE_ID,
                     "status": "Enabled",
                     "priority": 1,
                     "filter": {},

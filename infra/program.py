@@ -1,9 +1,9 @@
 """The registry-fleet program: one `build(settings)` composing the components.
 
 Order follows the data: storage (buckets, keys, backups) -> network (its S3 endpoint admits
-the registry bucket) -> internal TLS -> the registry's public certificate -> load balancer ->
+the registry bucket) -> internal TLS -> the registry's public certificate -> load balancer -> its WAF ->
 CDN -> the primary bucket's policies (they name the distribution) -> access (token mode: the
-token service's signing key, robots, config and code) -> fleet -> DNS.
+token service's signing key, robots, config and code) -> fleet -> alarms and dashboard -> DNS.
 Components never read config: everything comes from the typed settings and the validated
 secret inputs (infra/secrets.py); the token service's from its spec (infra/token_service.py).
 """
@@ -16,14 +16,18 @@ import pulumi
 import pulumi_aws as aws
 
 from components.access import RegistryAccess, RegistryAccessArgs
+from components.access_logs import AccessLogs, AccessLogsArgs
+from components.alarms import RegistryAlarms, RegistryAlarmsArgs, TargetGroupSignals
 from components.cdn import BlobCdn, BlobCdnArgs
 from components.certificates import DnsValidatedCertificate, DnsValidatedCertificateArgs
 from components.dns import RegistryDns, RegistryDnsArgs
+from components.firewall import EdgeFirewall, EdgeFirewallArgs
 from components.fleet import ADMIN_USER, FleetCdn, RegistryFleet, RegistryFleetArgs
 from components.internal_tls import InternalTls, InternalTlsArgs
 from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
 from components.network import RegistryNetwork, RegistryNetworkArgs, subnet_plan
 from components.storage import (
+    REPLICATION_RULE_ID,
     ObjectLock,
     RegistryBucketPolicies,
     RegistryBucketPoliciesArgs,
@@ -137,6 +141,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
             allowed_cidrs=list(s.network.allowed_cidrs),
             host_cidrs=network.private_cidrs,
             certificate_arn=certificate.certificate_arn,
+            logged_bucket_arn=storage.bucket.arn,
             tls_policy=s.tls.policy,
             deletion_protection=protect,
             token_service=token_mode,
@@ -145,7 +150,20 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         opts=in_primary,
     )
 
+    firewall = EdgeFirewall(
+        "waf",
+        EdgeFirewallArgs(
+            prefix=prefix,
+            load_balancer_arn=lb.arn,
+            mode=s.waf.mode,
+            token_rate_limit=s.waf.token_rate_limit,
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
     cdn = None
+    us_east_1 = None
     if s.cdn.enabled:
         alias_cert = None
         if s.cdn_alias_host is not None:
@@ -244,6 +262,46 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         opts=in_primary,
     )
 
+    AccessLogs(
+        "request-logs",
+        AccessLogsArgs(
+            prefix=prefix,
+            log_bucket=lb.log_bucket,
+            log_bucket_arn=lb.log_bucket_arn,
+            registry_bucket=storage.bucket.id,
+            distribution_arn=cdn.distribution_arn if cdn else None,
+            us_east_1=us_east_1,
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
+    RegistryAlarms(
+        "alarms",
+        RegistryAlarmsArgs(
+            prefix=prefix,
+            account_id=identity.account_id,
+            region=s.region,
+            load_balancer_arn_suffix=lb.arn_suffix,
+            target_groups=[
+                TargetGroupSignals("registry", lb.target_group_arn_suffix, p99_seconds=30),
+                *(
+                    [TargetGroupSignals("token", lb.token_target_group_arn_suffix, p99_seconds=2)]
+                    if lb.token_target_group_arn_suffix is not None
+                    else []
+                ),
+            ],
+            min_hosts=s.fleet.min_size,
+            bucket=storage.bucket.bucket,
+            replica_bucket=storage.replica_bucket.bucket,
+            replication_rule_id=REPLICATION_RULE_ID,
+            backup_vault_name=storage.vault.name,
+            emails=s.alerts.emails,
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
     PolicyWaivers("policy-waivers", [WaiverArgs(w.rule, w.reason, w.expires) for w in s.waivers])
 
     RegistryDns(
@@ -267,6 +325,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         "caCertificate": internal_tls.ca_cert_pem,
         "autoScalingGroup": fleet.asg_name,
         "accessMode": s.access.mode,
+        "webAclArn": firewall.web_acl_arn,
     }
     if access is not None:
         outputs |= {

@@ -571,7 +571,10 @@ def test_hosts_are_tagged_with_the_signing_key_version_they_booted_with() -> Non
 
 def test_htpasswd_mode_has_no_token_resources() -> None:
     rec = htpasswd_recording()
-    assert not [r.name for r in rec.resources if r.name.startswith(("access", "lb-token", "fleet-in-token"))]
+    assert not [
+        r.name for r in rec.resources if r.name.startswith(("access", "lb-token", "fleet-in-token", "alarms-token"))
+    ]
+    assert "alarms-registry-5xx" in {r.name for r in rec.resources}
     assert not rec.of_type(LISTENER_RULE) and not rec.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
     assert [r.name for r in rec.of_type(TARGET_GROUP)] == ["lb-tg"]
     assert not [r.name for r in rec.resources if TOKEN_SERVICE_PORT in ports(r)]

@@ -113,6 +113,13 @@ def test_missing_key_says_where_to_set_it() -> None:
         ({"storage": {"chunkSizeMiB": 1}}, "storage.chunkSizeMiB: 1 is outside 5..512"),
         ({"cloudflare": {"zoneId": "abc"}}, 'cloudflare.zoneId: "abc": a Cloudflare zone id'),
         ({"team": "Payments Team"}, 'team: "Payments Team": a team is a lowercase slug'),
+        ({"waf": {"tokenRateLimit": 10}}, "waf.tokenRateLimit: 10 is outside 100..2000000 requests"),
+        ({"waf": {"mode": "log"}}, """waf.mode: "log": Input should be 'count' or 'block'"""),
+        ({"alerts": {"emails": ["oncall"]}}, """alerts.emails: ["oncall"]: 'oncall' is not an email address"""),
+        (
+            {"alerts": {"emails": ["a@example.com", "a@example.com"]}},
+            'alerts.emails: ["a@example.com", "a@example.com"]: lists an address twice',
+        ),
     ],
 )
 def test_bad_values_are_named(overrides: dict[str, object], expected: str) -> None:
@@ -125,6 +132,7 @@ def test_bad_values_are_named(overrides: dict[str, object], expected: str) -> No
     [
         ({"network": {"azCount": 2}}, "network.azCount: 2 is below 3: prod runs in three zones"),
         ({"network": {"natGateways": "single"}}, 'network.natGateways: "single": prod needs per-az'),
+        ({"alerts": {"emails": []}}, "alerts.emails: [] is empty: a prod stack's alarms must reach someone"),
     ],
 )
 def test_prod_only_rules(overrides: dict[str, object], expected: str) -> None:

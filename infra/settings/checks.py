@@ -29,6 +29,8 @@ def cross_field_problems(s: Settings) -> list[Problem]:
                 f"must lie within fleet.minSize..fleet.maxSize ({f.min_size}..{f.max_size})",
             )
         )
+    if s.environment == "prod" and not s.alerts.emails:
+        out.append(Problem("alerts.emails", [], "is empty: a prod stack's alarms must reach someone"))
     if s.environment == "prod" and s.network.az_count < 3:
         out.append(Problem("network.azCount", s.network.az_count, "is below 3: prod runs in three zones"))
     if f.min_size < min(s.network.az_count, 3):

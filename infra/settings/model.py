@@ -349,6 +349,45 @@ class CdnSettings(SettingsModel):
         return v
 
 
+class WafSettings(SettingsModel):
+    mode: Literal["count", "block"] = Field(
+        description="`block`: the web ACL's rules block what they match; `count`: they only count it (in the WAF's "
+        "metrics and logs), to try new rules on live traffic first."
+    )
+    token_rate_limit: int = Field(
+        description="Requests to the token path (`/auth`) one client address may make in 5 minutes before the "
+        "rate rule matches it, 100..2000000. CI behind one NAT address shares it: size it for the busiest hour."
+    )
+
+    @field_validator("token_rate_limit")
+    @classmethod
+    def _rate(cls, v: int) -> int:
+        if not 100 <= v <= 2_000_000:
+            raise _rule("is outside 100..2000000 requests per 5 minutes per address")
+        return v
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class AlertSettings(SettingsModel):
+    emails: tuple[str, ...] = Field(
+        default=(),
+        description="Addresses subscribed to the stack's alarm topic (each confirms once, by mail). `prod` needs "
+        "at least one. Pager services subscribe to the topic outside the stack (their URLs hold keys).",
+    )
+
+    @field_validator("emails")
+    @classmethod
+    def _emails(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for address in v:
+            if not _EMAIL.match(address):
+                raise _rule(f"{address!r} is not an email address")
+        if len(set(v)) != len(v):
+            raise _rule("lists an address twice")
+        return v
+
+
 class Waiver(SettingsModel):
     """A stack's documented exception to one policy rule, until a date."""
 
@@ -614,6 +653,11 @@ class Settings(SettingsModel):
     )
     backup: BackupSettings = Field(description="The AWS Backup plan for the registry bucket.")
     cdn: CdnSettings = Field(description="CloudFront signed-URL downloads for blobs.")
+    waf: WafSettings = Field(
+        description="The web application firewall in front of the load balancer: AWS managed rules (known bad "
+        "inputs, IP reputation) and a rate rule on the token path."
+    )
+    alerts: AlertSettings = Field(description="Who the stack's CloudWatch alarms notify.")
     access: AccessSettings = Field(
         discriminator="mode",
         description="Who may pull, push and delete: `mode: token` (the token service; the default) or "

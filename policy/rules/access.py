@@ -11,18 +11,24 @@ from urllib.parse import urlparse
 from host.contract import TOKEN_HEALTH_PATH
 from policy.graph import (
     AUTOSCALING_GROUP,
+    BUCKET_LOGGING,
+    DISTRIBUTION,
     LISTENER_RULES,
     LISTENERS,
+    LOG_DELIVERY,
+    LOG_DELIVERY_SOURCE,
     TARGET_GROUPS,
     UNKNOWN_VALUES,
     Res,
     arn_of,
     as_list,
+    bucket_name,
     host_boot,
     is_unknown,
     known_str,
     mapping,
     of_type,
+    primary_buckets,
     prop,
     registry_configs,
 )
@@ -130,3 +136,38 @@ def find_token_service_routed(resources: Sequence[Res]) -> Iterator[Finding]:
                             group.name,
                             f"targetGroupArns does not include {tg.name}: its hosts never get token requests",
                         )
+
+
+@rule(
+    "access-logs",
+    3,
+    "Who read and wrote images is on record: S3 server access logs of the registry bucket, and CloudFront "
+    "standard logging of the blob CDN, each delivered to a bucket of the stack.",
+)
+def find_access_logs(resources: Sequence[Res]) -> Iterator[Finding]:
+    buckets = {name for b in of_type(resources, "aws:s3/bucket:Bucket") if (name := bucket_name(b))}
+    logging = {prop(r, "bucket"): prop(r, "targetBucket") for r in of_type(resources, BUCKET_LOGGING)}
+    for bucket in primary_buckets(resources):
+        name = bucket_name(bucket)
+        if name is None or any(is_unknown(k) for k in logging):
+            continue  # a preview: names are not known yet
+        target = logging.get(name)
+        if target is None:
+            yield bucket.name, f"no {BUCKET_LOGGING}: reads and deletes of images leave no record"
+        elif not is_unknown(target) and target not in buckets:
+            yield bucket.name, f"its access logs go to {target!r}, not a bucket of this stack"
+    delivered = {prop(d, "deliverySourceName") for d in of_type(resources, LOG_DELIVERY)}
+    sources = {
+        prop(s, "resourceArn"): s
+        for s in of_type(resources, LOG_DELIVERY_SOURCE)
+        if prop(s, "logType") == "ACCESS_LOGS"
+    }
+    for distribution in of_type(resources, DISTRIBUTION):
+        arn = arn_of(distribution)
+        if arn is None or any(is_unknown(k) for k in sources):
+            continue
+        source = sources.get(arn)
+        if source is None:
+            yield distribution.name, f"no {LOG_DELIVERY_SOURCE} of its ACCESS_LOGS: downloads leave no record"
+        elif prop(source, "name") not in delivered and not any(is_unknown(d) for d in delivered):
+            yield source.name, f"no {LOG_DELIVERY} sends it anywhere"

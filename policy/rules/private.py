@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from host.contract import TOKEN_PATH
 from policy.graph import (
     BUCKET,
     BUCKET_POLICY,
@@ -15,11 +16,16 @@ from policy.graph import (
     INGRESS_RULE,
     LAUNCH_TEMPLATE,
     LOAD_BALANCER_COMPONENT,
+    LOAD_BALANCERS,
     PUBLIC_ACCESS_BLOCK,
     RANDOM_PASSWORD,
     SECURITY_GROUP,
     SECURITY_GROUP_RULE,
+    WEB_ACL,
+    WEB_ACL_ASSOCIATION,
+    WEB_ACL_LOGGING,
     Res,
+    arn_of,
     as_list,
     everyone,
     is_secret,
@@ -171,3 +177,63 @@ def find_no_plain_secrets(resources: Sequence[Res]) -> Iterator[Finding]:
             if leaked:
                 yield res.name, f"{path} holds the result of {leaked} in plain text (not a secret)"
                 break
+
+
+# The AWS managed rule groups every edge ACL runs (components/firewall.py).
+REQUIRED_RULE_GROUPS = ("AWSManagedRulesAmazonIpReputationList", "AWSManagedRulesKnownBadInputsRuleSet")
+
+
+def _rate_limits_token_path(acl_rule: Mapping[str, Any]) -> bool:
+    rate = mapping(mapping(acl_rule.get("statement")).get("rateBasedStatement"))
+    match = mapping(mapping(rate.get("scopeDownStatement")).get("byteMatchStatement"))
+    return (
+        rate.get("aggregateKeyType") == "IP"
+        and match.get("searchString") == TOKEN_PATH
+        and match.get("positionalConstraint") in ("STARTS_WITH", "EXACTLY")
+        and "uriPath" in mapping(match.get("fieldToMatch"))
+    )
+
+
+@rule(
+    "edge-firewall",
+    7,
+    "Every load balancer has a WAF web ACL with AWS's IP reputation and known-bad-inputs rule groups and a "
+    "per-address rate rule on the token path, logging with the authorization header redacted.",
+)
+def find_edge_firewall(resources: Sequence[Res]) -> Iterator[Finding]:
+    associations = of_type(resources, WEB_ACL_ASSOCIATION)
+    attached = {prop(a, "resourceArn"): prop(a, "webAclArn") for a in associations}
+    acl_arns = {arn_of(acl) for acl in of_type(resources, WEB_ACL)}
+    # In a preview ARNs are not known yet: an association to an unknown ARN may be this load balancer's.
+    previewing = any(is_unknown(arn) for arn in attached)
+    for lb in of_type(resources, *LOAD_BALANCERS):
+        lb_arn = arn_of(lb)
+        if lb_arn is None or previewing:
+            continue
+        if lb_arn not in attached:
+            yield lb.name, f"no {WEB_ACL_ASSOCIATION} puts a web ACL in front of it"
+        elif attached[lb_arn] not in acl_arns and not is_unknown(attached[lb_arn]):
+            yield lb.name, f"its web ACL {attached[lb_arn]!r} is not one of this stack's"
+    logging_configs = of_type(resources, WEB_ACL_LOGGING)
+    for acl in of_type(resources, WEB_ACL):
+        rules = [mapping(r) for r in as_list(prop(acl, "rules"))]
+        groups = {mapping(mapping(r.get("statement")).get("managedRuleGroupStatement")).get("name") for r in rules}
+        missing = [g for g in REQUIRED_RULE_GROUPS if g not in groups]
+        if missing:
+            yield acl.name, f"rules lack the AWS managed rule group(s) {missing}"
+        if not any(_rate_limits_token_path(r) for r in rules):
+            yield acl.name, f"no rate-based rule per client IP scoped to the token path {TOKEN_PATH!r}"
+        arn = arn_of(acl)
+        logging = [c for c in logging_configs if is_unknown(prop(c, "resourceArn")) or prop(c, "resourceArn") == arn]
+        if not logging:
+            yield acl.name, f"no {WEB_ACL_LOGGING}: blocked and counted requests leave no trace"
+        for config in logging:
+            redacted = [
+                mapping(mapping(f).get("singleHeader")).get("name") for f in as_list(prop(config, "redactedFields"))
+            ]
+            if "authorization" not in [str(h).lower() for h in redacted]:
+                yield (
+                    config.name,
+                    "redactedFields does not redact the authorization header: sign-in passwords and tokens would "
+                    "be logged",
+                )

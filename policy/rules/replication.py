@@ -9,18 +9,25 @@ from typing import Any
 from host.contract import REGISTRY_HEALTH_CODES, REGISTRY_PORT
 from policy.graph import (
     AUTOSCALING_GROUP,
+    BACKUP_VAULT,
     BUCKET,
+    LOAD_BALANCERS,
+    METRIC_ALARM,
     REPLICATION,
+    SNS_TOPIC,
     TARGET_GROUPS,
+    VAULT_NOTIFICATIONS,
     Res,
     arn_of,
     as_list,
     bucket_name,
     is_unknown,
+    known_str,
     mapping,
     of_type,
     prop,
     registry_configs,
+    unwrap,
 )
 from policy.registry import STACK, Finding, rule
 
@@ -126,3 +133,55 @@ def find_bucket_replicated(resources: Sequence[Res]) -> Iterator[Finding]:
                     f"rules[{i}].destination.bucket is {dest.name}, through the source's provider "
                     f"{source_provider!r}: the replica must be in another region",
                 )
+
+
+# The signals every stack alarms on (components/alarms.py): per load balancer, per target group, per
+# replication rule. A missing one is a failure nobody hears about.
+LB_METRICS = ("HTTPCode_ELB_5XX_Count",)
+TARGET_GROUP_METRICS = ("HTTPCode_Target_5XX_Count", "TargetResponseTime", "UnHealthyHostCount")
+REPLICATION_METRICS = ("OperationsFailedReplication", "ReplicationLatency")
+BACKUP_FAILURES = ("BACKUP_JOB_FAILED", "COPY_JOB_FAILED")
+
+
+@rule(
+    "alarms-notify",
+    8,
+    "CloudWatch alarms on load-balancer 5xx, each target group's 5xx, latency and unhealthy hosts, and "
+    "replication failures and lag notify an SNS topic of the stack, as do failed backup and copy jobs.",
+)
+def find_alarms_notify(resources: Sequence[Res]) -> Iterator[Finding]:
+    topics = {arn for t in of_type(resources, SNS_TOPIC) if (arn := arn_of(t))}
+    watched: set[tuple[str, str]] = set()  # (metric, the dimension that names what it watches)
+    for alarm in of_type(resources, METRIC_ALARM):
+        actions = as_list(prop(alarm, "alarmActions"))
+        if is_unknown(prop(alarm, "alarmActions")) or any(is_unknown(a) for a in actions):
+            continue  # a preview: the topic's ARN is not known yet
+        if not any(a in topics for a in actions):
+            yield alarm.name, f"alarmActions {actions} notify no SNS topic of the stack: it fires unheard"
+            continue
+        dims = mapping(prop(alarm, "dimensions"))
+        key = dims.get("TargetGroup") or dims.get("LoadBalancer") or dims.get("SourceBucket")
+        watched.add((str(prop(alarm, "metricName")), str(key)))
+    # In a preview neither suffixes nor topics are known yet: what cannot be matched is not judged.
+    for watched_resources, metrics in (
+        (of_type(resources, *LOAD_BALANCERS), LB_METRICS),
+        (of_type(resources, *TARGET_GROUPS), TARGET_GROUP_METRICS),
+    ):
+        for res in watched_resources:
+            suffix = known_str(unwrap(res.outputs.get("arnSuffix"))) or known_str(prop(res, "arnSuffix"))
+            for metric in metrics if suffix is not None else ():
+                if (metric, str(suffix)) not in watched:
+                    yield res.name, f"no alarm on {metric} notifies the stack's topic"
+    for replication in of_type(resources, REPLICATION):
+        source = prop(replication, "bucket")
+        for metric in REPLICATION_METRICS:
+            if not is_unknown(source) and (metric, str(source)) not in watched:
+                yield replication.name, f"no alarm on {metric} notifies the stack's topic"
+    notified = [
+        n
+        for n in of_type(resources, VAULT_NOTIFICATIONS)
+        if prop(n, "snsTopicArn") in topics or is_unknown(prop(n, "snsTopicArn"))
+    ]
+    events = {e for n in notified for e in as_list(prop(n, "backupVaultEvents"))}
+    if of_type(resources, BACKUP_VAULT) and not all(e in events for e in BACKUP_FAILURES):
+        yield STACK, f"no {VAULT_NOTIFICATIONS} sends {list(BACKUP_FAILURES)} to the stack's topic"
