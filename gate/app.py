@@ -12,7 +12,10 @@ GET or HEAD of `/v2/<repo>/manifests/<ref>` where <repo> is protected (gate/conf
      `cache_seconds` (bounded, oldest out first); a missing or invalid one is never remembered;
   4. valid: the registry's answer is served, byte for byte (GET: the bytes just checked, so a tag moved
      meanwhile cannot slip another manifest in). Otherwise 403 with an OCI error
-     `{"errors":[{"code":"DENIED","message":"<repo>@<digest>: no valid signature ...","detail":{...}}]}`.
+     `{"errors":[{"code":"DENIED","message":"<repo>@<digest>: no valid signature ...","detail":{...}}]}`
+     (also when the registry refuses the client's token for the `.sig` reads). When the signatures
+     cannot be read for another reason (the registry or the CDN failing), 503 UNAVAILABLE: retryable,
+     and nothing served either way.
   A cosign signature manifest itself (an image manifest whose every layer is a simple-signing payload:
   nothing to run) is served unsigned: verifiers (cosign, policy-controller, Kyverno) must read it.
 Malformed names or references get 400 before anything reaches the registry. Other paths, methods and
@@ -45,7 +48,7 @@ from signing.cosign import (
     signature_tag,
 )
 from signing.references import DIGEST, TAG, valid_repository
-from signing.registry import MAX_MANIFEST_BYTES, RegistryClient, RegistryError, TooLarge, Transport
+from signing.registry import MAX_MANIFEST_BYTES, RegistryClient, RegistryError, TooLarge, Transport, Unauthorized
 from signing.verify import MAX_PAYLOAD_BYTES, NO_SIGNATURE, PublicKey, Result, verify_signatures
 
 AUDIT_LOGGER = "registry_fleet.gate.audit"
@@ -58,8 +61,9 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 }  # fmt: skip
-# The client's headers a manifest read needs upstream (nothing else: the registry sees what it must).
-FORWARDED = ("Authorization", "Accept", "User-Agent", "If-None-Match")
+# The client's headers a manifest read needs upstream. Not If-None-Match: a 304 would tell the client
+# to use the manifest it holds, which the gate has not checked.
+FORWARDED = ("Authorization", "Accept", "User-Agent")
 SERVED = ("Content-Type", "Docker-Distribution-Api-Version", "Etag", "Cache-Control")
 MAX_PASSTHROUGH_BODY = MAX_MANIFEST_BYTES  # the load balancer never sends uploads here
 STATUS_TEXT = {
@@ -126,7 +130,15 @@ def oci_error(status: int, code: str, message: str, detail: dict[str, Any] | Non
 
 
 def _client(environ: dict[str, Any]) -> str:
+    """Who asked, for the audit line: the load balancer's X-Forwarded-For (it appends the client), else the peer."""
     return str(environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR") or "")
+
+
+def _forwarded_for(environ: dict[str, Any]) -> str:
+    """X-Forwarded-For for the registry: what came in, with the peer appended (as a proxy does)."""
+    peer = str(environ.get("REMOTE_ADDR") or "")
+    earlier = environ.get("HTTP_X_FORWARDED_FOR")
+    return f"{earlier}, {peer}" if earlier else peer
 
 
 class Gate:
@@ -187,7 +199,7 @@ class Gate:
     def manifest(self, environ: dict[str, Any], method: str, name: str, reference: str) -> Answer:
         path = f"/v2/{name}/manifests/{reference}"
         headers = {h: environ[key] for h in FORWARDED if (key := "HTTP_" + h.upper().replace("-", "_")) in environ}
-        headers["X-Forwarded-For"] = _client(environ)
+        headers["X-Forwarded-For"] = _forwarded_for(environ)
         try:
             resp = self.transport.request(method, path, headers, max_bytes=MAX_MANIFEST_BYTES)
         except TooLarge:
@@ -207,19 +219,20 @@ class Gate:
             log.error("upstream served %s for %s@%s", digest, name, reference)
             return oci_error(502, "UNAVAILABLE", "the registry served another digest than the one asked for")
         served = self._headers(resp.headers, resp.body, method, digest)
-        if (name, digest) in self.cache:
+        if (name, digest) in self.cache or (method == "GET" and is_signature_manifest(resp.body)):
             return Answer(200, served, resp.body)
         authorization = environ.get("HTTP_AUTHORIZATION")
         try:
             result = self.verify(name, digest, authorization)
+        except Unauthorized as err:
+            return self.refuse(environ, name, digest, "unverifiable", f"its signatures could not be read ({err})")
         except (urllib3.exceptions.HTTPError, OSError, RegistryError) as err:
             log.error("verifying %s@%s: %s", name, digest, err)
-            return self.refuse(environ, name, digest, "unverifiable", f"its signatures could not be read ({err})")
+            return oci_error(503, "UNAVAILABLE", f"{name}@{digest}: its signatures could not be read now; try again")
         if result.valid:
             self.cache.add((name, digest))
             return Answer(200, served, resp.body)
-        body = resp.body if method == "GET" else self._body(path, headers, digest)
-        if body is not None and is_signature_manifest(body):
+        if method == "HEAD" and is_signature_manifest(self._body(path, headers, digest) or b""):
             return Answer(200, served, resp.body)
         return self.refuse(environ, name, digest, result.reason or NO_SIGNATURE, result.explanation)
 
@@ -292,7 +305,7 @@ class Gate:
         }
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
-        headers["X-Forwarded-For"] = _client(environ)
+        headers["X-Forwarded-For"] = _forwarded_for(environ)
         if environ.get("HTTP_HOST"):
             headers["X-Forwarded-Host"] = environ["HTTP_HOST"]
         length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from signing.kms import KmsSigner
 from tests.helpers import settings_with
 from tests.helpers.lab import host, password, push, skopeo
 from tests.helpers.registry import Response, call, status_of
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -60,6 +62,8 @@ class Env:
     public_key: Path  # the stack key's PEM
     gate_url: str
     gate_log: str
+    gate: supervisor.Service
+    gate_config: Path
     layout: Path
     digests: dict[str, str]  # image tag in the layout -> manifest digest once pushed
 
@@ -122,7 +126,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         supervisor.start(gate, cwd=REPO_ROOT)
         url = f"https://127.0.0.1:{port}"
         supervisor.wait_ready(gate, lambda: status_of(state.ca_file, f"{url}/healthz") == 200)
-        yield Env(state, public_key, url, gate.log, layout, {})
+        yield Env(state, public_key, url, gate.log, gate, config, layout, {})
     finally:
         if gate is not None:
             supervisor.stop(gate)
@@ -415,7 +419,9 @@ def test_cosign_verifies_through_the_gate(env: Env) -> None:
     assert fleet(env, "sign", "team-a/through:1")[0] == 0
     proc = cosign_verify(env, f"team-a/through@{digest}", env.public_key, registry=env.gate_host)
     assert proc.returncode == 0, proc.stderr
-    assert via_gate(env, "GET", "team-a/through", cosign.signature_tag(digest))[0] == 200
+    for method in ("GET", "HEAD"):
+        status, headers, _ = via_gate(env, method, "team-a/through", cosign.signature_tag(digest))
+        assert status == 200 and headers["docker-content-digest"].startswith("sha256:")
 
 
 def test_gate_signs_and_serves_a_multi_arch_index_only_when_signed_recursively(env: Env) -> None:
@@ -555,6 +561,28 @@ def test_gate_caches_valid_signatures_only(env: Env) -> None:
     assert checks == [signed, unsigned, unsigned]
     assert fleet(env, "sign", "team-a/cached:2")[0] == 0
     assert get("2").startswith("200")
+
+
+def test_gate_reloads_its_configuration_on_sighup_and_keeps_it_when_invalid(env: Env) -> None:
+    digest = put(env, "3", "team-b/later:1", account=B_DEV)
+    assert via_gate(env, "GET", "team-b/later", "1", account=B_DEV)[0] == 200
+    original = env.gate_config.read_text()
+    try:
+        config = yaml.safe_load(original)
+        config["namespaces"]["team-b"] = {"require_signed": True}
+        env.gate_config.write_text(yaml.safe_dump(config))
+        os.kill(env.gate.pid, signal.SIGHUP)
+        wait_for(lambda: via_gate(env, "GET", "team-b/later", "1", account=B_DEV)[0] == 403, 30, "team-b protected")
+        assert_denied(via_gate(env, "GET", "team-b/later", "1", account=B_DEV), digest)
+        # An invalid file is refused: the running configuration (team-b protected) stays.
+        env.gate_config.write_text("upstream: http://nowhere\n")
+        os.kill(env.gate.pid, signal.SIGHUP)
+        wait_for(lambda: "configuration reload refused" in Path(env.gate_log).read_text(), 30, "the refusal")
+        assert via_gate(env, "GET", "team-b/later", "1", account=B_DEV)[0] == 403
+    finally:
+        env.gate_config.write_text(original)
+        os.kill(env.gate.pid, signal.SIGHUP)
+    wait_for(lambda: via_gate(env, "GET", "team-b/later", "1", account=B_DEV)[0] == 200, 30, "team-b free again")
 
 
 def test_sign_without_a_running_lab_after_down(env: Env) -> None:

@@ -9,8 +9,11 @@ verify cosign's.
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import json
+import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -330,7 +333,7 @@ def test_public_keys_must_be_p256() -> None:
         load_public_keys(["nope"])
     p384 = ec.generate_private_key(ec.SECP384R1())
     with pytest.raises(ValueError, match="not an ECDSA P-256 key"):
-        load_public_keys([pem(p384)])  # type: ignore[arg-type]
+        load_public_keys([pem(p384)])
     with pytest.raises(ValueError, match="no public key"):
         load_public_keys([])
 
@@ -549,3 +552,199 @@ def test_signature_b64_round_trip() -> None:
     key = new_key()
     sig = signed(key, b"x")
     key.public_key().verify(base64.b64decode(sig.signature_b64), b"x", ec.ECDSA(hashes.SHA256()))
+
+
+# --- the registry client's redirects: the token never leaves the registry -------------------------------
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: list[tuple[str, str, str | None]]  # (server, path, Authorization)
+    name = ""
+    redirect_to = ""
+
+    def do_GET(self) -> None:
+        self.seen.append((self.name, self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/v2/") and self.redirect_to:
+            self.send_response(307)
+            self.send_header("Location", self.redirect_to + self.path.rsplit("/", 1)[-1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b"blob"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve(pki: Any, name: str, redirect_to: str, seen: list[tuple[str, str, str | None]]) -> Any:
+    handler = type(f"H{name}", (_Recorder,), {"name": name, "redirect_to": redirect_to, "seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_blob_redirects_to_another_host_drop_the_authorization(tmp_path: Path, scheme: str) -> None:
+    from lab.pki import create_pki
+    from signing.registry import RegistryClient, RegistryError, Transport
+
+    pki = create_pki(tmp_path, ["127.0.0.1", "localhost"])
+    seen: list[tuple[str, str, str | None]] = []
+    cdn = _serve(pki, "cdn", "", seen)
+    blob = b"blob"
+    digest = cosign.sha256_digest(blob)
+    # The registry at 127.0.0.1 redirects to the CDN at localhost: another host.
+    registry = _serve(pki, "registry", f"{scheme}://localhost:{cdn.server_port}/cdn/", seen)
+    try:
+        transport = Transport(f"https://127.0.0.1:{registry.server_port}", str(pki.ca_cert))
+        client = RegistryClient(transport, fixed_authorization=True, authorization="Bearer secret-token")
+        if scheme == "http":
+            with pytest.raises(RegistryError, match="HTTPS only"):
+                client.get_blob("team-a/app", digest, 100)
+            assert [s[0] for s in seen] == ["registry"]
+            return
+        assert client.get_blob("team-a/app", digest, 100) == blob
+        assert seen == [
+            ("registry", f"/v2/team-a/app/blobs/{digest}", "Bearer secret-token"),
+            ("cdn", f"/cdn/{digest}", None),
+        ]
+    finally:
+        registry.shutdown()
+        cdn.shutdown()
+
+
+def test_a_redirect_to_the_same_registry_keeps_the_authorization(tmp_path: Path) -> None:
+    """The twin: the registry's own redirect (same origin) carries the token, as a client's does."""
+    from lab.pki import create_pki
+    from signing.registry import RegistryClient, Transport
+
+    pki = create_pki(tmp_path, ["127.0.0.1", "localhost"])
+    seen: list[tuple[str, str, str | None]] = []
+    registry = _serve(pki, "registry", "/local/", seen)
+    blob = b"blob"
+    try:
+        transport = Transport(f"https://127.0.0.1:{registry.server_port}", str(pki.ca_cert))
+        client = RegistryClient(transport, fixed_authorization=True, authorization="Bearer secret-token")
+        assert client.get_blob("team-a/app", cosign.sha256_digest(blob), 100) == blob
+        assert [s[2] for s in seen] == ["Bearer secret-token", "Bearer secret-token"]
+    finally:
+        registry.shutdown()
+
+
+# --- the gate's decisions against a scripted registry ---------------------------------------------------
+
+
+class ScriptedRegistry:
+    """Stands in for the gate's Transport: answers by path from a dict; a path mapped to an exception raises it."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.asked: list[tuple[str, str, dict[str, str]]] = []
+
+    def request(
+        self, method: str, path: str, headers: Any, body: Any = None, max_bytes: int = 0, follow: bool = False
+    ) -> Any:
+        from signing.registry import Response
+
+        self.asked.append((method, path, dict(headers)))
+        answer = self.answers.get(path)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is None:
+            return Response(404, {}, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}')
+        status, headers_out, data = answer
+        return Response(status, headers_out, b"" if method == "HEAD" else data)
+
+
+def scripted_gate(
+    tmp_path: Path, key: ec.EllipticCurvePrivateKey, answers: dict[str, Any]
+) -> tuple[Gate, ScriptedRegistry]:
+    gate = Gate(parse_config(gate_config(public_keys=[pem(key)]), tmp_path))
+    registry = ScriptedRegistry(answers)
+    gate.transport = registry  # type: ignore[assignment]
+    return gate, registry
+
+
+REGISTRY = "registry.dev.example.com"
+IMAGE = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}'
+IMAGE_DIGEST = cosign.sha256_digest(IMAGE)
+
+
+def signed_answers(key: ec.EllipticCurvePrivateKey, repo: str = "team-a/app") -> dict[str, Any]:
+    sig = signed(key, cosign.payload(f"{REGISTRY}/{repo}", IMAGE_DIGEST))
+    manifest = cosign.signature_manifest([sig.layer()]).manifest
+    return {
+        f"/v2/{repo}/manifests/1": (
+            200,
+            {"Content-Type": cosign.OCI_MANIFEST, "Docker-Content-Digest": IMAGE_DIGEST},
+            IMAGE,
+        ),
+        f"/v2/{repo}/manifests/{cosign.signature_tag(IMAGE_DIGEST)}": (200, {}, manifest),
+        f"/v2/{repo}/blobs/{sig.digest}": (200, {}, sig.payload),
+    }
+
+
+def test_gate_serves_the_exact_bytes_it_checked_and_forwards_the_clients_credentials(tmp_path: Path) -> None:
+    key = new_key()
+    gate, registry = scripted_gate(tmp_path, key, signed_answers(key))
+    status, body = call(gate, "GET", "/v2/team-a/app/manifests/1", {"Authorization": "Bearer client", "Accept": "x"})
+    assert status.startswith("200") and body == IMAGE
+    assert [a[1] for a in registry.asked] == [
+        "/v2/team-a/app/manifests/1",
+        f"/v2/team-a/app/manifests/{cosign.signature_tag(IMAGE_DIGEST)}",
+        f"/v2/team-a/app/blobs/{cosign.sha256_digest(cosign.payload(f'{REGISTRY}/team-a/app', IMAGE_DIGEST))}",
+    ]
+    assert all(a[2].get("Authorization") == "Bearer client" for a in registry.asked)
+    assert registry.asked[0][2]["Accept"] == "x" and "If-None-Match" not in registry.asked[0][2]
+    # Cached: the next GET asks the registry for the manifest only.
+    assert call(gate, "GET", "/v2/team-a/app/manifests/1")[0].startswith("200") and len(registry.asked) == 4
+
+
+def test_gate_never_serves_another_digest_than_the_one_asked_for(tmp_path: Path) -> None:
+    key = new_key()
+    answers = signed_answers(key)
+    answers[f"/v2/team-a/app/manifests/{OTHER}"] = answers["/v2/team-a/app/manifests/1"]
+    gate, _ = scripted_gate(tmp_path, key, answers)
+    status, body = call(gate, "GET", f"/v2/team-a/app/manifests/{OTHER}")
+    assert status.startswith("502") and body != IMAGE and b"another digest" in body
+    assert call(gate, "GET", f"/v2/team-a/app/manifests/{IMAGE_DIGEST}")[0].startswith("404")  # not scripted
+
+
+def test_gate_answers_503_when_the_signatures_cannot_be_read_and_serves_nothing(tmp_path: Path) -> None:
+    key = new_key()
+    answers = signed_answers(key)
+    answers[f"/v2/team-a/app/manifests/{cosign.signature_tag(IMAGE_DIGEST)}"] = OSError("connection reset")
+    gate, _ = scripted_gate(tmp_path, key, answers)
+    status, body = call(gate, "GET", "/v2/team-a/app/manifests/1")
+    assert status.startswith("503") and b"UNAVAILABLE" in body and body != IMAGE
+    answers[f"/v2/team-a/app/manifests/{cosign.signature_tag(IMAGE_DIGEST)}"] = (401, {}, b"{}")
+    status, body = call(gate, "GET", "/v2/team-a/app/manifests/1")
+    assert status.startswith("403") and b"unverifiable" in body
+
+
+def test_gate_head_needs_the_registrys_digest(tmp_path: Path) -> None:
+    key = new_key()
+    answers = signed_answers(key)
+    gate, _ = scripted_gate(tmp_path, key, answers)
+    assert call(gate, "HEAD", "/v2/team-a/app/manifests/1")[0].startswith("200")
+    answers["/v2/team-a/app/manifests/1"] = (200, {"Content-Type": cosign.OCI_MANIFEST}, IMAGE)
+    gate, _ = scripted_gate(tmp_path, key, answers)
+    assert call(gate, "HEAD", "/v2/team-a/app/manifests/1")[0].startswith("502")
+
+
+def test_gate_passes_a_401_through_unchanged(tmp_path: Path) -> None:
+    challenge = 'Bearer realm="https://r/auth",service="s",scope="repository:team-a/app:pull"'
+    gate, _ = scripted_gate(
+        tmp_path, new_key(), {"/v2/team-a/app/manifests/1": (401, {"WWW-Authenticate": challenge}, b"{}")}
+    )
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v2/team-a/app/manifests/1", "wsgi.input": io.BytesIO()}
+    seen: list[Any] = []
+    b"".join(gate(environ, lambda s, h: seen.append((s, dict(h)))))
+    assert seen[0][0].startswith("401") and seen[0][1]["WWW-Authenticate"] == challenge
