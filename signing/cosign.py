@@ -160,7 +160,7 @@ def parse_manifest(body: bytes, what: str = "manifest") -> dict[str, Any]:
     """A JSON object with a `layers` list (an image manifest); FormatError otherwise."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FormatError(f"{what} is not JSON") from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise FormatError(f"{what} is not a schemaVersion 2 manifest")
@@ -180,7 +180,8 @@ def add_signature(existing: bytes | None, signature: Signature) -> SignatureMani
         layers = list(parse_manifest(existing, "the existing signature manifest")["layers"])
     new = signature.layer()
     for layer in layers:
-        annotations = layer.get("annotations") or {}
+        annotations = layer.get("annotations")
+        annotations = annotations if isinstance(annotations, dict) else {}
         if layer.get("digest") == new["digest"] and annotations.get(SIGNATURE_ANNOTATION) == signature.signature_b64:
             return None
     return signature_manifest([*layers, new])
@@ -201,7 +202,7 @@ def child_manifests(body: bytes) -> list[str]:
     """The digests an index (multi-arch image) lists; [] for an image manifest."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FormatError("the manifest is not JSON") from None
     if not isinstance(doc, dict):
         raise FormatError("the manifest is not a JSON object")

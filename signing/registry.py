@@ -185,7 +185,7 @@ def error_detail(body: bytes) -> str:
     try:
         errors = json.loads(body).get("errors") or []
         return f"{errors[0].get('code')}: {errors[0].get('message')}"[:300] if errors else ""
-    except (ValueError, AttributeError, IndexError, TypeError):
+    except (ValueError, AttributeError, IndexError, TypeError, RecursionError):
         return ""
 
 

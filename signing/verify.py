@@ -145,7 +145,7 @@ def read_claims(payload: bytes) -> tuple[str, str, str]:
         doc = json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except FormatError as err:
         raise FormatError(f"payload: {err}") from None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise FormatError("the payload is not UTF-8 JSON") from None
     if not isinstance(doc, dict) or "critical" not in doc or not set(doc) <= {"critical", "optional"}:
         raise FormatError("the payload must be an object of critical and optional")
@@ -176,7 +176,8 @@ def _check_layer(
     keys: Sequence[PublicKey],
     registry_host: str | None,
 ) -> Finding:
-    encoded = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
+    annotations = layer.get("annotations")
+    encoded = annotations.get(SIGNATURE_ANNOTATION) if isinstance(annotations, dict) else None
     if not isinstance(encoded, str) or not encoded:
         return Finding(MALFORMED, f"layer {str(layer.get('digest'))[:80]} has no {SIGNATURE_ANNOTATION} annotation")
     try:

@@ -300,6 +300,17 @@ def test_signature_annotation_missing_or_not_base64_is_malformed() -> None:
 def test_garbage_sig_manifest_is_malformed() -> None:
     assert check(b"\x00garbage", [new_key()]).reason == MALFORMED
     assert check(b'{"schemaVersion":2,"layers":"x"}', [new_key()]).reason == MALFORMED
+    nested = b"[" * 200_000 + b"]" * 200_000  # deeper than any JSON parser's recursion
+    assert check(nested, [new_key()]).reason == MALFORMED
+    assert not cosign.is_signature_manifest(nested)
+    layer = {"mediaType": cosign.PAYLOAD_MEDIA_TYPE, "size": 3, "digest": OTHER, "annotations": ["x"]}
+    assert check(cosign.signature_manifest([layer]).manifest, [new_key()]).reason == MALFORMED
+
+
+def test_a_signed_payload_nested_too_deep_is_malformed() -> None:
+    key = new_key()
+    result = check([signed(key, b"[" * 30_000 + b"]" * 30_000)], [key])
+    assert result.reason == MALFORMED
 
 
 def test_missing_or_oversized_payload_blob_is_malformed() -> None:
