@@ -156,13 +156,17 @@ def parse_config(data: Any, base_dir: Path, source: str = "config") -> ServiceCo
     return config.model_copy(update=resolved)
 
 
-def load_config(path: Path) -> ServiceConfig:
+def read_document(path: Path) -> Any:
+    """A configuration file's YAML (or JSON) document; ConfigError naming the file otherwise."""
     try:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read it ({err.strerror})") from err
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML/JSON: {err}") from err
-    return parse_config(data, path.resolve().parent, str(path))
+
+
+def load_config(path: Path) -> ServiceConfig:
+    return parse_config(read_document(path), path.resolve().parent, str(path))

@@ -3,35 +3,24 @@
 One worker process with threads (gthread): the failure counts of the lockout live in that process
 (several workers would each count on their own; a restart or a reload forgets them). SIGHUP
 re-reads the configuration file; an invalid file is refused and the running configuration kept.
-Request limits: request line 8190 bytes (20 scopes fit), 32 header fields of at most 8190 bytes,
+Request limits (auth/service.py): request line 8190 bytes (20 scopes fit), 32 header fields of at most 8190 bytes,
 no body (the app answers 413).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import ssl
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
 from auth.config import ConfigError, ServiceConfig, load_config
 from auth.identity import Authenticator
 from auth.ldap import LdapDirectory
 from auth.local import LocalAuthenticator
 from auth.server import AUDIT_LOGGER, create_app
+from auth.service import configure_logging, run_service, server_parser, tls_options
 from auth.tokens import SigningKeyError, TokenSigner
-
-log = logging.getLogger("registry_fleet.auth")
-
-LIMIT_REQUEST_LINE = 8190  # gunicorn's maximum; 20 scopes on 255-character names need about 6 KB
-LIMIT_REQUEST_FIELDS = 32
-LIMIT_REQUEST_FIELD_SIZE = 8190
 
 
 def checked_config(path: Path) -> ServiceConfig:
@@ -39,35 +28,6 @@ def checked_config(path: Path) -> ServiceConfig:
     config = load_config(path)
     TokenSigner.load(config.signing_key, config.signing_cert, config.issuer, config.token_lifetime_seconds, time.time())
     return config
-
-
-def tls12_context(conf: Any, factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    context = factory()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-class TokenService(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config_path: Path, config: ServiceConfig, options: dict[str, Any]) -> None:
-        self.config_path = config_path
-        self.service_config = config
-        self.options = options
-        self._loaded_once = False
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-        if self._loaded_once:  # a reload (SIGHUP): take the file again only if it is valid
-            try:
-                self.service_config = checked_config(self.config_path)
-                log.info("configuration reloaded from %s", self.config_path)
-            except (ConfigError, SigningKeyError) as err:
-                log.error("configuration reload refused, the running one stays:\n%s", err)
-        self._loaded_once = True
-
-    def load(self) -> Any:
-        return create_app(self.service_config, authenticators(self.service_config))
 
 
 def authenticators(config: ServiceConfig) -> list[Authenticator]:
@@ -79,65 +39,23 @@ def authenticators(config: ServiceConfig) -> list[Authenticator]:
 
 
 def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "bind": [args.bind],
-        "certfile": str(args.certfile),
-        "keyfile": str(args.keyfile),
-        "ssl_context": tls12_context,
-        "workers": 1,
-        "worker_class": "gthread",
-        "threads": args.threads,
-        "timeout": 30,
-        "graceful_timeout": 10,
-        "keepalive": 5,
-        "limit_request_line": LIMIT_REQUEST_LINE,
-        "limit_request_fields": LIMIT_REQUEST_FIELDS,
-        "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
-        "control_socket_disable": True,  # no management socket under $HOME
-        "accesslog": None,  # the audit log records every decision; an access log adds nothing
-        "errorlog": "-",
-        "loglevel": "info",
-        "proc_name": "registry-fleet-auth",
-    }
-
-
-def configure_logging() -> None:
-    """Audit lines are bare JSON, one per line; the service's own messages carry time, level and name."""
-    audit = logging.StreamHandler(sys.stderr)
-    audit.setFormatter(logging.Formatter("%(message)s"))
-    audit_logger = logging.getLogger(AUDIT_LOGGER)
-    audit_logger.addHandler(audit)
-    audit_logger.setLevel(logging.INFO)
-    audit_logger.propagate = False
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The audit log records every decision; an access log adds nothing.
+    return tls_options(args, workers=1, keepalive=5, proc_name="registry-fleet-auth")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m auth", description="The registry's token service.")
-    parser.add_argument("--config", type=Path, required=True, help="service configuration (YAML or JSON)")
-    parser.add_argument("--bind", required=True, help="HOST:PORT to listen on (HTTPS)")
-    parser.add_argument("--certfile", type=Path, required=True, help="TLS certificate (PEM, chain)")
-    parser.add_argument("--keyfile", type=Path, required=True, help="TLS private key (PEM)")
+    parser = server_parser("python -m auth", "The registry's token service.")
     parser.add_argument("--threads", type=int, default=4, help="threads of the one worker (default 4)")
-    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
-    try:
-        config = checked_config(args.config)
-    except (ConfigError, SigningKeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.check:
-        print(f"{args.config}: ok")
-        return 0
-    for name in ("certfile", "keyfile"):
-        path: Path = getattr(args, name)
-        if not path.is_file():
-            print(f"error: --{name} {path}: no such file", file=sys.stderr)
-            return 2
-    TokenService(args.config, config, gunicorn_options(args)).run()
-    return 0
+    configure_logging(AUDIT_LOGGER)
+    return run_service(
+        args,
+        checked_config,
+        (ConfigError, SigningKeyError),
+        lambda config: create_app(config, authenticators(config)),
+        gunicorn_options,
+    )

@@ -327,6 +327,68 @@ def lab_down(stack: str, state_dir: str | None, out: TextIO) -> None:
     print(f"lab {stack} stopped ({', '.join(stopped)})", file=out)
 
 
+# --- sign and verify ----------------------------------------------------------------------
+
+
+def signing_target(args: argparse.Namespace, stacks_dir: Path) -> tuple[Any, Any]:
+    """(Target, ImageRef) for `sign`/`verify`: the deployed stack's registry and key, or with --lab the
+    running lab's. Exit 2 for an unknown stack, a lab not running, a malformed image reference."""
+    from fleet.signing import SignError, deployed_target, lab_target
+    from signing.references import ImageReferenceError, parse_image
+
+    settings = load_stack_settings(args.stack, stacks_dir=stacks_dir)
+    try:
+        if args.lab:
+            from lab.lab import LabError, LabState
+
+            try:
+                state = LabState.load(lab_dir(args.stack, args.state_dir).resolve())
+            except LabError as e:
+                raise UserError(str(e)) from None
+            target = lab_target(state, args.username)
+        else:
+            target = deployed_target(args.stack, settings.registry_host, settings.region, args.username)
+        image = parse_image(args.image, target.registry_host)
+    except (SignError, ImageReferenceError) as e:
+        raise UserError(str(e)) from None
+    if getattr(args, "public_key", None):
+        try:
+            target.public_keys = [Path(args.public_key).read_text()]
+        except OSError as e:
+            raise UserError(f"--public-key {args.public_key}: {e.strerror}") from None
+    return target, image
+
+
+def sign_image(args: argparse.Namespace, out: TextIO, stacks_dir: Path) -> None:
+    from fleet.signing import SignError, sign
+
+    target, image = signing_target(args, stacks_dir)
+    optional = None
+    if args.annotation:
+        pairs = [a.partition("=") for a in args.annotation]
+        bad = [a for a, (k, sep, _) in zip(args.annotation, pairs, strict=True) if not k or not sep]
+        if bad:
+            raise UserError(f"--annotation {bad[0]!r}: KEY=VALUE")
+        optional = {k: v for k, _, v in pairs}
+    try:
+        sign(target, image, args.recursive, out, optional)
+    except SignError as e:
+        raise UserError(str(e)) from None
+
+
+def verify_image(args: argparse.Namespace, out: TextIO, stacks_dir: Path) -> bool:
+    from fleet.signing import SignError, report, verify
+    from signing.verify import PublicKeyError
+
+    target, image = signing_target(args, stacks_dir)
+    try:
+        result = verify(target, image)
+    except (SignError, PublicKeyError) as e:
+        raise UserError(str(e)) from None
+    report(result, out)
+    return result.valid
+
+
 # --- entry point ------------------------------------------------------------------------
 
 
@@ -377,6 +439,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every stack in stacks/")
     p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
 
+    for name, text in (
+        ("sign", "sign an image's digest with the stack's KMS key (cosign format, stored in the registry)"),
+        ("verify", "exit 0 when the image's digest carries a valid signature by the stack's key, else 1"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("stack", help=f"stack name ({stacks})")
+        p.add_argument("image", help="REPO[:TAG|@DIGEST] in the stack's registry (no tag: latest)")
+        p.add_argument("--lab", action="store_true", help="the running lab of the stack (its registry and KMS)")
+        p.add_argument("--state-dir", help="with --lab: the lab's state directory (default .lab/STACK)")
+        p.add_argument(
+            "--username",
+            help="registry account (password from $REGISTRY_PASSWORD; with --lab a lab account, default "
+            "the demo account); none: anonymous",
+        )
+        if name == "sign":
+            p.add_argument("--recursive", action="store_true", help="an index: sign each platform manifest too")
+            p.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE",
+                           help="a claim in the payload's optional part (repeatable)")  # fmt: skip
+        else:
+            p.add_argument("--public-key", help="the stack's public key PEM (default: KMS GetPublicKey)")
+
     lab = sub.add_parser("lab", help="the local lab: the fleet's registry, S3, load balancer and CDN on loopback")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
     for name, text in (
@@ -421,6 +504,11 @@ def main(
                 raise UserError("audit: name one stack, or --all")
             stacks = available_stacks(stacks_dir) if args.all else [args.stack]
             if not audit(stacks, args.format, out, stacks_dir=stacks_dir):
+                return EXIT_FAILED
+        elif args.command == "sign":
+            sign_image(args, out, stacks_dir)
+        elif args.command == "verify":
+            if not verify_image(args, out, stacks_dir):
                 return EXIT_FAILED
         elif args.command == "lab" and args.lab_command == "up":
             lab_up(args.stack, args.detach, args.state_dir, out, stacks_dir=stacks_dir)
