@@ -17,7 +17,6 @@ The hosts' security group (in the fleet) admits only this load balancer's group.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,11 +56,17 @@ ELB_LOG_ACCOUNTS = {
     "sa-east-1": "507241528517",
 }
 ACCESS_LOG_PREFIX = "alb"
-# The gate's listener rules come after the token route (10). A namespace's two rules take the priorities
-# gate_rule_priority(ns) and the one after it: derived from the namespace alone, so protecting or releasing
-# one namespace never moves another's rules (two rules may not hold one priority, even for a moment).
+# The gate's listener rules come after the token route (10): the odd-path rule, then per protected namespace
+# one rule at gate_rule_priority(ns), derived from the namespace alone, so protecting or releasing one
+# namespace never moves another's rule (two rules may not hold one priority, even for a moment).
+GATE_ODD_PATHS_PRIORITY = 20
 GATE_RULE_PRIORITY = 100
-GATE_RULE_SLOTS = 20000
+GATE_RULE_SLOTS = 40000
+# Paths under /v2/ that the registry's router would decode or clean into another path: a percent-encoded
+# character (`/v2/%62ase/app/manifests/1` is base/app's manifest to the registry), an empty segment or a
+# dot segment. The load balancer matches the path as sent, so these go to the gate, which reads them as the
+# registry would.
+ODD_PATH_REGEX = r"^/v2(/.*)?(%|//|/\.\.?(/|$))"
 ALB_PATH_MAX = 128  # characters of one path pattern or regex
 GATE_METHODS = ("GET", "HEAD")  # pulls only: a push (PUT) or delete keeps its path to the registry
 
@@ -70,31 +75,35 @@ GATE_METHODS = ("GET", "HEAD")  # pulls only: a push (PUT) or delete keeps its p
 class GateRoute:
     """One listener rule sending a protected namespace's manifest reads to the gate."""
 
-    suffix: str  # of the rule's logical name: f"{lb}-gate-{suffix}" (the namespace, verbatim)
+    suffix: str  # of the rule's logical name: f"{lb}-gate-{suffix}" (the namespace, verbatim, or odd-paths)
     priority: int
     path_values: tuple[str, ...] = ()  # ALB path patterns (`*` matches anything, `/` included)
     path_regex: tuple[str, ...] = ()  # ALB regex path patterns
 
 
 def gate_rule_priority(namespace: str) -> int:
-    """The priority of a namespace's manifest rule (its encoded-path rule has the next one): even, in
-    GATE_RULE_PRIORITY..GATE_RULE_PRIORITY + 2 * GATE_RULE_SLOTS, from the namespace's SHA-256."""
-    return GATE_RULE_PRIORITY + 2 * (int(hashlib.sha256(namespace.encode()).hexdigest()[:8], 16) % GATE_RULE_SLOTS)
+    """The priority of a namespace's manifest rule: in GATE_RULE_PRIORITY..GATE_RULE_PRIORITY +
+    GATE_RULE_SLOTS, from the namespace's SHA-256."""
+    return GATE_RULE_PRIORITY + int(hashlib.sha256(namespace.encode()).hexdigest()[:8], 16) % GATE_RULE_SLOTS
 
 
 def gate_routes(namespaces: Sequence[str]) -> list[GateRoute]:
-    """The listener rules for the protected `namespaces`: per namespace (sorted), one rule for its manifest
-    paths, `/v2/<ns>/*/manifests/*` (a repository under it) and `/v2/<ns>/manifests/*` (the namespace
-    itself as a repository), and one for any path under it holding a `%`.
+    """The listener rules that send manifest reads of the protected `namespaces` to the gate: first one rule
+    for odd paths (ODD_PATH_REGEX: any `/v2/` path the registry would decode or clean into another one,
+    whatever namespace it names), then per namespace (sorted) one rule for its manifest paths,
+    `/v2/<ns>/*/manifests/*` (a repository under it) and `/v2/<ns>/manifests/*` (the namespace itself as a
+    repository).
 
-    Why the second: the load balancer matches the path as the client sent it, but the registry decodes it
-    before routing, so `/v2/<ns>/app/%6Danifests/1` would reach the registry's manifest handler past the
-    first rule. The gate decodes such a path as the registry does and answers it (a manifest read is
-    checked; anything else is forwarded). Each rule has GET and HEAD (2 match evaluations) and at most two
-    path values with at most three wildcards: within the ALB limits (3 evaluations per condition, 5 per
-    rule, 5 wildcards per rule).
+    Why the odd-path rule: the load balancer matches the path as the client sent it, but the registry
+    decodes it before routing, so `/v2/<ns>/app/%6Danifests/1` or `/v2/<ns>%2Fapp/manifests/1` would reach
+    the registry's manifest handler past the namespace's rule. The gate reads such a path as the registry
+    does and answers it (a protected manifest read is checked; anything else is forwarded unchanged).
+    Each rule has GET and HEAD (2 match evaluations) and at most two path values with at most three
+    wildcards: within the ALB limits (3 evaluations per condition, 5 per rule, 5 wildcards per rule).
     """
-    routes = []
+    if not namespaces:
+        return []
+    routes = [GateRoute("odd-paths", GATE_ODD_PATHS_PRIORITY, path_regex=(ODD_PATH_REGEX,))]
     taken: dict[int, str] = {}
     for ns in sorted(namespaces):
         priority = gate_rule_priority(ns)
@@ -112,7 +121,6 @@ def gate_routes(namespaces: Sequence[str]) -> list[GateRoute]:
         routes.append(
             GateRoute(f"{ns}-manifests", priority, path_values=(f"/v2/{ns}/*/manifests/*", f"/v2/{ns}/manifests/*"))
         )
-        routes.append(GateRoute(f"{ns}-encoded", priority + 1, path_regex=(f"^/v2/{re.escape(ns)}/.*%",)))
     return routes
 
 

@@ -434,9 +434,10 @@ def _token_install_script(region: str, token: TokenServiceBoot, gate: bool = Fal
     - `current` is switched by renaming a new symlink over it (atomic); a running service keeps its files;
     - umask 022: root owns the code, the service user only reads it;
     - it creates no account: the service's account exists before the unit starts (_token_sysusers);
-    - the gate's unit runs it too (one release, one venv): an exclusive lock (flock) on the install directory
-      keeps two units from installing at once, and with a gate on the host the import check covers the gate's
-      config loader (its dependencies) as well as the token service.
+    - the gate's unit runs it too (one release, one venv): an exclusive lock (flock) on the install
+      directory itself keeps two units from installing at once (no lock file: a rerun leaves the directory
+      as it was), and with a gate on the host the import check covers the gate's config loader (its
+      dependencies) as well as the token service.
     Hosts are replaced when the artifact changes (its SHA-256 is in user-data), so nothing prunes old
     releases.
     """

@@ -751,6 +751,13 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
     ),
     (
         "signatures-required-in-prod",
+        "payments-prod",
+        drop("lb-gate-odd-paths"),
+        STACK,
+        "no listener rule forwards /v2/payments%2Fapp/manifests/latest",
+    ),
+    (
+        "signatures-required-in-prod",
         "prod",
         edit("fleet-asg", lambda p: p.update(targetGroupArns=p["targetGroupArns"][:2])),
         STACK,

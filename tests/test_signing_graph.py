@@ -8,6 +8,7 @@ or that the load balancer matches paths as documented; docs/signing.md says so.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import re
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from components.errors import ComponentInputError
-from components.loadbalancer import gate_routes, gate_rule_priority
+from components.loadbalancer import ODD_PATH_REGEX, gate_routes, gate_rule_priority
 from components.signing import ADMIN_ACTIONS, signing_key_policy
 from fleet.engine import ACCOUNT_ID, Recording, record
 from host.contract import GATE_CONFIG_FILE, GATE_HEALTH_PATH, GATE_PORT, GATE_UNIT
@@ -170,8 +171,8 @@ def test_protecting_a_namespace_in_dev_adds_the_gate() -> None:
     assert yaml.safe_load(written(rec)[GATE_CONFIG_FILE])["namespaces"] == {"team-a": {"require_signed": True}}
     assert {r.name for r in rec.of_type(LISTENER_RULE)} == {
         "lb-token-route",
+        "lb-gate-odd-paths",
         "lb-gate-team-a-manifests",
-        "lb-gate-team-a-encoded",
     }
 
 
@@ -192,20 +193,21 @@ def test_the_gate_target_group_is_https_on_the_gate_port_and_health_checked_on_h
 def test_the_listener_sends_manifest_reads_of_each_protected_namespace_to_the_gate(stack: str) -> None:
     rec, s = recording(stack), load_stack_settings(stack)
     rules = {r.name: r.inputs for r in rec.of_type(LISTENER_RULE) if r.name.startswith("lb-gate-")}
-    expected: dict[str, Any] = {}
+    forward = [{"type": "forward", "targetGroupArn": arn(rec, "lb-gate-tg")}]
+    methods = {"httpRequestMethod": {"values": ["GET", "HEAD"]}}
+    expected: dict[str, Any] = {
+        "lb-gate-odd-paths": {
+            "listenerArn": arn(rec, "lb-https"),
+            "priority": 20,
+            "conditions": [methods, {"pathPattern": {"regexValues": [ODD_PATH_REGEX]}}],
+            "actions": forward,
+        }
+    }
     for ns in protected_namespaces(s):
-        forward = [{"type": "forward", "targetGroupArn": arn(rec, "lb-gate-tg")}]
-        methods = {"httpRequestMethod": {"values": ["GET", "HEAD"]}}
         expected[f"lb-gate-{ns}-manifests"] = {
             "listenerArn": arn(rec, "lb-https"),
             "priority": gate_rule_priority(ns),
             "conditions": [methods, {"pathPattern": {"values": [f"/v2/{ns}/*/manifests/*", f"/v2/{ns}/manifests/*"]}}],
-            "actions": forward,
-        }
-        expected[f"lb-gate-{ns}-encoded"] = {
-            "listenerArn": arn(rec, "lb-https"),
-            "priority": gate_rule_priority(ns) + 1,
-            "conditions": [methods, {"pathPattern": {"regexValues": [f"^/v2/{re.escape(ns)}/.*%"]}}],
             "actions": forward,
         }
     assert {name: {k: v for k, v in r.items() if k != "tags"} for name, r in rules.items()} == expected
@@ -230,16 +232,42 @@ def test_only_the_load_balancer_reaches_the_gate_port(stack: str) -> None:
 # --- the routes, without AWS --------------------------------------------------------------------
 
 
-def test_the_encoded_route_catches_what_the_registry_would_decode_into_a_manifest_path() -> None:
-    (manifests, encoded) = gate_routes(["base"])
-    assert re.search(encoded.path_regex[0], "/v2/base/app/%6Danifests/1")
-    assert re.search(encoded.path_regex[0], "/v2/base%2Fapp/manifests/1") is None  # not under /v2/base/: see docs
-    assert not re.search(encoded.path_regex[0], "/v2/base/app/manifests/1")
-    assert not re.search(encoded.path_regex[0], "/v2/baseline/app/%6Danifests/1")
-    assert manifests.path_values == ("/v2/base/*/manifests/*", "/v2/base/manifests/*")
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/base/app/%6Danifests/1",  # the registry decodes it into base/app's manifest
+        "/v2/base%2Fapp/manifests/1",
+        "/v2/%62ase/app/manifests/1",
+        "/v2//base/app/manifests/1",  # the registry's router cleans these (a redirect)
+        "/v2/other/../base/app/manifests/1",
+        "/v2/base/./app/manifests/1",
+        "/v2/base/app/manifests/..",
+    ],
+)
+def test_the_odd_path_route_catches_what_the_registry_would_read_as_another_path(path: str) -> None:
+    odd, _ = gate_routes(["base"])
+    assert re.search(odd.path_regex[0], path), path
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v2/base/app/manifests/1", "/v2/base/app/blobs/sha256:" + "a" * 64, "/v2/team.a/app..x/manifests/v1.2", "/v2/"],
+)
+def test_ordinary_paths_keep_their_route(path: str) -> None:
+    odd, _ = gate_routes(["base"])
+    assert not re.search(odd.path_regex[0], path), path
+
+
+def test_the_manifest_route_covers_the_namespace_and_every_repository_under_it() -> None:
+    _, manifests = gate_routes(["base"])
+    for path in ("/v2/base/manifests/1", "/v2/base/app/manifests/1", "/v2/base/a/b/manifests/sha256:ab"):
+        assert any(fnmatch.fnmatchcase(path, p) for p in manifests.path_values), path
+    for path in ("/v2/baseline/app/manifests/1", "/v2/base/app/blobs/sha256:ab", "/v2/team-a/manifests/1"):
+        assert not any(fnmatch.fnmatchcase(path, p) for p in manifests.path_values), path
 
 
 def test_each_rule_stays_within_the_alb_limits() -> None:
+    assert gate_routes([]) == []
     for route in gate_routes(["base", "payments/app", "a" * 40]):
         values = [*route.path_values, *route.path_regex]
         assert 1 <= len(values) <= 3  # match evaluations per condition
@@ -254,7 +282,8 @@ def test_a_namespace_too_long_for_a_path_pattern_is_refused() -> None:
 
 
 def test_rule_priorities_depend_on_the_namespace_alone_and_a_collision_is_refused() -> None:
-    assert [r.priority for r in gate_routes(["base"])] == [r.priority for r in gate_routes(["aaa", "base"])][2:]
+    assert [r.priority for r in gate_routes(["base"])][1:] == [r.priority for r in gate_routes(["aaa", "base"])][2:]
+    assert len({r.priority for r in gate_routes(["aaa", "base", "team-a"])}) == 4
     names = (f"ns{i}" for i in itertools.count())
     seen: dict[int, str] = {}
     for name in names:

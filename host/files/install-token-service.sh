@@ -8,7 +8,7 @@ fail() { echo "${SCRIPT_NAME}: $*" >&2; exit 1; }
 if [ $# = 2 ] && [ "$1" = --prefix ]; then P=$2; elif [ $# != 0 ]; then fail "usage: $0 [--prefix DIR]"; fi
 case $P in /*) ;; *) fail "--prefix must be an absolute path" ;; esac
 install -d -m 0755 "$P"
-exec 9>"$P/.install.lock"
+exec 9<"$P"
 flock 9
 r=$P/releases/$SHA256 t=""
 trap '[ -z "$t" ] || rm -f "$t"; [ -e "$r/${RELEASE_MARKER}" ] || rm -rf "$r"' EXIT

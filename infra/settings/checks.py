@@ -116,7 +116,7 @@ def _signing_problems(s: Settings) -> list[Problem]:
 
 def _pull_policy_problems(a: TokenAccess) -> list[Problem]:
     """Each pullPolicies namespace is a team's or under one; a policy under a protected namespace cannot
-    lift its protection; at most MAX_PROTECTED_NAMESPACES are protected (two listener rules each)."""
+    lift its protection; at most MAX_PROTECTED_NAMESPACES are protected (a listener rule each)."""
     out: list[Problem] = []
     owned = [ns for team in a.teams.values() for ns in team.namespaces]
     protected = [ns for ns, policy in a.pull_policies.items() if policy.require_signed]
@@ -142,7 +142,7 @@ def _pull_policy_problems(a: TokenAccess) -> list[Problem]:
                 "access.pullPolicies",
                 sorted(protected),
                 f"protects {len(protected)} namespaces; at most {MAX_PROTECTED_NAMESPACES} (the load balancer "
-                "routes each with two listener rules): protect a parent namespace instead",
+                "routes each with a listener rule): protect a parent namespace instead",
             )
         )
     return out

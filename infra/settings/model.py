@@ -68,8 +68,8 @@ ROLE_ARN = re.compile(
     r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?P<account>\d{12}):role/"
     r"(?P<path>(?:[\x21-\x2e\x30-\x7e]+/){0,32})(?P<name>[A-Za-z0-9_+=,.@-]{1,64})$"
 )
-# The load balancer sends each protected namespace's manifest requests to the gate with two listener
-# rules; a listener holds at most 100 rules (the token route and the rest share them).
+# The load balancer sends each protected namespace's manifest requests to the gate with a listener rule;
+# a listener holds at most 100 rules (the token route, the gate's odd-path rule and the rest share them).
 MAX_PROTECTED_NAMESPACES = 40
 
 
@@ -625,7 +625,8 @@ class SigningSettings(SettingsModel):
 
     signer_roles: tuple[str, ...] = Field(
         description="IAM role ARNs allowed to call `kms:Sign` with the stack's signing key: CI's signer role, "
-        "assumed through GitHub OIDC (at least one). Nobody else may sign, the account root included.",
+        "assumed through GitHub OIDC (at least one), in `accountId` when the stack sets it. Nobody else may sign, "
+        "the account root included.",
     )
     break_glass_role: str | None = Field(
         default=None,

@@ -164,8 +164,8 @@ def _gate_namespaces(cloud_init: Mapping[str, Any]) -> list[str] | str:
 @rule(
     "signatures-required-in-prod",
     6,
-    "A prod stack requires signatures on at least one namespace: its hosts run the gate with that namespace, "
-    "and a listener rule sends the namespace's manifest reads to the gate's target group, where the hosts register.",
+    "A prod stack requires signatures on at least one namespace: its hosts run the gate with that namespace, and "
+    "listener rules send the namespace's manifest reads, percent-encoded ones included, to the gate's target group.",
 )
 def find_signatures_required_in_prod(resources: Sequence[Res]) -> Iterator[Finding]:
     if _environment(resources) != "prod":
@@ -200,3 +200,31 @@ def find_signatures_required_in_prod(resources: Sequence[Res]) -> Iterator[Findi
             )
         elif not targets & gate_groups & registered:
             yield STACK, f"the gate's target group for {ns!r} is in no Auto Scaling group's targetGroupArns"
+        # The registry decodes the path before routing; the load balancer matches it as sent.
+        encoded = f"/v2/{ns}%2Fapp/manifests/latest"
+        odd = [r for r in rules if any(_search(rx, encoded) for rx in _regex_values(r))]
+        if not {t for r in odd for t in forward_targets(r)} & gate_groups:
+            yield (
+                STACK,
+                f"no listener rule forwards {encoded} (the registry reads it as {path}) to the gate: a percent-encoded "
+                "path would reach the registry's manifest handler unchecked",
+            )
+
+
+def _regex_values(listener_rule: Res) -> list[str]:
+    conditions = prop(listener_rule, "conditions")
+    if is_unknown(conditions):
+        return []
+    return [
+        str(value)
+        for condition in as_list(conditions)
+        for value in as_list(mapping(mapping(condition).get("pathPattern")).get("regexValues"))
+    ]
+
+
+def _search(pattern: str, path: str) -> bool:
+    """Python's `re` standing in for the load balancer's regex engine (the patterns here are plain)."""
+    try:
+        return re.search(pattern, path) is not None
+    except re.error:
+        return False
