@@ -222,15 +222,16 @@ def cache_behaviors(distribution: Res) -> list[tuple[str, Mapping[str, Any]]]:
 # --- load balancer routes ---------------------------------------------------------------------
 
 
-def path_patterns(listener_rule: Res) -> list[str]:
-    """The path-pattern values of a listener rule's conditions (regex values are not patterns)."""
+def path_patterns(listener_rule: Res, kind: str = "values") -> list[str]:
+    """The path-pattern condition values of a listener rule: its wildcard patterns (`values`) or its
+    regular expressions (`regexValues`)."""
     conditions = prop(listener_rule, "conditions")
     if is_unknown(conditions):
         return []
     return [
         str(value)
         for condition in as_list(conditions)
-        for value in as_list(mapping(mapping(condition).get("pathPattern")).get("values"))
+        for value in as_list(mapping(mapping(condition).get("pathPattern")).get(kind))
     ]
 
 

@@ -202,24 +202,13 @@ def find_signatures_required_in_prod(resources: Sequence[Res]) -> Iterator[Findi
             yield STACK, f"the gate's target group for {ns!r} is in no Auto Scaling group's targetGroupArns"
         # The registry decodes the path before routing; the load balancer matches it as sent.
         encoded = f"/v2/{ns}%2Fapp/manifests/latest"
-        odd = [r for r in rules if any(_search(rx, encoded) for rx in _regex_values(r))]
+        odd = [r for r in rules if any(_search(rx, encoded) for rx in path_patterns(r, "regexValues"))]
         if not {t for r in odd for t in forward_targets(r)} & gate_groups:
             yield (
                 STACK,
                 f"no listener rule forwards {encoded} (the registry reads it as {path}) to the gate: a percent-encoded "
                 "path would reach the registry's manifest handler unchecked",
             )
-
-
-def _regex_values(listener_rule: Res) -> list[str]:
-    conditions = prop(listener_rule, "conditions")
-    if is_unknown(conditions):
-        return []
-    return [
-        str(value)
-        for condition in as_list(conditions)
-        for value in as_list(mapping(mapping(condition).get("pathPattern")).get("regexValues"))
-    ]
 
 
 def _search(pattern: str, path: str) -> bool:
