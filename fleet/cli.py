@@ -49,6 +49,15 @@ def validate(stack: str, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
         )
     else:
         print("  access: htpasswd mode (one admin account that may do everything)", file=out)
+    from infra.settings import protected_namespaces
+
+    signing = settings.signing
+    protected = ", ".join(protected_namespaces(settings)) or "none (no gate)"
+    print(
+        f"  signing: {len(signing.signer_roles)} signer role(s)"
+        f"{', a break-glass role' if signing.break_glass_role else ''}; pulls need a signature in: {protected}",
+        file=out,
+    )
 
 
 # --- plan -------------------------------------------------------------------------------
