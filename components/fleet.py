@@ -17,6 +17,11 @@ load balancer routes to the service), and the hosts admit the load balancer on t
 and may reach the company directory on its port. In htpasswd mode (small non-prod stacks) one
 generated admin account signs in with a password.
 
+Signed images (practice 6): on a token-mode stack that protects a namespace, the signature gate runs
+beside the token service (`host.boot.GateBoot`): the hosts admit the load balancer on its port, join
+its target group, and get its public config (the stack's public signing key, the protected namespaces)
+in user-data. The instance role may read the signing key's public half, never sign.
+
 Secrets (the shared `http.secret`, the TLS host key, the htpasswd file, the CloudFront signing
 key; in token mode the service's config and signing key, made by `components.access`) are Pulumi
 secrets stored in Secrets Manager; hosts read them at boot. User-data holds only their ARNs, never
@@ -37,13 +42,14 @@ import pulumi_random as random
 from components.errors import ComponentInputError
 from components.iam import assume_role_policy, policy_document
 from components.stored_secret import stored_secret
-from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
+from host.boot import GateBoot, HostBoot, SecretFile, TokenServiceBoot, render_host
 from host.contract import (
     CA_CERT_FILE,
     CLOUDFRONT_KEY_FILE,
     DEBIAN_AMI_NAME,
     DEBIAN_AMI_OWNER,
     DEBIAN_SUITES,
+    GATE_PORT,
     HOST_CERT_FILE,
     HOST_KEY_FILE,
     HTPASSWD_FILE,
@@ -52,6 +58,7 @@ from host.contract import (
     TOKEN_SERVICE_PORT,
     TOKEN_TRUST_BUNDLE_FILE,
 )
+from host.gate_config import render_gate_config
 from host.registry_config import CloudFrontSettings, RegistryConfig, TokenAuth, render_registry_config
 from host.user_data import encode_user_data
 
@@ -111,6 +118,15 @@ class FleetTokenService:
 
 
 @dataclass
+class FleetGate:
+    """Token mode with protected namespaces: the signature gate beside the token service on every host."""
+
+    namespaces: tuple[str, ...]  # the protected namespaces (infra.settings.protected_namespaces)
+    public_key_pem: pulumi.Input[str]  # the stack's signing key's public key (components.signing)
+    target_group_arn: pulumi.Input[str]  # the load balancer's gate target group
+
+
+@dataclass
 class RegistryFleetArgs:
     environment: str
     region: str
@@ -138,14 +154,31 @@ class RegistryFleetArgs:
     cdn: FleetCdn | None = None
     # Set: token auth with the token service; None: htpasswd with one generated admin account.
     token: FleetTokenService | None = None
+    # Set (token mode only): the signature gate runs on every host; None: no gate.
+    gate: FleetGate | None = None
+    # The stack's signing key: the instance role may read its public key (never sign).
+    signing_key_arn: pulumi.Input[str] | None = None
     # A pinned AMI; None: the newest Debian image of `debian_release` for the architecture (looked up at each up).
     image_id: str | None = None
     # Bump it for a new http.secret (the generated value is replaced; the fleet rolls onto it).
     http_secret_rotation: int = 1
 
 
-def instance_policy(bucket_arn: str, kms_key_arn: str, secret_arns: list[str]) -> str:
-    """Only what the registry does: its bucket, its key, its own secrets."""
+def instance_policy(
+    bucket_arn: str, kms_key_arn: str, secret_arns: list[str], signing_key_arn: str | None = None
+) -> str:
+    """Only what the registry does: its bucket, its key, its own secrets; and the public half of the
+    stack's signing key (the gate's key comes in its config; reading it from KMS is a check, not a need)."""
+    signing: list[dict[str, Any]] = []
+    if signing_key_arn is not None:
+        signing.append(
+            {
+                "Sid": "SigningPublicKey",
+                "Effect": "Allow",
+                "Action": ["kms:GetPublicKey", "kms:DescribeKey"],
+                "Resource": signing_key_arn,
+            }
+        )
     return policy_document(
         {
             "Sid": "RegistryBucket",
@@ -177,6 +210,7 @@ def instance_policy(bucket_arn: str, kms_key_arn: str, secret_arns: list[str]) -
             "Action": "secretsmanager:GetSecretValue",
             "Resource": secret_arns,
         },
+        *signing,
     )
 
 
@@ -194,6 +228,8 @@ class RegistryFleet(pulumi.ComponentResource):
         super().__init__("registry-fleet:index:RegistryFleet", name, None, opts)
         if args.token is not None and args.token.ldap_cidrs and args.token.ldap_port is None:
             raise ComponentInputError("RegistryFleet: token.ldap_cidrs is set without token.ldap_port")
+        if args.gate is not None and args.token is None:
+            raise ComponentInputError("RegistryFleet: gate is set without token: the gate runs in token mode only")
         if args.debian_release not in DEBIAN_SUITES:
             raise ComponentInputError(
                 f"RegistryFleet: debian_release is {args.debian_release!r}; hosts run one of "
@@ -252,6 +288,8 @@ class RegistryFleet(pulumi.ComponentResource):
         inbound = [("in-from-lb", REGISTRY_PORT, "registry (HTTPS) from the load balancer")]
         if token is not None:
             inbound.append(("in-token-from-lb", TOKEN_SERVICE_PORT, "token service (HTTPS) from the load balancer"))
+        if args.gate is not None:
+            inbound.append(("in-gate-from-lb", GATE_PORT, "signature gate (HTTPS) from the load balancer"))
         for rule, port, description in inbound:
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-{rule}",
@@ -305,8 +343,8 @@ class RegistryFleet(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-role-policy",
             role=role.id,
-            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn, *own_secrets).apply(
-                lambda a: instance_policy(a[0], a[1], list(a[2:]))
+            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn, args.signing_key_arn, *own_secrets).apply(
+                lambda a: instance_policy(a[0], a[1], list(a[3:]), a[2])
             ),
             opts=child,
         )
@@ -327,6 +365,7 @@ class RegistryFleet(pulumi.ComponentResource):
             token_signing_key_arn=token.signing_key_secret_arn if token else "",
             token_signing_cert=token.signing_cert_pem if token else "",
             token_trust_bundle=token.trust_bundle_pem if token else "",
+            gate_public_key=args.gate.public_key_pem if args.gate else "",
         ).apply(lambda v: self._render(args, v))
 
         image_id: pulumi.Input[str] = args.image_id or self._newest_debian(args.debian_release, args.architecture)
@@ -405,7 +444,11 @@ class RegistryFleet(pulumi.ComponentResource):
             health_check_type="ELB",
             health_check_grace_period=300,
             default_instance_warmup=120,
-            target_group_arns=[args.target_group_arn, *([token.target_group_arn] if token else [])],
+            target_group_arns=[
+                args.target_group_arn,
+                *([token.target_group_arn] if token else []),
+                *([args.gate.target_group_arn] if args.gate else []),
+            ],
             launch_template=launch_template,
             instance_refresh=refresh,
             capacity_rebalance=True,
@@ -489,6 +532,14 @@ class RegistryFleet(pulumi.ComponentResource):
                 tls_cert_file=HOST_CERT_FILE,
                 ldap_ca_pem=token.ldap_ca_pem,
             )
+        gate = None
+        if args.gate is not None:
+            gate = GateBoot(
+                config_yaml=render_gate_config(args.gate.namespaces, [v["gate_public_key"]]),
+                # The gate terminates the load balancer's HTTPS with the host's own certificate, as the service does.
+                tls_key_secret_arn=arns["tls-key"],
+                tls_cert_file=HOST_CERT_FILE,
+            )
         boot = HostBoot(
             region=args.region,
             registry_config_yaml=render_registry_config(config),
@@ -497,5 +548,6 @@ class RegistryFleet(pulumi.ComponentResource):
             public_files=((HOST_CERT_FILE, v["cert"]), (CA_CERT_FILE, v["ca"])),
             architecture=args.architecture,
             token_service=token_service,
+            gate=gate,
         )
         return render_host(boot).user_data

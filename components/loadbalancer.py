@@ -9,11 +9,15 @@ outage replaces no host; no answer fails the check).
 In token mode (practice 3) a second HTTPS target group reaches the token service on the same hosts,
 health-checked on its `/healthz`, and a listener rule sends the realm path (`/auth`) there: clients
 get tokens from the registry's own host name, so one certificate and one allow-list cover both.
+On a token-mode stack that protects namespaces (practice 6), a third HTTPS target group reaches the
+signature gate on the same hosts (health `/healthz`), and per protected namespace listener rules send the
+manifest GET/HEAD requests there (`gate_routes`); uploads and blob downloads keep their path.
 The hosts' security group (in the fleet) admits only this load balancer's group.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +26,18 @@ import pulumi
 import pulumi_aws as aws
 
 from components.access_logs import CDN_LOG_PREFIX, S3_LOG_PREFIX
+from components.errors import ComponentInputError
 from components.iam import allow_service, policy_document
 from components.private_bucket import EVERY_OBJECT, SSE_S3, harden_bucket, tls_only_statement
-from host.contract import REGISTRY_HEALTH_CODES, REGISTRY_PORT, TOKEN_HEALTH_PATH, TOKEN_PATH, TOKEN_SERVICE_PORT
+from host.contract import (
+    GATE_HEALTH_PATH,
+    GATE_PORT,
+    REGISTRY_HEALTH_CODES,
+    REGISTRY_PORT,
+    TOKEN_HEALTH_PATH,
+    TOKEN_PATH,
+    TOKEN_SERVICE_PORT,
+)
 
 # Elastic Load Balancing's log-writer accounts for regions opened before August 2022; newer
 # regions use the logdelivery.elasticloadbalancing.amazonaws.com service principal (both are
@@ -53,6 +66,72 @@ ELB_LOG_ACCOUNTS = {
     "sa-east-1": "507241528517",
 }
 ACCESS_LOG_PREFIX = "alb"
+# The gate's listener rules come after the token route (10): the odd-path rule, then per protected namespace
+# one rule at gate_rule_priority(ns), derived from the namespace alone, so protecting or releasing one
+# namespace never moves another's rule (two rules may not hold one priority, even for a moment).
+GATE_ODD_PATHS_PRIORITY = 20
+GATE_RULE_PRIORITY = 100
+GATE_RULE_SLOTS = 40000
+# Paths under /v2/ that the registry's router would decode or clean into another path: a percent-encoded
+# character (`/v2/%62ase/app/manifests/1` is base/app's manifest to the registry), an empty segment or a
+# dot segment. The load balancer matches the path as sent, so these go to the gate, which reads them as the
+# registry would.
+ODD_PATH_REGEX = r"^/v2(/.*)?(%|//|/\.\.?(/|$))"
+ALB_PATH_MAX = 128  # characters of one path pattern or regex
+GATE_METHODS = ("GET", "HEAD")  # pulls only: a push (PUT) or delete keeps its path to the registry
+
+
+@dataclass(frozen=True)
+class GateRoute:
+    """One listener rule sending a protected namespace's manifest reads to the gate."""
+
+    suffix: str  # of the rule's logical name: f"{lb}-gate-{suffix}" (the namespace, verbatim, or odd-paths)
+    priority: int
+    path_values: tuple[str, ...] = ()  # ALB path patterns (`*` matches anything, `/` included)
+    path_regex: tuple[str, ...] = ()  # ALB regex path patterns
+
+
+def gate_rule_priority(namespace: str) -> int:
+    """The priority of a namespace's manifest rule: in GATE_RULE_PRIORITY..GATE_RULE_PRIORITY +
+    GATE_RULE_SLOTS, from the namespace's SHA-256."""
+    return GATE_RULE_PRIORITY + int(hashlib.sha256(namespace.encode()).hexdigest()[:8], 16) % GATE_RULE_SLOTS
+
+
+def gate_routes(namespaces: Sequence[str]) -> list[GateRoute]:
+    """The listener rules that send manifest reads of the protected `namespaces` to the gate: first one rule
+    for odd paths (ODD_PATH_REGEX: any `/v2/` path the registry would decode or clean into another one,
+    whatever namespace it names), then per namespace (sorted) one rule for its manifest paths,
+    `/v2/<ns>/*/manifests/*` (a repository under it) and `/v2/<ns>/manifests/*` (the namespace itself as a
+    repository).
+
+    Why the odd-path rule: the load balancer matches the path as the client sent it, but the registry
+    decodes it before routing, so `/v2/<ns>/app/%6Danifests/1` or `/v2/<ns>%2Fapp/manifests/1` would reach
+    the registry's manifest handler past the namespace's rule. The gate reads such a path as the registry
+    does and answers it (a protected manifest read is checked; anything else is forwarded unchanged).
+    Each rule has GET and HEAD (2 match evaluations) and at most two path values with at most three
+    wildcards: within the ALB limits (3 evaluations per condition, 5 per rule, 5 wildcards per rule).
+    """
+    if not namespaces:
+        return []
+    routes = [GateRoute("odd-paths", GATE_ODD_PATHS_PRIORITY, path_regex=(ODD_PATH_REGEX,))]
+    taken: dict[int, str] = {}
+    for ns in sorted(namespaces):
+        priority = gate_rule_priority(ns)
+        if priority in taken:
+            raise ComponentInputError(
+                f"RegistryLoadBalancer: namespaces {taken[priority]!r} and {ns!r} map to the same listener rule "
+                f"priority {priority}; protect a parent namespace of one of them instead"
+            )
+        taken[priority] = ns
+        if len(f"/v2/{ns}/*/manifests/*") > ALB_PATH_MAX:
+            raise ComponentInputError(
+                f"RegistryLoadBalancer: the namespace {ns!r} is too long for an ALB path pattern (at most "
+                f"{ALB_PATH_MAX} characters with /v2/ and /*/manifests/*); protect a shorter parent namespace"
+            )
+        routes.append(
+            GateRoute(f"{ns}-manifests", priority, path_values=(f"/v2/{ns}/*/manifests/*", f"/v2/{ns}/manifests/*"))
+        )
+    return routes
 
 
 def access_log_bucket_policy(bucket_arn: str, account_id: str, region: str, logged_bucket_arn: str) -> str:
@@ -107,6 +186,9 @@ class RegistryLoadBalancerArgs:
     deletion_protection: bool = True
     # Token mode: route the realm path to the token service beside the registry on every host.
     token_service: bool = False
+    # Token mode: the protected namespaces, whose manifest reads the signature gate on every host answers
+    # (empty: no gate).
+    gate_namespaces: Sequence[str] = ()
     access_log_days: int = 90
     # Large layer uploads stream through one request: keep idle connections open long enough.
     idle_timeout_seconds: int = 300
@@ -117,6 +199,8 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
     target_group_arn: pulumi.Output[str]
     # Token mode only; None in htpasswd mode.
     token_target_group_arn: pulumi.Output[str] | None
+    # With protected namespaces only; None otherwise.
+    gate_target_group_arn: pulumi.Output[str] | None
     dns_name: pulumi.Output[str]
     zone_id: pulumi.Output[str]
     arn: pulumi.Output[str]
@@ -127,9 +211,14 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
     arn_suffix: pulumi.Output[str]
     target_group_arn_suffix: pulumi.Output[str]
     token_target_group_arn_suffix: pulumi.Output[str] | None
+    gate_target_group_arn_suffix: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: RegistryLoadBalancerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("registry-fleet:index:RegistryLoadBalancer", name, None, opts)
+        if args.gate_namespaces and not args.token_service:
+            raise ComponentInputError(
+                "RegistryLoadBalancer: gate_namespaces is set without token_service: the gate runs in token mode only"
+            )
         tags = args.tags
         child = pulumi.ResourceOptions(parent=self)
 
@@ -180,6 +269,8 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
         outbound = [("out-hosts", REGISTRY_PORT, "registry hosts (HTTPS)")]
         if args.token_service:
             outbound.append(("out-hosts-token", TOKEN_SERVICE_PORT, "token service on the registry hosts (HTTPS)"))
+        if args.gate_namespaces:
+            outbound.append(("out-hosts-gate", GATE_PORT, "signature gate on the registry hosts (HTTPS)"))
         for rule, port, description in outbound:
             for i, cidr in enumerate(args.host_cidrs):
                 aws.vpc.SecurityGroupEgressRule(
@@ -286,6 +377,32 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
             self.token_target_group_arn = token_tg.arn
             self.token_target_group_arn_suffix = token_tg.arn_suffix
 
+        self.gate_target_group_arn = None
+        self.gate_target_group_arn_suffix = None
+        if args.gate_namespaces:
+            # A manifest read: one short round trip (the gate caches verification results).
+            gate_tg = https_target_group(f"{name}-gate-tg", GATE_PORT, GATE_HEALTH_PATH, deregistration_delay=15)
+            for route in gate_routes(args.gate_namespaces):
+                path: Any = (
+                    {"values": list(route.path_values)}
+                    if route.path_values
+                    else {"regex_values": list(route.path_regex)}
+                )
+                aws.lb.ListenerRule(
+                    f"{name}-gate-{route.suffix}",
+                    listener_arn=https.arn,
+                    priority=route.priority,
+                    conditions=[
+                        {"http_request_method": {"values": list(GATE_METHODS)}},
+                        {"path_pattern": path},
+                    ],
+                    actions=[{"type": "forward", "target_group_arn": gate_tg.arn}],
+                    tags=tags,
+                    opts=child,
+                )
+            self.gate_target_group_arn = gate_tg.arn
+            self.gate_target_group_arn_suffix = gate_tg.arn_suffix
+
         self.security_group_id = sg.id
         self.target_group_arn = tg.arn
         self.dns_name = lb.dns_name
@@ -300,6 +417,7 @@ class RegistryLoadBalancer(pulumi.ComponentResource):
                 "dnsName": lb.dns_name,
                 "targetGroupArn": tg.arn,
                 "tokenTargetGroupArn": self.token_target_group_arn,
+                "gateTargetGroupArn": self.gate_target_group_arn,
                 "securityGroupId": sg.id,
             }
         )

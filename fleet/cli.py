@@ -12,9 +12,12 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from infra.settings import STACKS_DIR, SettingsError, TokenAccess, available_stacks, load_stack_settings
+
+if TYPE_CHECKING:
+    from fleet.runner import StackOutputs
 
 EXIT_FAILED = 1  # the command ran and found a problem (an audit failure)
 EXIT_USER_ERROR = 2
@@ -46,6 +49,15 @@ def validate(stack: str, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
         )
     else:
         print("  access: htpasswd mode (one admin account that may do everything)", file=out)
+    from infra.settings import protected_namespaces
+
+    signing = settings.signing
+    protected = ", ".join(protected_namespaces(settings)) or "none (no gate)"
+    print(
+        f"  signing: {len(signing.signer_roles)} signer role(s)"
+        f"{', a break-glass role' if signing.break_glass_role else ''}; pulls need a signature in: {protected}",
+        file=out,
+    )
 
 
 # --- plan -------------------------------------------------------------------------------
@@ -207,6 +219,65 @@ def audit(stacks: list[str], fmt: str, out: TextIO, stacks_dir: Path = STACKS_DI
     cards = [audit_stack(stack, stacks_dir=stacks_dir) for stack in stacks]
     out.write(render(cards, fmt) + "\n")
     return all(card.passed for card in cards)
+
+
+# --- trust-policy ---------------------------------------------------------------------------
+
+
+def trust_policy(args: argparse.Namespace, out: TextIO, stacks_dir: Path, runner: StackOutputs | None = None) -> None:
+    """Print (or write) a consumer's trust policy for the stack's protected namespaces."""
+    from auth.access import covers
+    from fleet.runner import AutomationRunner, RunnerError
+    from fleet.trust_policy import (
+        TrustPolicyError,
+        TrustTarget,
+        public_key_from_file,
+        public_key_from_lab_status,
+        public_key_from_outputs,
+        render,
+        write_containers,
+    )
+    from infra.settings import protected_namespaces
+
+    settings = load_stack_settings(args.stack, stacks_dir=stacks_dir)
+    if args.lab and args.public_key:
+        raise UserError("trust-policy: --lab reads the lab's public key; leave out --public-key")
+    if args.output_dir and args.format != "containers":
+        raise UserError("trust-policy: --output-dir writes the containers files; the other formats print one document")
+    namespaces = tuple(args.namespace) or protected_namespaces(settings)
+    access = settings.access
+    owned = [ns for team in access.teams.values() for ns in team.namespaces] if isinstance(access, TokenAccess) else []
+    for ns in args.namespace:
+        if not any(ns == team_ns or covers(team_ns, ns) for team_ns in owned):
+            raise UserError(f"trust-policy: --namespace {ns}: no team of stack {args.stack} owns it")
+    host = settings.registry_host
+    try:
+        if args.public_key:
+            pem = public_key_from_file(Path(args.public_key))
+        elif args.lab:
+            from lab.lab import Lab, LabError
+
+            try:
+                status = Lab.status(lab_dir(args.stack, args.state_dir))
+            except LabError as e:
+                raise UserError(str(e)) from None
+            pem = public_key_from_lab_status(status)
+            host = str(status["registry_url"]).removeprefix("https://").rstrip("/")
+        else:
+            reader = runner if runner is not None else AutomationRunner()
+            try:
+                outputs = reader.stack_outputs(args.stack)
+            except RunnerError as e:
+                raise UserError(f"{e} (or pass the key with --public-key FILE)") from None
+            pem = public_key_from_outputs(args.stack, outputs)
+        t = TrustTarget(args.stack, host, tuple(sorted(set(namespaces))), pem)
+    except TrustPolicyError as e:
+        raise UserError(f"trust-policy: {e}") from None
+    if args.output_dir:
+        for path in write_containers(t, Path(args.output_dir)):
+            print(f"wrote {path}", file=out)
+        return
+    out.write(render(t, args.format))
 
 
 # --- lab --------------------------------------------------------------------------------
@@ -459,6 +530,23 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a claim in the payload's optional part (repeatable)")  # fmt: skip
         else:
             p.add_argument("--public-key", help="the stack's public key PEM (default: KMS GetPublicKey)")
+    p = sub.add_parser(
+        "trust-policy",
+        help="a consumer's policy requiring the stack's signatures (containers, Kyverno, policy-controller)",
+    )
+    p.add_argument("stack", help=f"stack name ({stacks})")
+    p.add_argument("--format", required=True, choices=("containers", "kyverno", "policy-controller"))
+    p.add_argument("--public-key", metavar="FILE", help="the public key PEM (default: the deployed stack's output)")
+    p.add_argument("--lab", action="store_true", help="the running lab's key and registry (python -m fleet lab up)")
+    p.add_argument("--state-dir", help="the lab's state directory, with --lab (default .lab/STACK)")
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="require signatures here (repeatable; default: the stack's protected namespaces)",
+    )
+    p.add_argument("--output-dir", metavar="DIR", help="containers: write policy.json and registries.d/ there")
 
     lab = sub.add_parser("lab", help="the local lab: the fleet's registry, S3, load balancer and CDN on loopback")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
@@ -482,7 +570,9 @@ def main(
     out: TextIO | None = None,
     err: TextIO | None = None,
     stacks_dir: Path = STACKS_DIR,
+    runner: StackOutputs | None = None,
 ) -> int:
+    """`runner` reads deployed stacks' outputs (trust-policy); None: the Automation API."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -510,6 +600,8 @@ def main(
         elif args.command == "verify":
             if not verify_image(args, out, stacks_dir):
                 return EXIT_FAILED
+        elif args.command == "trust-policy":
+            trust_policy(args, out, stacks_dir, runner)
         elif args.command == "lab" and args.lab_command == "up":
             lab_up(args.stack, args.detach, args.state_dir, out, stacks_dir=stacks_dir)
         elif args.command == "lab" and args.lab_command == "status":

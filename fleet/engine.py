@@ -15,6 +15,7 @@ sends are real; nothing here checks that AWS accepts them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import re
@@ -149,11 +150,38 @@ class RecordingMocks(Mocks):
             }, []
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
+        if token == "aws:kms/getPublicKey:getPublicKey":
+            return self._public_key(str(args.args.get("keyId", ""))), []
         if token == "aws:elb/getServiceAccount:getServiceAccount":
             return {"arn": "arn:aws:iam::156460612806:root", "id": "156460612806"}, []
         raise UnexpectedInvokeError(
             f"unexpected lookup {token} (args {args.args}): add it to fleet/engine.py only if the program must make it"
         )
+
+    @staticmethod
+    def _public_key(key_id: str) -> dict[str, Any]:
+        """What KMS GetPublicKey gives for a signing key: a real P-256 public key (SubjectPublicKeyInfo),
+        derived from the key id, so the same key always has the same public key and it loads like AWS's."""
+        if not key_id:
+            raise UnexpectedInvokeError("getPublicKey without a keyId")
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        scalar = int(_digest("kms-public-key", key_id, n=60), 16)
+        public = ec.derive_private_key(scalar, ec.SECP256R1()).public_key()
+        der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return {
+            "id": key_id,
+            "arn": key_id,
+            "keyId": key_id,
+            "customerMasterKeySpec": "ECC_NIST_P256",
+            "keyUsage": "SIGN_VERIFY",
+            "signingAlgorithms": ["ECDSA_SHA_256"],
+            "encryptionAlgorithms": [],
+            "publicKey": base64.b64encode(der).decode(),
+            "publicKeyPem": pem.decode(),
+        }
 
     @staticmethod
     def _debian_ami(region: str, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""What `python -m fleet promote` needs from Pulumi, behind a small interface.
+"""What `python -m fleet promote` (and `trust-policy`) need from Pulumi, behind a small interface.
 
-:class:`StackRunner` is the four operations a promotion performs on a stack. :class:`AutomationRunner`
+:class:`StackRunner` is the four operations a promotion performs on a stack; :class:`StackOutputs` reads
+a deployed stack's outputs (`python -m fleet trust-policy`: the public signing key). :class:`AutomationRunner`
 implements them over the Pulumi Automation API (which drives the `pulumi` CLI against the project in
 the repository root); :class:`FakeRunner` implements them in memory for the tests.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from infra.settings import REPO_ROOT
 
@@ -70,6 +71,12 @@ class StackRunner(Protocol):
 
     def record_commit(self, stack: str, commit: str) -> None:
         """Record `commit` as the stack's deployed commit (after a successful `up` only)."""
+        ...
+
+
+class StackOutputs(Protocol):
+    def stack_outputs(self, stack: str) -> dict[str, Any]:
+        """The deployed stack's outputs, by name (secret ones included as values: callers read public ones)."""
         ...
 
 
@@ -163,6 +170,16 @@ class AutomationRunner:
         counts = ", ".join(f"{op}: {n}" for op, n in sorted((summary.resource_changes or {}).items()))
         return UpResult(ok=summary.result == "succeeded", summary=f"{summary.result} ({counts or 'no changes'})")
 
+    def stack_outputs(self, stack: str) -> dict[str, Any]:
+        from pulumi import automation as auto
+
+        selected = self._select(stack)
+        try:
+            outputs = selected.outputs()
+        except auto.CommandError as err:
+            raise RunnerError(f"pulumi could not read the outputs of stack {stack}: {err}") from err
+        return {name: output.value for name, output in outputs.items()}
+
     def record_commit(self, stack: str, commit: str) -> None:
         from pulumi import automation as auto
 
@@ -201,6 +218,8 @@ class FakeStack:
     up_ok: bool = True
     # Raised by `up` after `up_output` was emitted (the CLI dying halfway, say).
     up_error: Exception | None = None
+    # What `stack_outputs` returns (the outputs of the last `up`).
+    outputs: dict[str, Any] = field(default_factory=dict)
 
 
 class FakeRunner:
@@ -232,6 +251,10 @@ class FakeRunner:
         if fake.up_error is not None:
             raise fake.up_error
         return UpResult(ok=fake.up_ok, summary="succeeded" if fake.up_ok else "failed: fake up error")
+
+    def stack_outputs(self, stack: str) -> dict[str, Any]:
+        self.calls.append(("stack_outputs", stack))
+        return dict(self._get(stack).outputs)
 
     def record_commit(self, stack: str, commit: str) -> None:
         self.calls.append(("record_commit", stack))

@@ -13,6 +13,8 @@ for a prod stack, `dev` otherwise) and changes what makes it the team's own:
   becomes the new range;
 - `owner` stays the template's (a valid value) under a `# TODO: set the owner` comment:
   inventing an address would hide that nobody has been named yet;
+- `signing` stays the template's (valid role ARNs) under a TODO comment: the team's own signer role
+  exists once its CI does;
 - not copied: the template's `accountId` (another team's account; a TODO comment says to pin
   the team's own) and its `waivers` (exceptions granted to that stack alone).
 
@@ -218,6 +220,10 @@ def render(name: str, template: str, overrides: dict[str, Any], settings: Settin
     for key in sorted(overrides, key=lambda k: order.index(k) if k in order else len(order)):
         if key == "owner":
             lines.append(f"  # TODO: set the owner (who answers for this stack); copied from the stack {template}.")
+        if key == "signing":
+            lines.append(
+                f"  # TODO: name the team's own signer role (its CI's, through OIDC); these are the stack {template}'s."
+            )
         lines += _entry(key, overrides[key])
         if key == "team":
             if "owner" not in overrides:

@@ -25,6 +25,9 @@ user-data wrote: systemd resolves `User=` before it runs any command of a unit, 
 exist before the unit starts) and starts its unit `registry-token`, whose `ExecStartPre=+` installs
 the token service (its artifact from S3, checked against the SHA-256 in user-data, into a venv from
 the hash-pinned lock) and runs the same fetch script for its own secrets (config, signing key, TLS key).
+On a stack that protects a namespace `runcmd` then does the same for the signature gate (`registry-gate`:
+its own account, the same release, its own copy of the host key, a public config with the stack's public
+signing key).
 
 User-data holds at most 16 KB: the rendered scripts and units are compact (their explanations live
 here, in the docstrings of their renderers, not in the files), and the fetch script carries its
@@ -48,6 +51,13 @@ from host.contract import (
     ENV_DIR,
     ENV_FILE,
     FETCH_SCRIPT_PATH,
+    GATE_CONFIG_FILE,
+    GATE_PORT,
+    GATE_SYSUSERS_PATH,
+    GATE_TLS_KEY_FILE,
+    GATE_UNIT,
+    GATE_UNIT_PATH,
+    GATE_USER,
     REGISTRY_GROUP,
     REGISTRY_PACKAGES,
     REGISTRY_UNIT,
@@ -118,6 +128,17 @@ class TokenServiceBoot:
 
 
 @dataclass(frozen=True)
+class GateBoot:
+    """The signature gate beside the token service (token mode, a stack that protects a namespace). It runs
+    from the token service's release; its config is public text, its one secret the host key (an ARN)."""
+
+    config_yaml: str  # host.gate_config.render_gate_config -> GATE_CONFIG_FILE (public: a public key, names)
+    tls_key_secret_arn: str  # -> GATE_TLS_KEY_FILE (the host key)
+    tls_cert_file: str  # the host certificate, already among HostBoot.public_files
+    port: int = GATE_PORT
+
+
+@dataclass(frozen=True)
 class HostBoot:
     """Everything a registry host needs at boot. Only ARNs and public text: no secret value fits in."""
 
@@ -128,6 +149,7 @@ class HostBoot:
     public_files: tuple[tuple[str, str], ...] = ()  # (path, content) of non-secret files, e.g. certificates
     architecture: str = "arm64"  # "arm64" | "amd64" (Debian arch; for the SSM agent .deb)
     token_service: TokenServiceBoot | None = None  # token mode: the token service runs beside the registry
+    gate: GateBoot | None = None  # token mode with a protected namespace: the gate runs from the same release
 
 
 def token_secret_files(token: TokenServiceBoot) -> tuple[SecretFile, ...]:
@@ -138,6 +160,11 @@ def token_secret_files(token: TokenServiceBoot) -> tuple[SecretFile, ...]:
         SecretFile(token.signing_key_secret_arn, TOKEN_SIGNING_KEY_FILE, "0640", owner),
         SecretFile(token.tls_key_secret_arn, TOKEN_TLS_KEY_FILE, "0640", owner),
     )
+
+
+def gate_secret_files(gate: GateBoot) -> tuple[SecretFile, ...]:
+    """The gate's one secret, the host key for its TLS: readable by its group only, owned by root."""
+    return (SecretFile(gate.tls_key_secret_arn, GATE_TLS_KEY_FILE, "0640", f"root:{GATE_USER}"),)
 
 
 def token_trust_bundle(token: TokenServiceBoot) -> str:
@@ -192,10 +219,39 @@ def validate_host_boot(boot: HostBoot) -> None:
         paths += [TOKEN_INSTALL_SCRIPT_PATH, TOKEN_UNIT_PATH, TOKEN_SYSUSERS_PATH]
         paths += [f.path for f in token_secret_files(boot.token_service)]
         paths += [path for path, _ in token_public_files(boot.token_service)]
+    if boot.gate is not None:
+        if boot.token_service is None:
+            raise ValueError(
+                "HostBoot.gate is set without HostBoot.token_service: the gate runs from the token service's release "
+                "(token mode only)."
+            )
+        _validate_gate(boot.gate, [path for path, _ in boot.public_files])
+        paths += [GATE_CONFIG_FILE, GATE_SYSUSERS_PATH, GATE_UNIT_PATH]
+        paths += [f.path for f in gate_secret_files(boot.gate)]
     duplicates = sorted({p for p in paths if paths.count(p) > 1})
     if duplicates:
         raise ValueError(
             f"HostBoot writes these paths more than once: {', '.join(duplicates)}. Give each file one source."
+        )
+
+
+def _check_service(
+    field: str, service: TokenServiceBoot | GateBoot, arn_fields: Sequence[str], public_paths: list[str]
+) -> None:
+    """What every service on a host shares: its secrets' ARNs, its port, the host certificate's path."""
+    for name in arn_fields:
+        arn: str = getattr(service, name)
+        if not _SECRET_ARN.match(arn):
+            raise ValueError(
+                f"{field}.{name} must be a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:"
+                f"NAME); got a value of {len(arn)} characters that is not one. Pass the ARN, never the secret itself."
+            )
+    if isinstance(service.port, bool) or not isinstance(service.port, int) or not 1 <= service.port <= 65535:
+        raise ValueError(f"{field}.port must be an integer in 1..65535; got {service.port!r}.")
+    if not _PATH.match(service.tls_cert_file) or service.tls_cert_file not in public_paths:
+        raise ValueError(
+            f"{field}.tls_cert_file must be the absolute path of one of HostBoot.public_files (the host "
+            f"certificate); got {service.tls_cert_file!r}."
         )
 
 
@@ -217,25 +273,12 @@ def _validate_token_service(token: TokenServiceBoot, public_paths: list[str]) ->
             f"{field}.artifact_key must be an S3 object key of A-Z a-z 0-9 and !_.*'()/- that starts with a letter "
             f"or digit and holds no '..' (host.artifact.Artifact.key); got {token.artifact_key!r}."
         )
-    for name in ("config_secret_arn", "signing_key_secret_arn", "tls_key_secret_arn"):
-        arn: str = getattr(token, name)
-        if not _SECRET_ARN.match(arn):
-            raise ValueError(
-                f"{field}.{name} must be a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:"
-                f"NAME); got a value of {len(arn)} characters that is not one. Pass the ARN, never the secret itself."
-            )
+    _check_service(field, token, ("config_secret_arn", "signing_key_secret_arn", "tls_key_secret_arn"), public_paths)
     if not _INDEX_URL.match(token.pip_index_url):
         # Not echoed: a URL with credentials in it is a secret, and user-data is readable.
         raise ValueError(
             f"{field}.pip_index_url must be an https:// URL without credentials (e.g. https://pypi.org/simple); "
             f"got a value of {len(token.pip_index_url)} characters that is not one."
-        )
-    if isinstance(token.port, bool) or not isinstance(token.port, int) or not 1 <= token.port <= 65535:
-        raise ValueError(f"{field}.port must be an integer in 1..65535; got {token.port!r}.")
-    if not _PATH.match(token.tls_cert_file) or token.tls_cert_file not in public_paths:
-        raise ValueError(
-            f"{field}.tls_cert_file must be the absolute path of one of HostBoot.public_files (the host "
-            f"certificate); got {token.tls_cert_file!r}."
         )
     pems = (
         ("signing_cert_pem", token.signing_cert_pem),
@@ -254,6 +297,19 @@ def _validate_token_service(token: TokenServiceBoot, public_paths: list[str]) ->
             f"{field}.trust_bundle_pem must hold the signing certificate (signing_cert_pem): otherwise the registry "
             f"on the host refuses every token its own service signs."
         )
+
+
+def _validate_gate(gate: GateBoot, public_paths: list[str]) -> None:
+    """The gate's fields: an ARN, a port, the host certificate's path, a config that holds no private key."""
+    field = "HostBoot.gate"
+    _check_service(field, gate, ("tls_key_secret_arn",), public_paths)
+    if "PRIVATE KEY" in gate.config_yaml:
+        raise ValueError(
+            f"{field}.config_yaml holds a private key: user-data is readable; the gate needs a public key."
+        )
+    loaded = yaml.safe_load(gate.config_yaml)
+    if not isinstance(loaded, dict) or not loaded.get("namespaces") or not loaded.get("public_keys"):
+        raise ValueError(f"{field}.config_yaml must be the text host.gate_config.render_gate_config returns.")
 
 
 def _pem_blocks(pem: str) -> list[str]:
@@ -366,7 +422,7 @@ def _registry_dropin() -> str:
     )
 
 
-def _token_install_script(region: str, token: TokenServiceBoot) -> str:
+def _token_install_script(region: str, token: TokenServiceBoot, gate: bool = False) -> str:
     """The token service's install script (host/files/install-token-service.sh, at TOKEN_INSTALL_SCRIPT_PATH).
 
     Compact (user-data holds at most 16 KB). Its design:
@@ -377,7 +433,11 @@ def _token_install_script(region: str, token: TokenServiceBoot) -> str:
       installed again; on any failure the trap removes the partial release, so a rerun starts clean;
     - `current` is switched by renaming a new symlink over it (atomic); a running service keeps its files;
     - umask 022: root owns the code, the service user only reads it;
-    - it creates no account: the service's account exists before the unit starts (_token_sysusers).
+    - it creates no account: the service's account exists before the unit starts (_token_sysusers);
+    - the gate's unit runs it too (one release, one venv): an exclusive lock (flock) on the install
+      directory itself keeps two units from installing at once (no lock file: a rerun leaves the directory
+      as it was), and with a gate on the host the import check covers the gate's config loader (its
+      dependencies) as well as the token service.
     Hosts are replaced when the artifact changes (its SHA-256 is in user-data), so nothing prunes old
     releases.
     """
@@ -391,6 +451,7 @@ def _token_install_script(region: str, token: TokenServiceBoot) -> str:
         ARTIFACT_SHA256=shlex.quote(token.artifact_sha256),
         PIP_INDEX_URL=shlex.quote(token.pip_index_url),
         RELEASE_MARKER=TOKEN_RELEASE_MARKER,
+        IMPORT_CHECK="auth.serve, gate.config" if gate else "auth.serve",
     )
 
 
@@ -437,6 +498,39 @@ def _token_unit(token: TokenServiceBoot) -> str:
     )
 
 
+def _gate_sysusers() -> str:
+    """The gate's account (host/files/registry-gate.sysusers.conf, at GATE_SYSUSERS_PATH): user and group
+    GATE_USER, a system account with no home and no login, created before the unit starts for the reasons
+    _token_sysusers gives. Its own account, not the token service's: the gate must not read the token
+    signing key or the token service's config, which only the token service's group may read."""
+    return render_file("registry-gate.sysusers.conf", GATE_USER=GATE_USER)
+
+
+def _gate_unit(gate: GateBoot) -> str:
+    """The gate's systemd unit (host/files/registry-gate.service, at GATE_UNIT_PATH).
+
+    The token service's unit, for the gate: the same retries, install step (the release both run from; the
+    script's lock serialises them, and `After=` the token service orders their first starts), sandbox and
+    reload. Its fetch step writes only the gate's set: its own copy of the host key, for its TLS. Its config
+    (GATE_CONFIG_FILE) is public and written by user-data. No MemoryDenyWriteExecute, as for the token
+    service: the gate verifies signatures with cryptography, whose cffi callbacks need it off.
+    """
+    return render_file(
+        "registry-gate.service",
+        TOKEN_UNIT=TOKEN_UNIT,
+        GATE_USER=GATE_USER,
+        GATE_UNIT=GATE_UNIT,
+        INSTALL_SCRIPT=TOKEN_INSTALL_SCRIPT_PATH,
+        FETCH_SCRIPT=FETCH_SCRIPT_PATH,
+        SERVICE_DIR=TOKEN_SERVICE_DIR,
+        CONFIG_FILE=GATE_CONFIG_FILE,
+        PORT=str(gate.port),
+        TLS_CERT_FILE=gate.tls_cert_file,
+        TLS_KEY_FILE=GATE_TLS_KEY_FILE,
+        SANDBOX=_sandbox(),
+    )
+
+
 @dataclass(frozen=True)
 class HostFile:
     """A file user-data writes: root-owned, in cloud-init's final stage (see the module docstring)."""
@@ -462,7 +556,7 @@ class RenderedHost:
         raise KeyError(path)
 
 
-class _BlockStyleDumper(yaml.SafeDumper):
+class BlockStyleDumper(yaml.SafeDumper):
     """SafeDumper that writes multi-line strings as `|` blocks: readable user-data, fewer bytes."""
 
 
@@ -471,7 +565,7 @@ def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
-_BlockStyleDumper.add_representer(str, _represent_str)
+BlockStyleDumper.add_representer(str, _represent_str)
 
 
 def render_host(boot: HostBoot) -> RenderedHost:
@@ -479,12 +573,14 @@ def render_host(boot: HostBoot) -> RenderedHost:
     (validate_host_boot); raises ValueError when it breaks a rule or when the user-data's gzip (what
     EC2 receives, see host.user_data) exceeds EC2's 16 KB user-data limit."""
     validate_host_boot(boot)
-    token = boot.token_service
+    token, gate = boot.token_service, boot.gate
     files = [HostFile(CONFIG_PATH, boot.registry_config_yaml, "0644")]  # the config holds no secret
     files += [HostFile(path, content, "0644") for path, content in boot.public_files]
     sets = [FetchSet(REGISTRY_UNIT, boot.secret_files, boot.http_secret_arn)]
     if token is not None:
         sets.append(FetchSet(TOKEN_UNIT, token_secret_files(token)))
+    if gate is not None:
+        sets.append(FetchSet(GATE_UNIT, gate_secret_files(gate)))
     files += [
         HostFile(FETCH_SCRIPT_PATH, render_fetch_script(boot.region, sets), "0700"),
         HostFile(DROPIN_PATH, _registry_dropin(), "0644"),
@@ -495,7 +591,7 @@ def render_host(boot: HostBoot) -> RenderedHost:
         # The signing certificate (the service's) and the trust bundle (the registry's rootcertbundle).
         files += [HostFile(path, content, "0644") for path, content in token_public_files(token)]
         files += [
-            HostFile(TOKEN_INSTALL_SCRIPT_PATH, _token_install_script(boot.region, token), "0700"),
+            HostFile(TOKEN_INSTALL_SCRIPT_PATH, _token_install_script(boot.region, token, gate is not None), "0700"),
             HostFile(TOKEN_SYSUSERS_PATH, _token_sysusers(), "0644"),
             HostFile(TOKEN_UNIT_PATH, _token_unit(token), "0644"),
         ]
@@ -504,6 +600,17 @@ def render_host(boot: HostBoot) -> RenderedHost:
             ["systemd-sysusers", TOKEN_SYSUSERS_PATH],  # its User= must exist before it starts (_token_sysusers)
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", TOKEN_UNIT],
+        ]
+    if gate is not None:
+        files += [
+            HostFile(GATE_CONFIG_FILE, gate.config_yaml, "0644"),  # public: a public key and namespace names
+            HostFile(GATE_SYSUSERS_PATH, _gate_sysusers(), "0644"),
+            HostFile(GATE_UNIT_PATH, _gate_unit(gate), "0644"),
+        ]
+        token_steps += [
+            ["systemd-sysusers", GATE_SYSUSERS_PATH],  # like the token service's account (_gate_sysusers)
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", "--now", GATE_UNIT],
         ]
     ssm_install = (
         'set -eu; deb=$(mktemp --suffix=.deb); curl -fsSL --proto =https -o "$deb" '
@@ -536,7 +643,7 @@ def render_host(boot: HostBoot) -> RenderedHost:
             *token_steps,
         ],
     }
-    text = "#cloud-config\n" + yaml.dump(cloud_config, Dumper=_BlockStyleDumper, sort_keys=False, width=1000)
+    text = "#cloud-config\n" + yaml.dump(cloud_config, Dumper=BlockStyleDumper, sort_keys=False, width=1000)
     size = len(compress_user_data(text))
     if size > USER_DATA_LIMIT_BYTES:
         raise ValueError(

@@ -21,6 +21,8 @@ TOKEN_HEALTH_PATH = "/healthz"  # the token service's health check (the ALB's to
 # (S3 or its KMS key unreachable). The ALB counts both as alive, so an S3 outage, which every host sees at
 # once, replaces no host; a registry that does not answer fails the check and its host is replaced.
 REGISTRY_HEALTH_CODES = "200,503"
+GATE_PORT = 5003  # HTTPS; the ALB's gate target group (manifest GET/HEAD in protected namespaces)
+GATE_HEALTH_PATH = "/healthz"  # the gate's health check (the ALB's gate target group)
 
 # --- the operating system --------------------------------------------------------------------------
 # The Debian releases a host may boot (`fleet.debianRelease`), newest first, with their suites. Debian's
@@ -32,13 +34,14 @@ DEBIAN_AMI_NAME = "debian-{release}-{architecture}-*"  # the image lookup's name
 # --- what a host installs and runs ------------------------------------------------------------------
 REGISTRY_UNIT = "docker-registry"  # the Debian package's unit; the fetch script's default
 TOKEN_UNIT = "registry-token"
+GATE_UNIT = "registry-gate"  # token mode, and only on a stack that protects a namespace
 SSM_AGENT_UNIT = "amazon-ssm-agent"  # operators use Session Manager, not SSH
 # The registry, what boots it (the AWS CLI reads its secrets, curl fetches the SSM agent) and, in token
 # mode, the token service's venv (python3-venv holds its hash-pinned wheels). In install order.
 REGISTRY_PACKAGES = ("docker-registry", "awscli", "ca-certificates", "curl")
 TOKEN_SERVICE_PACKAGES = ("python3-venv",)
 HOST_PACKAGES = frozenset(REGISTRY_PACKAGES + TOKEN_SERVICE_PACKAGES)  # all a registry host may install
-HOST_SERVICES = frozenset({REGISTRY_UNIT, TOKEN_UNIT, SSM_AGENT_UNIT})  # all a registry host may enable
+HOST_SERVICES = frozenset({REGISTRY_UNIT, TOKEN_UNIT, GATE_UNIT, SSM_AGENT_UNIT})  # all a registry host may enable
 ARCHITECTURES = ("arm64", "amd64")  # Debian architecture names, as in the SSM agent's download path
 
 # --- the registry's files ---------------------------------------------------------------------------
@@ -49,6 +52,7 @@ TLS_DIR = "/etc/docker/registry/tls"
 HOST_CERT_FILE = f"{TLS_DIR}/host.crt"  # public: the host certificate (registry and token service)
 HOST_KEY_FILE = f"{TLS_DIR}/host.key"  # secret
 CA_CERT_FILE = f"{TLS_DIR}/ca.crt"  # public: the internal CA
+HOST_INTERNAL_NAME = "registry.internal"  # a name in every host certificate besides the public one
 HTPASSWD_FILE = "/etc/docker/registry/htpasswd"  # secret (htpasswd mode)
 CLOUDFRONT_KEY_FILE = "/etc/docker/registry/cloudfront.pem"  # secret: the CDN's URL signing key
 # S3 key prefix of blobs when rootdirectory is unset (CloudFront reads only this)
@@ -80,3 +84,14 @@ TOKEN_SERVICE_DIR = "/opt/registry-fleet/token-service"  # releases/<sha256>/{ap
 TOKEN_UNIT_PATH = f"/etc/systemd/system/{TOKEN_UNIT}.service"
 TOKEN_INSTALL_SCRIPT_PATH = "/usr/local/sbin/registry-fleet-install-token-service"
 TOKEN_RELEASE_MARKER = ".installed"  # in releases/<sha256>/: the release is complete
+
+# --- the gate's files (token mode, a stack that protects a namespace) --------------------------------
+# The gate (gate/, `python -m gate`) answers manifest GET/HEAD in protected namespaces only for signed
+# digests, forwarding to the local registry. It runs from the token service's release (one artifact, one
+# venv) as its own account, which reads the host key (its TLS) and nothing else secret.
+GATE_USER = "registry-gate"  # and its group: created by systemd-sysusers before the unit starts
+GATE_SYSUSERS_PATH = f"/etc/sysusers.d/{GATE_USER}.conf"
+GATE_CONFIG_FILE = "/etc/registry-fleet/gate.yml"  # public: the signing key's public key, protected namespaces
+GATE_TLS_KEY_FILE = "/etc/registry-gate/tls.key"  # secret: the host key, the gate's own copy
+GATE_UNIT_PATH = f"/etc/systemd/system/{GATE_UNIT}.service"
+GATE_CACHE_SECONDS = 300  # positive verification results, per (repository, digest)

@@ -2,8 +2,9 @@
 
 Order follows the data: storage (buckets, keys, backups) -> network (its S3 endpoint admits
 the registry bucket) -> internal TLS -> the registry's public certificate -> load balancer -> its WAF ->
-CDN -> the primary bucket's policies (they name the distribution) -> access (token mode: the
-token service's signing key, robots, config and code) -> fleet -> alarms and dashboard -> DNS.
+CDN -> the primary bucket's policies (they name the distribution) -> the image signing key
+(its public key goes to the gate) -> access (token mode: the token service's signing key,
+robots, config and code) -> fleet -> access logs -> alarms and dashboard -> DNS.
 Components never read config: everything comes from the typed settings and the validated
 secret inputs (infra/secrets.py); the token service's from its spec (infra/token_service.py).
 """
@@ -22,10 +23,11 @@ from components.cdn import BlobCdn, BlobCdnArgs
 from components.certificates import DnsValidatedCertificate, DnsValidatedCertificateArgs
 from components.dns import RegistryDns, RegistryDnsArgs
 from components.firewall import EdgeFirewall, EdgeFirewallArgs
-from components.fleet import ADMIN_USER, FleetCdn, RegistryFleet, RegistryFleetArgs
+from components.fleet import ADMIN_USER, FleetCdn, FleetGate, RegistryFleet, RegistryFleetArgs
 from components.internal_tls import InternalTls, InternalTlsArgs
 from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
 from components.network import RegistryNetwork, RegistryNetworkArgs, subnet_plan
+from components.signing import ImageSigningKey, ImageSigningKeyArgs
 from components.storage import (
     REPLICATION_RULE_ID,
     ObjectLock,
@@ -36,8 +38,9 @@ from components.storage import (
 )
 from components.waivers import PolicyWaivers, WaiverArgs
 from host.artifact import build_artifact
+from host.contract import HOST_INTERNAL_NAME
 from infra.secrets import AccessSecrets
-from infra.settings import Settings
+from infra.settings import Settings, protected_namespaces
 from infra.token_service import token_service_spec
 
 # CloudFront reads certificates for its aliases from us-east-1 only, whatever the stack's region.
@@ -67,6 +70,8 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
     # Before anything is registered: a config the service would refuse, or no artifact, stops here.
     token_spec = token_service_spec(s, secrets, lb_cidrs)  # None in htpasswd mode
     token_mode = token_spec is not None
+    # The namespaces whose pulls need a signature: the gate runs only where there is one (token mode).
+    gated = protected_namespaces(s)
     artifact = build_artifact() if token_mode else None
 
     # Explicit providers: regions come from the settings (stack files set no aws:region), and a
@@ -121,7 +126,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
 
     internal_tls = InternalTls(
         "internal-tls",
-        InternalTlsArgs(organization=f"registry-fleet {s.stack}", dns_names=[s.registry_host, "registry.internal"]),
+        InternalTlsArgs(organization=f"registry-fleet {s.stack}", dns_names=[s.registry_host, HOST_INTERNAL_NAME]),
     )
 
     certificate = DnsValidatedCertificate(
@@ -145,6 +150,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
             tls_policy=s.tls.policy,
             deletion_protection=protect,
             token_service=token_mode,
+            gate_namespaces=gated,
             tags=tags,
         ),
         opts=in_primary,
@@ -196,6 +202,18 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
             key_id=storage.key.key_id,
             account_id=identity.account_id,
             distribution_arn=cdn.distribution_arn if cdn else None,
+        ),
+        opts=in_primary,
+    )
+
+    signing = ImageSigningKey(
+        "signing",
+        ImageSigningKeyArgs(
+            stack=s.stack,
+            signer_roles=s.signing.roles,
+            account_id=identity.account_id,
+            protect=protect,
+            tags=tags,
         ),
         opts=in_primary,
     )
@@ -257,6 +275,16 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
                 else None
             ),
             token=token,
+            gate=(
+                FleetGate(
+                    namespaces=gated,
+                    public_key_pem=signing.public_key_pem,
+                    target_group_arn=lb.gate_target_group_arn,
+                )
+                if gated and lb.gate_target_group_arn is not None
+                else None
+            ),
+            signing_key_arn=signing.key_arn,
             tags=tags,
         ),
         opts=in_primary,
@@ -288,6 +316,12 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
                 *(
                     [TargetGroupSignals("token", lb.token_target_group_arn_suffix, p99_seconds=2)]
                     if lb.token_target_group_arn_suffix is not None
+                    else []
+                ),
+                *(
+                    # A manifest read through the gate: one registry round trip plus a cached check.
+                    [TargetGroupSignals("gate", lb.gate_target_group_arn_suffix, p99_seconds=5)]
+                    if lb.gate_target_group_arn_suffix is not None
                     else []
                 ),
             ],
@@ -326,6 +360,11 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         "autoScalingGroup": fleet.asg_name,
         "accessMode": s.access.mode,
         "webAclArn": firewall.web_acl_arn,
+        # What consumers verify signatures with (python -m fleet trust-policy), and the key CI signs with.
+        "signingPublicKeyPem": signing.public_key_pem,
+        "signingKeyArn": signing.key_arn,
+        "signingKeyAlias": signing.alias_name,
+        "protectedNamespaces": list(gated),
     }
     if access is not None:
         outputs |= {

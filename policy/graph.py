@@ -228,6 +228,37 @@ def cache_behaviors(distribution: Res) -> list[tuple[str, Mapping[str, Any]]]:
     return behaviors
 
 
+# --- load balancer routes ---------------------------------------------------------------------
+
+
+def path_patterns(listener_rule: Res, kind: str = "values") -> list[str]:
+    """The path-pattern condition values of a listener rule: its wildcard patterns (`values`) or its
+    regular expressions (`regexValues`)."""
+    conditions = prop(listener_rule, "conditions")
+    if is_unknown(conditions):
+        return []
+    return [
+        str(value)
+        for condition in as_list(conditions)
+        for value in as_list(mapping(mapping(condition).get("pathPattern")).get(kind))
+    ]
+
+
+def forward_targets(listener_rule: Res) -> list[Any]:
+    """The target group ARNs a rule's forward actions name (the simple form or a weighted forward)."""
+    actions = prop(listener_rule, "actions")
+    if is_unknown(actions):
+        return [actions]
+    found: list[Any] = []
+    for action in map(mapping, as_list(actions)):
+        if action.get("type") != "forward":
+            continue
+        if action.get("targetGroupArn"):
+            found.append(action.get("targetGroupArn"))
+        found += [mapping(g).get("arn") for g in as_list(mapping(action.get("forward")).get("targetGroups"))]
+    return found
+
+
 # --- the hosts' user-data ---------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from fleet.audit import score
 from fleet.engine import Recording, RecordingMocks, RecordingMonitor, fake_secret, record
 from host.artifact import build_artifact
 from host.contract import (
+    GATE_PORT,
     SYSTEM_CA_BUNDLE,
     TOKEN_HEALTH_PATH,
     TOKEN_PATH,
@@ -61,6 +62,7 @@ from infra.settings import (
     SettingsError,
     TokenAccess,
     load_stack_settings,
+    protected_namespaces,
     settings_from_config,
     stack_overrides,
 )
@@ -201,17 +203,19 @@ def test_token_target_group_reaches_the_service_over_https_and_checks_its_health
 @pytest.mark.parametrize("stack", STACKS)
 def test_https_listener_sends_exactly_the_realm_path_to_the_token_target_group(stack: str) -> None:
     rec = recording(stack)
-    (route,) = rec.of_type(LISTENER_RULE)
+    (route,) = [r for r in rec.of_type(LISTENER_RULE) if not r.name.startswith("lb-gate-")]  # the gate's: test_signing
+    assert route.name == "lb-token-route"
     assert route.inputs["listenerArn"] == arn(rec, "lb-https")
     assert route.inputs["conditions"] == [{"pathPattern": {"values": [TOKEN_PATH]}}]
     assert route.inputs["actions"] == [{"type": "forward", "targetGroupArn": arn(rec, "lb-token-tg")}]
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_hosts_register_in_both_target_groups(stack: str) -> None:
+def test_hosts_register_in_the_registry_token_and_gate_target_groups(stack: str) -> None:
     rec = recording(stack)
     groups = rec.named("fleet-asg").inputs["targetGroupArns"]
-    assert groups == [arn(rec, "lb-tg"), arn(rec, "lb-token-tg")]
+    gate = [arn(rec, "lb-gate-tg")] if protected_namespaces(settings(rec)) else []
+    assert groups == [arn(rec, "lb-tg"), arn(rec, "lb-token-tg"), *gate]
 
 
 def ports(rule: Res) -> tuple[Any, Any]:
@@ -231,7 +235,8 @@ def test_security_groups_open_the_service_port_between_load_balancer_and_hosts_o
     assert [(r.name, r.inputs.get("referencedSecurityGroupId"), r.inputs.get("cidrIpv4")) for r in service] == [
         ("fleet-in-token-from-lb", lb_sg, None)
     ]
-    assert sorted(ports(r) for r in into_hosts) == [(5000, 5000), (TOKEN_SERVICE_PORT, TOKEN_SERVICE_PORT)]
+    gate = [(GATE_PORT, GATE_PORT)] if protected_namespaces(settings(rec)) else []
+    assert sorted(ports(r) for r in into_hosts) == [(5000, 5000), (TOKEN_SERVICE_PORT, TOKEN_SERVICE_PORT), *gate]
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -36,6 +36,9 @@ def test_validate_accepts_a_good_stack() -> None:
     assert code == 0 and "stack prod: valid" in out
     assert "access: token mode, 3 team(s), 1 local user(s), 2 robot(s), ldaps://ldap.example.com" in out
     assert "registry-fleet:accessUserHashes and registry-fleet:ldapBindPassword are checked by pulumi" in out
+    assert "  signing: 1 signer role(s), a break-glass role; pulls need a signature in: base\n" in out
+    code, out, _ = run("validate", "dev")
+    assert code == 0 and "  signing: 1 signer role(s); pulls need a signature in: none (no gate)\n" in out
 
 
 def test_validate_rejects_a_broken_stack_with_exit_2_naming_the_key(tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ import pytest
 
 from components.fleet import HOST_SECRET_VERSION_TAG, TOKEN_CONFIG_VERSION_TAG, TOKEN_SIGNING_KEY_VERSION_TAG
 from fleet.engine import Recording, debian_ami_id, record
-from host.contract import DEBIAN_SUITES, REGISTRY_HEALTH_CODES, TOKEN_HEALTH_PATH
-from infra.settings import load_stack_settings
+from host.contract import DEBIAN_SUITES, GATE_HEALTH_PATH, REGISTRY_HEALTH_CODES, TOKEN_HEALTH_PATH
+from infra.settings import load_stack_settings, protected_namespaces
 from policy.graph import Res, host_boot, is_secret, unwrap
 from policy.rules import rule_by_id
 from tests.helpers import STACKS, recording
@@ -465,11 +465,14 @@ def test_hosts_are_replaced_on_their_own_health_only(stack: str) -> None:
     groups = {tg.name: tg for tg in rec.of_type("aws:lb/targetGroup:TargetGroup")}
     assert asg["healthCheckType"] == "ELB"
     assert sorted(asg["targetGroupArns"]) == sorted(tg.outputs["arn"] for tg in groups.values())
+    gate = {"lb-gate-tg": GATE_HEALTH_PATH} if protected_namespaces(load_stack_settings(stack)) else {}
     assert {name: tg.inputs["healthCheck"]["path"] for name, tg in groups.items()} == {
         "lb-tg": "/",
         "lb-token-tg": TOKEN_HEALTH_PATH,
+        **gate,  # the gate answers /healthz itself, like the token service
     }
     assert registry_config(rec)["health"]["storagedriver"]["enabled"] is True
     matchers = {name: tg.inputs["healthCheck"]["matcher"] for name, tg in groups.items()}
-    assert matchers == {"lb-tg": REGISTRY_HEALTH_CODES, "lb-token-tg": "200"}
+    assert matchers.pop("lb-tg") == REGISTRY_HEALTH_CODES  # the registry's storage check answers 503
+    assert set(matchers.values()) == {"200"}, matchers  # the token service and the gate: 200 only
     assert REGISTRY_HEALTH_CODES == "200,503"

@@ -8,7 +8,7 @@ The host installs its packages from Debian's archive and the token service's whe
 host does.
 
 The boots share the machine's network (the host reaches the lab on loopback): one at a time, and the
-host's ports (5000-5002) must be free. Timings (boot to cloud-init done, boot to healthy) are printed
+host's ports (5000-5003) must be free. Timings (boot to cloud-init done, boot to healthy) are printed
 at the end of each suite's run.
 """
 
@@ -35,6 +35,9 @@ import yaml
 
 from host.contract import (
     DEBUG_PORT,
+    GATE_HEALTH_PATH,
+    GATE_PORT,
+    GATE_UNIT,
     REGISTRY_PORT,
     REGISTRY_UNIT,
     SSM_AGENT_UNIT,
@@ -44,7 +47,7 @@ from host.contract import (
     TOKEN_SERVICE_PORT,
     TOKEN_UNIT,
 )
-from infra.settings import load_stack_settings
+from infra.settings import load_stack_settings, protected_namespaces
 from lab import nspawn
 from lab.accounts import registry_token
 from lab.debian_tools import debian_mirror
@@ -57,16 +60,20 @@ pytestmark = [pytest.mark.lab, pytest.mark.boot]
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = "dev"
-UNITS = (REGISTRY_UNIT, TOKEN_UNIT, SSM_AGENT_UNIT)
+# The gate runs only on a stack that protects a namespace (access.pullPolicies.*.requireSigned).
+GATED = bool(protected_namespaces(load_stack_settings(STACK)))
+UNITS = (REGISTRY_UNIT, TOKEN_UNIT, SSM_AGENT_UNIT, *((GATE_UNIT,) if GATED else ()))
 FIRST_BOOT_TIMEOUT = 900  # apt installs from Debian's archive and pip installs from PyPI
 HEALTH_TIMEOUT = 90  # after cloud-init: the units' own start
 STAY_SECONDS = 10  # "stays active": the same main process, no restart, this long after healthy
 # What the host listens on, by process: the registry on every address (the load balancer's target),
-# its debug server on loopback, the token service on every address. Nothing else.
+# its debug server on loopback, the token service on every address, and on a stack that protects a namespace
+# the gate on every address. Nothing else.
 EXPECTED_SOCKETS = {
     ("docker-registry", f"*:{REGISTRY_PORT}"),
     ("docker-registry", f"127.0.0.1:{DEBUG_PORT}"),
     ("python", f"0.0.0.0:{TOKEN_SERVICE_PORT}"),
+    *((("python", f"0.0.0.0:{GATE_PORT}"),) if GATED else ()),
 }
 
 
@@ -90,10 +97,12 @@ class Booted:
         return nspawn.run(self.container, list(argv), timeout=timeout)
 
     def healthy(self) -> bool:
-        """The registry (its `/`, storage included) and the token service answer on the host's ports."""
+        """The registry (its `/`, storage included), the token service and, where it runs, the gate answer on
+        the host's ports."""
         registry = https_get(f"https://127.0.0.1:{REGISTRY_PORT}/", self.ca_file)
         token = https_get(f"https://127.0.0.1:{TOKEN_SERVICE_PORT}{TOKEN_HEALTH_PATH}", self.ca_file)
-        return registry == 200 and token == 200
+        gate = https_get(f"https://127.0.0.1:{GATE_PORT}{GATE_HEALTH_PATH}", self.ca_file) if GATED else 200
+        return registry == 200 and token == 200 and gate == 200
 
     def wait_healthy(self, timeout: float = HEALTH_TIMEOUT, fail: bool = True) -> float | None:
         """Seconds from the boot's start to healthy; after `timeout`, a failure naming the units' states

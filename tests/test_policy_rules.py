@@ -1,7 +1,7 @@
 """The policy pack (policy/): its rules over every stack's recorded graph, the CrossGuard policies, waivers.
 
-- Every stack passes every rule except practices 5 and 6 (scanning and signing are not built yet:
-  those rules fail everywhere, and stacks waive them).
+- Every stack passes every rule except practice 5's (scanning is not built yet: its rule fails
+  everywhere, and stacks waive it).
 - For every rule, a broken variant of a recorded stack (one resource's inputs changed, or one
   resource dropped or added) makes exactly that rule fail, naming the resource and the bad value.
 - Each CrossGuard policy from `policies()` is called with hand-built `StackValidationArgs` shaped
@@ -46,7 +46,6 @@ from pulumi_policy.policy import _PolicyAnalyzerServicer
 
 from policy.crossguard import policies, to_res
 from policy.graph import (
-    KMS_KEY,
     LAUNCH_TEMPLATE,
     REGISTRY_CONFIG_PATH,
     SECRET_SIG,
@@ -66,7 +65,7 @@ from tests.helpers import STACKS, recording
 
 # What a distribution without an alias had (and what CloudFront serves TLS 1.0 with, whatever it says).
 DEFAULT_CLOUDFRONT_CERTIFICATE = {"cloudfrontDefaultCertificate": True, "minimumProtocolVersion": "TLSv1.2_2021"}
-BASELINE = {r.id for r in RULES if r.practice in (5, 6)}  # fail on every stack until scanning and signing land
+BASELINE = {r.id for r in RULES if r.practice == 5}  # fails on every stack until scanning lands
 TODAY = datetime.date(2026, 6, 1)
 UNKNOWN = policy_proxy.UNKNOWN_STRING_VALUE
 Change = Callable[[list[Res]], list[Res]]
@@ -151,10 +150,10 @@ def test_unknown_sentinels_are_the_policy_sdks() -> None:
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_stack_fails_only_the_practice_5_and_6_rules(stack: str) -> None:
+def test_stack_fails_only_the_practice_5_rule(stack: str) -> None:
     found = evaluate(stack_resources(stack))
     assert {v.rule for v in found} == BASELINE, found
-    assert {(v.rule, v.resource) for v in found} == {("scan-notifications", "fleet-lt"), ("signing-key", STACK)}
+    assert {(v.rule, v.resource) for v in found} == {("scan-notifications", "fleet-lt")}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -282,6 +281,22 @@ def ingress_from_itself(resources: list[Res]) -> list[Res]:
 def open_ingress(props: dict[str, Any]) -> None:
     props.pop("referencedSecurityGroupId")
     props["cidrIpv4"] = "0.0.0.0/0"
+
+
+SIGN_FOR_ANYONE = {"Sid": "AnyoneSigns", "Effect": "Allow", "Principal": "*", "Action": "kms:Sign*", "Resource": "*"}
+GATE_CONFIG = "/etc/registry-fleet/gate.yml"
+
+
+def gate_config(change: Callable[[dict[str, Any]], Any]) -> Change:
+    """Change the gate's config inside the launch template's cloud-init."""
+
+    def rewrite(doc: dict[str, Any]) -> None:
+        (entry,) = [f for f in doc["write_files"] if f["path"] == GATE_CONFIG]
+        config = yaml.safe_load(entry["content"])
+        change(config)
+        entry["content"] = yaml.safe_dump(config, sort_keys=False)
+
+    return user_data(rewrite)
 
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"
@@ -445,7 +460,7 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
     (
         "token-service-routed",
         "payments-prod",
-        edit("fleet-asg", lambda p: p.update(targetGroupArns=p["targetGroupArns"][:1])),
+        edit("fleet-asg", lambda p: p["targetGroupArns"].pop(1)),
         "fleet-asg",
         "targetGroupArns does not include lb-token-tg",
     ),
@@ -726,6 +741,98 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         "storage-replica-vault",
         "kmsKeyArn is None",
     ),
+    (
+        "signing-key",
+        "dev",
+        edit("signing-key", lambda p: p.update(customerMasterKeySpec="ECC_SECG_P256K1")),
+        "signing-key",
+        "customerMasterKeySpec is 'ECC_SECG_P256K1'",
+    ),
+    (
+        "signing-key",
+        "prod",
+        edit("signing-key", lambda p: p.update(keyUsage="ENCRYPT_DECRYPT")),
+        STACK,
+        "signing-key (keyUsage ENCRYPT_DECRYPT, customerMasterKeySpec ECC_NIST_P256)",
+    ),
+    (
+        "signing-key",
+        "staging",
+        edit("signing-key", lambda p: p.pop("customerMasterKeySpec")),
+        STACK,
+        "customerMasterKeySpec SYMMETRIC_DEFAULT (default)",
+    ),
+    (
+        "signing-key-policy",
+        "prod",
+        edit_policy("signing-key", lambda st: st[0].update(Action="kms:*")),
+        "signing-key",
+        "allows kms:Sign to the account root 'arn:aws:iam::123456789012:root'",
+    ),
+    (
+        "signing-key-policy",
+        "dev",
+        edit_policy("signing-key", lambda st: st.append(SIGN_FOR_ANYONE)),
+        "signing-key",
+        "(AnyoneSigns) allows kms:Sign to Principal '*'",
+    ),
+    (
+        "signing-key-policy",
+        "staging",
+        edit_policy("signing-key", lambda st: st[1].update(Principal={"AWS": "arn:aws:iam::123456789012:user/ci"})),
+        "signing-key",
+        "to 'arn:aws:iam::123456789012:user/ci', which is not an IAM role ARN",
+    ),
+    (
+        "signing-key-policy",
+        "payments-prod",
+        edit_policy("signing-key", lambda st: st[0].update(NotAction=["kms:Decrypt"], Action=None)),
+        "signing-key",
+        "(AccountAdministersWithoutSigning) allows kms:Sign to the account root",
+    ),
+    ("signing-key-policy", "dev", edit("signing-key", lambda p: p.pop("policy")), "signing-key", "policy is not set"),
+    (
+        "signatures-required-in-prod",
+        "prod",
+        user_data(lambda d: d["write_files"].remove(next(f for f in d["write_files"] if f["path"] == GATE_CONFIG))),
+        "fleet-lt",
+        f"userData writes no {GATE_CONFIG} (the gate's config): a prod stack requires signatures",
+    ),
+    (
+        "signatures-required-in-prod",
+        "payments-prod",
+        gate_config(lambda c: c.update(namespaces={"payments": {"require_signed": False}})),
+        "fleet-lt",
+        "protects no namespace",
+    ),
+    (
+        "signatures-required-in-prod",
+        "prod",
+        user_data(lambda d: d["runcmd"].remove(["systemctl", "enable", "--now", "registry-gate"])),
+        "fleet-lt",
+        "runcmd does not enable registry-gate",
+    ),
+    (
+        "signatures-required-in-prod",
+        "payments-prod",
+        drop("lb-gate-payments-manifests"),
+        STACK,
+        "no listener rule forwards /v2/payments/app/manifests/latest",
+    ),
+    (
+        "signatures-required-in-prod",
+        "payments-prod",
+        drop("lb-gate-odd-paths"),
+        STACK,
+        "no listener rule forwards /v2/payments%2Fapp/manifests/latest",
+    ),
+    (
+        "signatures-required-in-prod",
+        "prod",
+        edit("fleet-asg", lambda p: p.update(targetGroupArns=p["targetGroupArns"][:2])),
+        STACK,
+        "the gate's target group for 'base' is in no Auto Scaling group's targetGroupArns",
+    ),
 ]
 
 
@@ -748,7 +855,7 @@ def test_broken_variant_fails_exactly_its_rule(
     assert any(v.resource == resource and says in v.message for v in mine), mine
 
 
-# Practices 5 and 6 fail on every stack: their variants fix the practice, then break it again.
+# Practice 5 fails on every stack: its variants fix the practice, then break it again.
 
 NOTIFY = {"name": "scanner", "url": "https://scanner.internal/events", "headers": {}, "timeout": "5s"}
 
@@ -757,31 +864,15 @@ def notifications(*endpoints: dict[str, Any]) -> Change:
     return registry_config(lambda c: c.update(notifications={"endpoints": list(endpoints)}))
 
 
-def signing_key(spec: str, usage: str = "SIGN_VERIFY") -> Change:
-    def make(resources: list[Res]) -> Res:
-        storage = named(resources, "storage")
-        return Res(
-            type=KMS_KEY,
-            name="signing-key",
-            urn=f"{storage.urn}-signing-key",
-            inputs={"keyUsage": usage, "customerMasterKeySpec": spec},
-            parent=storage.urn,
-        )
-
-    return add(make)
-
-
 @pytest.mark.parametrize(
     ("rule_id", "fixed", "broken", "says"),
     [
         ("scan-notifications", notifications(NOTIFY), notifications({**NOTIFY, "url": "http://x/"}), "['http://x/']"),
         ("scan-notifications", notifications(NOTIFY), notifications({**NOTIFY, "disabled": True}), "urls are"),
-        ("signing-key", signing_key("ECC_NIST_P256"), signing_key("SYMMETRIC_DEFAULT"), "SYMMETRIC_DEFAULT"),
-        ("signing-key", signing_key("RSA_3072"), signing_key("RSA_3072", "ENCRYPT_DECRYPT"), "ENCRYPT_DECRYPT"),
     ],
-    ids=["scan-http", "scan-disabled", "signing-symmetric", "signing-encrypt-usage"],
+    ids=["scan-http", "scan-disabled"],
 )
-def test_practice_5_and_6_rules_pass_once_built_and_catch_a_weak_build(
+def test_practice_5_rules_pass_once_built_and_catch_a_weak_build(
     rule_id: str, fixed: Change, broken: Change, says: str
 ) -> None:
     for stack in STACKS:
@@ -827,7 +918,7 @@ def preview_of(resources: Sequence[Res]) -> list[Res]:
 def test_in_a_preview_rules_skip_what_is_unknown_and_report_nothing_new(stack: str) -> None:
     preview = preview_of(stack_resources(stack))
     assert named(preview, "fleet-lt").inputs["userData"] == UNKNOWN  # the shape this test is about
-    assert {v.rule for v in evaluate(preview)} == {"signing-key"}
+    assert {v.rule for v in evaluate(preview)} == set()
 
 
 # --- the CrossGuard policies -----------------------------------------------------------------------
@@ -930,10 +1021,10 @@ def test_policy_passes_a_stack_and_reports_its_broken_variant(rule_id: str) -> N
 
 @pytest.mark.parametrize(
     ("rule_id", "fixed", "resource"),
-    [("scan-notifications", notifications(NOTIFY), "fleet-lt"), ("signing-key", signing_key("ECC_NIST_P384"), STACK)],
-    ids=["scan-notifications", "signing-key"],
+    [("scan-notifications", notifications(NOTIFY), "fleet-lt")],
+    ids=["scan-notifications"],
 )
-def test_practice_5_and_6_policies_report_today_and_pass_once_built(rule_id: str, fixed: Change, resource: str) -> None:
+def test_practice_5_policies_report_today_and_pass_once_built(rule_id: str, fixed: Change, resource: str) -> None:
     policy = policy_named(rule_id)
     resources = list(unwaived("staging"))
     assert [urn for _, urn in run_policy(policy, crossguard_view(resources))] == [urn_in(resources, resource)]
@@ -941,7 +1032,9 @@ def test_practice_5_and_6_policies_report_today_and_pass_once_built(rule_id: str
 
 
 def test_policies_honour_valid_waivers() -> None:
-    waived = with_waivers(waiver("scan-notifications"), waiver("signing-key"))(list(unwaived("dev")))
+    broken = edit("signing-key", lambda p: p.update(keyUsage="ENCRYPT_DECRYPT"))(list(unwaived("dev")))
+    assert run_policy(policy_named("signing-key"), crossguard_view(broken))  # what the waiver below waives
+    waived = with_waivers(waiver("scan-notifications"), waiver("signing-key"))(broken)
     view = crossguard_view(waived)
     assert [p.name for p in policies() if run_policy(policy_named(p.name), view)] == []
 
@@ -1036,13 +1129,10 @@ def analyze(resources: Sequence[Res], preview: bool = False) -> list[Any]:
 def test_the_pack_through_the_analyzer_service(stack: str) -> None:
     resources = unwaived(stack)
     found = analyze(resources)
-    assert {(d.policyName, d.urn) for d in found} == {
-        ("scan-notifications", named(resources, "fleet-lt").urn),
-        ("signing-key", ""),
-    }
+    assert {(d.policyName, d.urn) for d in found} == {("scan-notifications", named(resources, "fleet-lt").urn)}
     assert {d.enforcementLevel for d in found} == {proto.MANDATORY}
     preview = analyze(resources, preview=True)
-    assert [d.policyName for d in preview] == ["signing-key"], [d.message for d in preview]
+    assert [d.policyName for d in preview] == [], [d.message for d in preview]
 
 
 # --- waivers -------------------------------------------------------------------------------------

@@ -11,14 +11,17 @@ import base64
 import dataclasses
 import gzip
 import random
+import re
 from importlib import resources
 from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from auth.certificates import Usage, certificate, certificate_pem, distinguished_name
-from host.boot import HostBoot, SecretFile, TokenServiceBoot, render_host
+from host.boot import GateBoot, HostBoot, SecretFile, TokenServiceBoot, render_host
 from host.contract import (
     DROPIN_PATH,
     FETCH_SCRIPT_PATH,
@@ -26,6 +29,7 @@ from host.contract import (
     TOKEN_SYSUSERS_PATH,
     TOKEN_UNIT_PATH,
 )
+from host.gate_config import render_gate_config
 from host.registry_config import (
     CloudFrontSettings,
     NotificationEndpoint,
@@ -883,12 +887,151 @@ def test_a_value_is_inserted_as_it_is_and_never_filled_again() -> None:
 
 
 def test_a_rendered_host_holds_no_placeholder() -> None:
-    for f in render_host(token_boot()).files:
+    for f in render_host(gated_boot()).files:
         assert not PLACEHOLDER.search(f.content), f"{f.path} holds {PLACEHOLDER.search(f.content)}"
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
-def test_every_template_is_rendered_into_a_token_mode_host(name: str) -> None:
-    """A template that no renderer uses is dead text: its first line without a placeholder is in some file."""
+def test_every_template_is_rendered_into_a_gated_host(name: str) -> None:
+    """A template that no renderer uses is dead text: its first line without a placeholder is in some file
+    (of a token-mode host that runs the gate, the host with the most files)."""
     line = next(line for line in template_text(name).splitlines() if line and not PLACEHOLDER.search(line))
-    assert any(line in f.content.splitlines() for f in render_host(token_boot()).files), f"{name}: {line!r}"
+    assert any(line in f.content.splitlines() for f in render_host(gated_boot()).files), f"{name}: {line!r}"
+
+
+# --- host boot: the signature gate (token mode, a protected namespace) ----------------------------
+
+PUBLIC_KEY = (
+    ec.generate_private_key(ec.SECP256R1())
+    .public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
+GATE_UNIT_EXEC_START = (
+    "ExecStart=/opt/registry-fleet/token-service/current/venv/bin/python -m gate "
+    "--config /etc/registry-fleet/gate.yml --bind 0.0.0.0:5003 "
+    "--certfile /etc/docker/registry/tls/host.crt --keyfile /etc/registry-gate/tls.key"
+)
+
+
+def gate(**changes: Any) -> GateBoot:
+    boot = GateBoot(
+        config_yaml=render_gate_config(["base", "payments/app"], [PUBLIC_KEY]),
+        tls_key_secret_arn=arn("tls-key"),
+        tls_cert_file="/etc/docker/registry/tls/host.crt",
+    )
+    return dataclasses.replace(boot, **changes)
+
+
+def gated_boot(**changes: Any) -> HostBoot:
+    return dataclasses.replace(token_boot(), gate=gate(**changes))
+
+
+def test_the_gate_config_is_the_contracts_format() -> None:
+    config = yaml.safe_load(render_gate_config(["payments", "base"], [PUBLIC_KEY]))
+    assert config == {
+        "upstream": "https://127.0.0.1:5000",
+        "upstream_ca_file": "/etc/docker/registry/tls/ca.crt",
+        "upstream_server_name": "registry.internal",
+        "public_keys": [PUBLIC_KEY],
+        "namespaces": {"base": {"require_signed": True}, "payments": {"require_signed": True}},
+        "cache_seconds": 300,
+    }
+    assert list(config["namespaces"]) == ["base", "payments"]  # sorted: the same settings, the same bytes
+    assert "|" in render_gate_config(["base"], [PUBLIC_KEY])  # the PEM as a readable block
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "pems", "says"),
+    [
+        ([], [PUBLIC_KEY], "at least one protected namespace"),
+        (["Base"], [PUBLIC_KEY], "not repository namespaces: ['Base']"),
+        (["base/"], [PUBLIC_KEY], "not repository namespaces"),
+        (["base", "base"], [PUBLIC_KEY], "namespaces listed twice: ['base']"),
+        (["base"], [], "needs the stack's public signing key"),
+        (["base"], [FAKE_PEM], "holds a private key"),
+        (["base"], [CERT], "one PEM block -----BEGIN PUBLIC KEY-----"),
+        (["base"], ["-----BEGIN PUBLIC KEY-----\nMIIBfake\n-----END PUBLIC KEY-----\n"], "does not load"),
+    ],
+)
+def test_the_gate_config_refuses_what_the_gate_could_not_use(namespaces: list[str], pems: list[str], says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        render_gate_config(namespaces, pems)
+
+
+def test_the_gate_config_refuses_a_key_of_another_curve() -> None:
+    other = (
+        ec.generate_private_key(ec.SECP256K1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    with pytest.raises(ValueError, match="curve secp256k1; expected P-256"):
+        render_gate_config(["base"], [other])
+
+
+def test_a_gated_host_writes_the_gate_config_unit_and_account_and_starts_it_after_its_account() -> None:
+    boot = gated_boot()
+    files = user_data_files(boot)
+    rendered = render_host(boot)
+    assert files["/etc/registry-fleet/gate.yml"]["permissions"] == "0644"  # public: a public key and names
+    assert files["/etc/registry-fleet/gate.yml"]["content"] == boot.gate.config_yaml  # type: ignore[union-attr]
+    assert files["/etc/sysusers.d/registry-gate.conf"]["content"] == rendered.content(
+        "/etc/sysusers.d/registry-gate.conf"
+    )
+    unit = rendered.content("/etc/systemd/system/registry-gate.service")
+    assert GATE_UNIT_EXEC_START in unit.splitlines()
+    assert "User=registry-gate" in unit.splitlines() and "Group=registry-gate" in unit.splitlines()
+    assert "After=network-online.target registry-token.service" in unit.splitlines()
+    assert "ExecStartPre=+/usr/local/sbin/registry-fleet-fetch-secrets registry-gate" in unit.splitlines()
+    runcmd = yaml.safe_load(cloud_init(boot))["runcmd"]
+    gate_steps = runcmd[runcmd.index(["systemctl", "enable", "--now", "registry-token"]) + 1 :]
+    assert gate_steps == [
+        ["systemd-sysusers", "/etc/sysusers.d/registry-gate.conf"],
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "registry-gate"],
+    ]
+    assert service_account_problems(yaml.safe_load(cloud_init(boot))) == []
+
+
+def test_the_gate_reads_the_host_key_only_never_the_token_services_secrets() -> None:
+    script = fetch_script(gated_boot())
+    branch = script.split("registry-gate)\n", 1)[1].split(";;", 1)[0]
+    assert branch.strip().splitlines() == [
+        f"write_secret {arn('tls-key')} /etc/registry-gate/tls.key 0640 root registry-gate"
+    ]
+    token_branch = script.split("registry-token)\n", 1)[1].split(";;", 1)[0]
+    assert "registry-gate" not in token_branch  # the token service's secrets stay with its own group
+
+
+def test_a_gated_host_checks_the_gates_imports_when_it_installs_the_release() -> None:
+    assert '-c "import auth.serve, gate.config"' in install_script(gated_boot())
+    assert '-c "import auth.serve"' in install_script(token_boot())
+    # One release for two units: the install takes a lock, so they never install at once.
+    assert install_script(token_boot()).splitlines()[10:12] == ['exec 9<"$P"', "flock 9"]
+
+
+def test_a_host_without_a_gate_writes_nothing_of_it() -> None:
+    rendered = render_host(token_boot())
+    assert not [f.path for f in rendered.files if "gate" in f.path]
+    assert "registry-gate" not in rendered.user_data
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"tls_key_secret_arn": FAKE_PEM}, "HostBoot.gate.tls_key_secret_arn must be a Secrets Manager secret ARN"),
+        ({"port": 0}, "HostBoot.gate.port must be an integer in 1..65535"),
+        ({"tls_cert_file": "/etc/other.crt"}, "HostBoot.gate.tls_cert_file must be the absolute path of one of"),
+        ({"config_yaml": "upstream: x\n"}, "render_gate_config returns"),
+        ({"config_yaml": FAKE_PEM}, "HostBoot.gate.config_yaml holds a private key"),
+    ],
+)
+def test_a_bad_gate_is_refused_before_rendering(changes: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        render_host(gated_boot(**changes))
+
+
+def test_a_gate_without_the_token_service_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"HostBoot\.gate is set without HostBoot\.token_service"):
+        render_host(base_boot(gate=gate()))

@@ -17,10 +17,11 @@ from infra.settings import (
     load_stack_settings,
     merge_over_defaults,
     project_defaults,
+    protected_namespaces,
     settings_from_config,
     stack_overrides,
 )
-from tests.helpers import STACKS, stack_config
+from tests.helpers import STACKS, settings_with, stack_config
 
 
 def problems(stack: str, overrides: dict[str, object]) -> list[str]:
@@ -331,6 +332,7 @@ TOKEN_ONLY = {
     "tokenSigning": {"generations": [1], "current": 1},
     "refreshTokens": {"enabled": False},
     "pipIndexUrl": "https://pypi.org/simple",
+    "pullPolicies": {"a": {"requireSigned": True}},
 }
 
 
@@ -351,8 +353,8 @@ def test_a_key_of_no_mode_is_unknown_under_either_mode_and_lists_that_modes_keys
     token mode's belongs to no mode; the message lists the keys token mode allows."""
     (token,) = problems("dev", {"access": {"realm": "registry"}})
     assert token == (
-        'access.realm: "registry": unknown key; allowed here: admins, ldap, mode, pipIndexUrl, refreshTokens, '
-        "robots, rules, teams, tokenLifetimeSeconds, tokenSigning, users"
+        'access.realm: "registry": unknown key; allowed here: admins, ldap, mode, pipIndexUrl, pullPolicies, '
+        "refreshTokens, robots, rules, teams, tokenLifetimeSeconds, tokenSigning, users"
     )
     assert access_problems("dev", {"mode": "htpasswd", "realm": "registry"}) == [
         'access.realm: "registry": unknown key; allowed here: mode'
@@ -488,3 +490,144 @@ def test_refresh_token_settings_reach_the_token_service_and_are_checked() -> Non
     assert any("is not a refresh token id" in p for p in found), found
     found = problems("dev", {"access": {"mode": "htpasswd", "refreshTokens": {"enabled": False}}})
     assert any(p.startswith("access.refreshTokens") and "mode token only" in p for p in found), found
+
+
+# --- signing and pull policies (practice 6) ------------------------------------------------------
+
+SIGNER = "arn:aws:iam::123456789012:role/registry-fleet-signer-dev"
+
+
+def signing_problems(stack: str, signing: dict[str, object], **top: object) -> list[str]:
+    """Problems of the stack with its whole signing block replaced."""
+    config = {**stack_config(stack), "signing": signing, **top}
+    with pytest.raises(SettingsError) as info:
+        settings_from_config(stack, config)
+    return [str(p) for p in info.value.problems]
+
+
+def test_every_stack_names_its_signer_roles() -> None:
+    for stack in STACKS:
+        signing = settings_from_config(stack, stack_config(stack)).signing
+        assert signing.signer_roles and all(":role/" in arn for arn in signing.roles), stack
+
+
+def test_signing_is_required() -> None:
+    config = {k: v for k, v in stack_config("dev").items() if k != "signing"}
+    with pytest.raises(SettingsError) as info:
+        settings_from_config("dev", config)
+    assert [str(p) for p in info.value.problems] == [
+        "signing: (missing): required; set it in the stack file or as a default in Pulumi.yaml"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arn", "says"),
+    [
+        ("arn:aws:iam::123456789012:user/ci", "an IAM user ARN, not a role"),
+        ("arn:aws:iam::123456789012:root", "an IAM root ARN, not a role"),
+        ("arn:aws:sts::123456789012:assumed-role/signer/ci-run", "an assumed-role session ARN"),
+        ("registry-fleet-signer", "not an IAM role ARN like arn:aws:iam::123456789012:role/registry-fleet-signer"),
+        ("arn:aws:iam::12345:role/signer", "not an IAM role ARN"),
+    ],
+)
+def test_a_signer_that_is_not_a_role_is_refused_naming_what_it_is(arn: str, says: str) -> None:
+    (problem,) = signing_problems("dev", {"signerRoles": [SIGNER, arn]})
+    assert problem.startswith(f'signing.signerRoles: ["{SIGNER}", "{arn}"]: ') and says in problem, problem
+
+
+def test_a_role_with_a_path_is_a_role() -> None:
+    arn = "arn:aws:iam::123456789012:role/ci/github/registry-signer"
+    config = {**stack_config("dev"), "signing": {"signerRoles": [arn]}}
+    assert settings_from_config("dev", config).signing.roles == (arn,)
+
+
+def test_signer_roles_must_not_be_empty_or_repeat() -> None:
+    assert signing_problems("dev", {"signerRoles": []}) == [
+        "signing.signerRoles: []: empty: name at least one role that signs images (CI's signer role)"
+    ]
+    assert signing_problems("dev", {"signerRoles": [SIGNER, SIGNER]}) == [
+        f'signing.signerRoles: ["{SIGNER}", "{SIGNER}"]: lists a role twice'
+    ]
+
+
+def test_the_break_glass_role_is_a_role_of_its_own() -> None:
+    assert signing_problems("dev", {"signerRoles": [SIGNER], "breakGlassRole": "arn:aws:iam::123456789012:user/x"}) == [
+        'signing.breakGlassRole: "arn:aws:iam::123456789012:user/x": an IAM user ARN, not a role: signing goes '
+        "through a role (CI assumes it through OIDC)"
+    ]
+    assert signing_problems("dev", {"signerRoles": [SIGNER], "breakGlassRole": SIGNER}) == [
+        f'signing.breakGlassRole: "{SIGNER}" is also in signing.signerRoles: the break-glass role is a separate, '
+        "rarely used role"
+    ]
+
+
+def test_signer_roles_live_in_the_stacks_account() -> None:
+    other = "arn:aws:iam::999999999999:role/signer"
+    found = signing_problems("payments-prod", {"signerRoles": [other], "breakGlassRole": other.replace("signer", "bg")})
+    assert found == [
+        f'signing.signerRoles[0]: "{other}" is a role of account 999999999999, not of accountId (111122223333): '
+        "signer roles live in the stack's own account",
+        f'signing.breakGlassRole: "{other.replace("signer", "bg")}" is a role of account 999999999999, not of '
+        "accountId (111122223333): signer roles live in the stack's own account",
+    ]
+    # Without accountId the stack may deploy anywhere: the roles' account is not checked.
+    config = {**stack_config("dev"), "signing": {"signerRoles": [other]}}
+    assert settings_from_config("dev", config).signing.signer_roles == (other,)
+
+
+def test_protected_namespaces_are_the_sorted_require_signed_ones() -> None:
+    settings = settings_with(
+        "dev",
+        {"access": {"pullPolicies": {"team-b": {"requireSigned": True}, "base": {"requireSigned": True},
+                                     "team-a": {"requireSigned": False}}}},
+    )  # fmt: skip
+    assert protected_namespaces(settings) == ("base", "team-b")
+    assert protected_namespaces(settings_with("dev", {})) == ()
+    assert protected_namespaces(settings_with("prod", {})) == ("base",)
+    assert protected_namespaces(settings_with("payments-prod", {})) == ("payments",)
+    htpasswd = settings_from_config("dev", {**stack_config("dev"), "access": {"mode": "htpasswd"}})
+    assert protected_namespaces(htpasswd) == ()
+
+
+def test_a_pull_policy_names_a_namespace_some_team_owns() -> None:
+    assert problems("dev", {"access": {"pullPolicies": {"team-c": {"requireSigned": True}}}}) == [
+        'access.pullPolicies.team-c: "team-c" is not owned by any team (a pull policy names a team namespace or '
+        "one under it)"
+    ]
+    # Under a team's namespace is fine.
+    assert protected_namespaces(
+        settings_with("dev", {"access": {"pullPolicies": {"team-a/ci": {"requireSigned": True}}}})
+    ) == ("team-a/ci",)
+
+
+def test_a_pull_policy_cannot_lift_a_parents_protection() -> None:
+    found = problems(
+        "dev", {"access": {"pullPolicies": {"team-a": {"requireSigned": True}, "team-a/dev": {"requireSigned": False}}}}
+    )
+    assert found == [
+        "access.pullPolicies.team-a/dev.requireSigned: false: has no effect: team-a/dev lies under the protected "
+        "namespace team-a, which covers it"
+    ]
+
+
+def test_a_pull_policy_with_an_unknown_key_is_refused() -> None:
+    (problem,) = problems("dev", {"access": {"pullPolicies": {"team-a": {"requiresigned": True}}}})
+    assert problem.startswith("access.pullPolicies.team-a.requiresigned: true: unknown key; allowed here: ")
+
+
+def test_pull_policies_exist_in_token_mode_only() -> None:
+    assert access_problems("dev", {"mode": "htpasswd", "pullPolicies": {"team-a": {"requireSigned": True}}}) == [
+        'access.pullPolicies: {"team-a": {"requireSigned": true}}: applies to mode token only; remove it or use '
+        "mode token"
+    ]
+
+
+def test_at_most_forty_namespaces_are_protected() -> None:
+    teams = {"many": {"namespaces": ["many"]}}
+    policies = {f"many/n{i:02d}": {"requireSigned": True} for i in range(41)}
+    found = problems("dev", {"access": {"teams": teams, "pullPolicies": policies}})
+    assert (
+        len(found) == 1
+        and found[0].startswith("access.pullPolicies: [")
+        and "protects 41 namespaces; at most 40" in found[0]
+    )

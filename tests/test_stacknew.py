@@ -116,6 +116,15 @@ def test_owner_is_marked_to_do(stacks: Path) -> None:
     assert load_stack_settings("billing-prod", stacks_dir=stacks).owner == "payments-platform@example.com"
 
 
+def test_the_templates_signer_roles_are_marked_to_do(stacks: Path) -> None:
+    path, _ = new_stack("billing", "prod", "payments-prod", stacks, PROJECT_FILE)
+    text = path.read_text()
+    todo = "  # TODO: name the team's own signer role (its CI's, through OIDC); these are the stack payments-prod's.\n"
+    assert todo in text and text.index(todo) < text.index("registry-fleet:signing:")
+    roles = load_stack_settings("billing-prod", stacks_dir=stacks).signing.signer_roles
+    assert roles == load_stack_settings("payments-prod").signing.signer_roles
+
+
 def test_template_account_and_own_vpc_range_are_not_copied(stacks: Path) -> None:
     path, _ = new_stack("billing", "prod", "payments-prod", stacks, PROJECT_FILE)
     s = load_stack_settings("billing-prod", stacks_dir=stacks)

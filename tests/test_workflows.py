@@ -54,7 +54,9 @@ def uses(job: dict[str, Any], action: str) -> list[dict[str, Any]]:
 
 def touches_aws(job: dict[str, Any]) -> bool:
     text = json.dumps(job)
-    return bool(uses(job, "aws-actions/configure-aws-credentials")) or "pulumi " in text or "fleet promote" in text
+    return bool(uses(job, "aws-actions/configure-aws-credentials")) or any(
+        word in text for word in ("pulumi ", "fleet promote", "fleet sign")
+    )
 
 
 def test_the_workflows_exist() -> None:
@@ -166,8 +168,8 @@ def test_jobs_touching_aws_use_oidc(path: Path) -> None:
         assert set(configure[0]["with"]) == {"role-to-assume", "role-session-name", "aws-region"}
         assert "vars." in configure[0]["with"]["role-to-assume"]
         order = steps(job)
-        first_pulumi = next(i for i, s in enumerate(order) if "pulumi " in str(s.get("run", "")))
-        assert order.index(configure[0]) < first_pulumi, f"{name}: credentials come after pulumi runs"
+        first_aws = next(i for i, s in enumerate(order) if re.search(r"pulumi |fleet sign", str(s.get("run", ""))))
+        assert order.index(configure[0]) < first_aws, f"{name}: credentials come after AWS is used"
 
 
 def test_workflow_tokens_are_read_only_by_default() -> None:
@@ -183,7 +185,7 @@ def test_workflow_tokens_are_read_only_by_default() -> None:
 
 def test_deploy_jobs_run_one_at_a_time_per_stack() -> None:
     deploy = jobs(WORKFLOWS / "deploy.yml")
-    assert set(deploy) == {"dev", "promote"}
+    assert set(deploy) == {"dev", "promote", "test", "sign"}
     assert deploy["dev"]["concurrency"] == {"group": "deploy-dev", "cancel-in-progress": False}
     assert deploy["promote"]["concurrency"] == {
         "group": "deploy-${{ inputs.stack || inputs.environment }}",
@@ -310,6 +312,67 @@ def test_dev_step_promotes_the_pushed_commit(checkout: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert logged(checkout)[0] == "pulumi login s3://state"
     assert logged(checkout)[1:] == [f"arg:{a}" for a in ("-m", "fleet", "promote", "--to", "dev", "--commit", "b" * 40)]
+
+
+# --- signing ------------------------------------------------------------------------------------------
+
+
+def test_sign_job_runs_after_the_tests_with_the_signer_role_and_the_environments_approval() -> None:
+    deploy = jobs(WORKFLOWS / "deploy.yml")
+    sign, test = deploy["sign"], deploy["test"]
+    condition = "github.event_name == 'workflow_dispatch' && inputs.images != ''"
+    assert (sign["if"], test["if"], sign["needs"]) == (condition, condition, "test")
+    assert sign["environment"] == "${{ inputs.environment }}"  # the same reviewers as a deployment
+    assert "make test-fast" in [s.get("run") for s in steps(test)]
+    (configure,) = uses(sign, "aws-actions/configure-aws-credentials")
+    assert configure["with"]["role-to-assume"] == "${{ vars.AWS_SIGNER_ROLE_ARN }}"  # never the deploy role
+    assert "AWS_DEPLOY_ROLE_ARN" not in json.dumps(sign)
+    assert "pulumi" not in json.dumps(sign)  # signing deploys nothing
+    assert [s.get("uses") for s in steps(sign) if "uses" in s] == [
+        s.get("uses") for s in steps(deploy["promote"]) if "uses" in s and "pulumi/actions" not in s["uses"]
+    ]
+
+
+def sign_steps() -> tuple[str, str]:
+    order = steps(jobs(WORKFLOWS / "deploy.yml")["sign"])
+    return str(order[0]["run"]), str(order[-1]["run"])
+
+
+def test_sign_step_signs_each_image_with_the_target_stack(checkout: Path) -> None:
+    check, sign = sign_steps()
+    digest = "registry.example.com/base/debian@sha256:" + "c" * 64
+    env = env_for(
+        checkout, ENVIRONMENT="prod", STACK="payments-prod", IMAGES=f"{digest}  registry.example.com/base/x:1"
+    )
+    assert run_step(check, checkout, env).returncode == 0
+    result = run_step(sign, checkout, env)
+    assert result.returncode == 0, result.stderr
+    args = [line.removeprefix("arg:") for line in logged(checkout)]
+    assert args == ["-m", "fleet", "sign", "payments-prod", digest, "-m", "fleet", "sign", "payments-prod",
+                    "registry.example.com/base/x:1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("image", ["registry.example.com/base/x", "Registry.example.com/base/x:1", "x;rm -rf /:1"])
+def test_sign_step_refuses_what_is_not_an_image_reference(checkout: Path, image: str) -> None:
+    check, _ = sign_steps()
+    result = run_step(check, checkout, env_for(checkout, ENVIRONMENT="prod", STACK="", IMAGES=image))
+    assert result.returncode == 1 and "is not an image reference" in result.stdout
+
+
+def test_the_application_teams_workflow_in_the_signing_guide_passes_actionlint(tmp_path: Path) -> None:
+    """docs/signing.md shows a complete workflow that builds, pushes and signs: it is a workflow, not prose."""
+    guide = (ROOT / "docs" / "signing.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", guide, flags=re.DOTALL)
+    (example,) = [b for b in blocks if b.startswith("name: ")]
+    assert "python -m fleet sign" in example and "docker push" in example
+    assert "id-token: write" in example and "aws-actions/configure-aws-credentials@" in example
+    path = tmp_path / ".github" / "workflows" / "image.yml"
+    path.parent.mkdir(parents=True)
+    path.write_text(example)
+    result = actionlint(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    path.write_text(example.replace("id-token: write", "id-token: writ"))  # its broken twin
+    assert actionlint(path).returncode != 0
 
 
 # --- pull requests ------------------------------------------------------------------------------------

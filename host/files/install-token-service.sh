@@ -7,6 +7,9 @@ P=${INSTALL_DIR}
 fail() { echo "${SCRIPT_NAME}: $*" >&2; exit 1; }
 if [ $# = 2 ] && [ "$1" = --prefix ]; then P=$2; elif [ $# != 0 ]; then fail "usage: $0 [--prefix DIR]"; fi
 case $P in /*) ;; *) fail "--prefix must be an absolute path" ;; esac
+install -d -m 0755 "$P"
+exec 9<"$P"
+flock 9
 r=$P/releases/$SHA256 t=""
 trap '[ -z "$t" ] || rm -f "$t"; [ -e "$r/${RELEASE_MARKER}" ] || rm -rf "$r"' EXIT
 if [ ! -e "$r/${RELEASE_MARKER}" ]; then
@@ -21,7 +24,7 @@ if [ ! -e "$r/${RELEASE_MARKER}" ]; then
   python3 -m venv "$r/venv"
   "$r/venv/bin/pip" install -q --disable-pip-version-check --no-cache-dir --require-hashes --only-binary=:all: \
     --no-deps --index-url "$INDEX" -r "$r/app/auth/requirements.lock"
-  PYTHONPATH=$r/app "$r/venv/bin/python" -c 'import auth.serve'
+  PYTHONPATH=$r/app "$r/venv/bin/python" -c "import ${IMPORT_CHECK}"
   touch "$r/${RELEASE_MARKER}"
 fi
 ln -sfn "releases/$SHA256" "$P/.current.new"

@@ -9,10 +9,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from auth.access import ownership_problems
+from auth.access import covers, ownership_problems
 from auth.config import check_account_name
 from infra.settings.errors import MISSING, Problem
-from infra.settings.model import HtpasswdAccess, Settings, TokenAccess
+from infra.settings.model import (
+    MAX_PROTECTED_NAMESPACES,
+    HtpasswdAccess,
+    Settings,
+    TokenAccess,
+    role_account,
+)
 
 
 def cross_field_problems(s: Settings) -> list[Problem]:
@@ -71,11 +77,76 @@ def cross_field_problems(s: Settings) -> list[Problem]:
                 "TLS 1.0 whatever the minimum protocol says (or set cdn.enabled: false)",
             )
         )
+    out += _signing_problems(s)
     match s.access:
         case HtpasswdAccess() if s.environment == "prod":
             out.append(Problem("access.mode", "htpasswd", "prod needs token: htpasswd lets every user push everywhere"))
         case TokenAccess() as access:
             out += _token_access_problems(access)
+    return out
+
+
+def _signing_problems(s: Settings) -> list[Problem]:
+    """Signer roles live in the stack's account: a role elsewhere would need that account's own IAM policy
+    too (the key policy alone does not let another account sign), which this stack neither makes nor sees."""
+    out: list[Problem] = []
+    signing = s.signing
+    if signing.break_glass_role is not None and signing.break_glass_role in signing.signer_roles:
+        out.append(
+            Problem(
+                "signing.breakGlassRole",
+                signing.break_glass_role,
+                "is also in signing.signerRoles: the break-glass role is a separate, rarely used role",
+            )
+        )
+    if s.account_id is not None:
+        keys = [(f"signing.signerRoles[{i}]", arn) for i, arn in enumerate(signing.signer_roles)]
+        if signing.break_glass_role is not None:
+            keys.append(("signing.breakGlassRole", signing.break_glass_role))
+        for key, arn in keys:
+            if role_account(arn) != s.account_id:
+                out.append(
+                    Problem(
+                        key,
+                        arn,
+                        f"is a role of account {role_account(arn)}, not of accountId ({s.account_id}): signer roles "
+                        "live in the stack's own account",
+                    )
+                )
+    return out
+
+
+def _pull_policy_problems(a: TokenAccess) -> list[Problem]:
+    """Each pullPolicies namespace is a team's or under one; a policy under a protected namespace cannot
+    lift its protection; at most MAX_PROTECTED_NAMESPACES are protected (a listener rule each)."""
+    out: list[Problem] = []
+    owned = [ns for team in a.teams.values() for ns in team.namespaces]
+    protected = [ns for ns, policy in a.pull_policies.items() if policy.require_signed]
+    for ns, policy in a.pull_policies.items():
+        key = f"access.pullPolicies.{ns}"
+        if not any(ns == team_ns or covers(team_ns, ns) for team_ns in owned):
+            out.append(
+                Problem(key, ns, "is not owned by any team (a pull policy names a team namespace or one under it)")
+            )
+        if not policy.require_signed:
+            above = [p for p in protected if covers(p, ns)]
+            if above:
+                out.append(
+                    Problem(
+                        f"{key}.requireSigned",
+                        False,
+                        f"has no effect: {ns} lies under the protected namespace {above[0]}, which covers it",
+                    )
+                )
+    if len(protected) > MAX_PROTECTED_NAMESPACES:
+        out.append(
+            Problem(
+                "access.pullPolicies",
+                sorted(protected),
+                f"protects {len(protected)} namespaces; at most {MAX_PROTECTED_NAMESPACES} (the load balancer "
+                "routes each with a listener rule): protect a parent namespace instead",
+            )
+        )
     return out
 
 
@@ -93,6 +164,7 @@ def _token_access_problems(a: TokenAccess) -> list[Problem]:
                 "with a live generation only",
             )
         )
+    out += _pull_policy_problems(a)
     for key, message in ownership_problems(a.teams, {n: r.namespace for n, r in a.robots.items()}):
         out.append(Problem(f"access.{key}", _lookup_access(a, key), message))
     accounts = [(f"access.users[{i}]", u) for i, u in enumerate(a.users)]

@@ -63,6 +63,14 @@ _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _GRAVITON = re.compile(r"^[a-z]+\d+g[a-z]*\.")
 _CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
 _ZONE_ID = re.compile(r"^[0-9a-f]{32}$")
+# An IAM role ARN: partition, 12-digit account, optional path, role name (IAM's own character sets).
+ROLE_ARN = re.compile(
+    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?P<account>\d{12}):role/"
+    r"(?P<path>(?:[\x21-\x2e\x30-\x7e]+/){0,32})(?P<name>[A-Za-z0-9_+=,.@-]{1,64})$"
+)
+# The load balancer sends each protected namespace's manifest requests to the gate with a listener rule;
+# a listener holds at most 100 rules (the token route, the gate's odd-path rule and the rest share them).
+MAX_PROTECTED_NAMESPACES = 40
 
 
 def _rule(message: str) -> PydanticCustomError:
@@ -527,6 +535,17 @@ class TokenSigningSettings(SettingsModel):
         return v
 
 
+class PullPolicy(SettingsModel):
+    """What a pull in one namespace needs (issue 14 adds vulnerability keys to the same object)."""
+
+    require_signed: bool = Field(
+        default=False,
+        description="`true`: a manifest GET/HEAD in this namespace (or under it) is answered only for a digest that "
+        "carries a valid signature by the stack's signing key (the gate on every host checks it); other "
+        "clients get `DENIED`.",
+    )
+
+
 class TokenAccess(SettingsModel):
     """`access` in token mode: the token service decides who may pull, push and delete.
 
@@ -583,6 +602,13 @@ class TokenAccess(SettingsModel):
         "`enabled` (`false`: access tokens only), `lifetimeSeconds` (3600..7776000, not extended by use), "
         "`revoked` (refresh token ids, the audit log's `refresh_id`).",
     )
+    pull_policies: dict[str, PullPolicy] = Field(
+        default_factory=dict,
+        description="`{NAMESPACE: {requireSigned: true}}`: what a pull needs, per namespace. A namespace is a team's "
+        "namespace or under one, and covers everything under it (`payments` covers `payments/app`). Protected "
+        "namespaces (`requireSigned: true`) run the gate on every host; at most "
+        f"{MAX_PROTECTED_NAMESPACES} of them.",
+    )
     pip_index_url: str = Field(
         default="https://pypi.org/simple",
         description="Where hosts install the token service's hash-pinned wheels from (a company mirror, or PyPI): "
@@ -612,6 +638,64 @@ class HtpasswdAccess(SettingsModel):
 
 
 AccessSettings: TypeAlias = TokenAccess | HtpasswdAccess
+
+
+def role_arn_problem(value: str) -> str | None:
+    """Why `value` is not an IAM role ARN, in words a stack file's author can act on; None when it is one."""
+    if ROLE_ARN.match(value):
+        return None
+    if re.match(r"^arn:aws[a-z-]*:sts::\d{12}:assumed-role/", value):
+        return "an assumed-role session ARN: name the role itself (arn:aws:iam::ACCOUNT:role/NAME)"
+    if re.match(r"^arn:aws[a-z-]*:iam::\d{12}:(user|group|root|policy)\b", value):
+        kind = value.split(":", 5)[5].split("/", 1)[0]
+        return f"an IAM {kind} ARN, not a role: signing goes through a role (CI assumes it through OIDC)"
+    return "not an IAM role ARN like arn:aws:iam::123456789012:role/registry-fleet-signer"
+
+
+def role_account(arn: str) -> str:
+    """The account of a valid role ARN."""
+    match = ROLE_ARN.match(arn)
+    assert match is not None, arn
+    return match["account"]
+
+
+class SigningSettings(SettingsModel):
+    """Who may sign images with the stack's KMS signing key (practice 6)."""
+
+    signer_roles: tuple[str, ...] = Field(
+        description="IAM role ARNs allowed to call `kms:Sign` with the stack's signing key: CI's signer role, "
+        "assumed through GitHub OIDC (at least one), in `accountId` when the stack sets it. Nobody else may sign, "
+        "the account root included.",
+    )
+    break_glass_role: str | None = Field(
+        default=None,
+        description="An IAM role ARN that may also sign, for an emergency re-sign by hand (`null`: none). Every "
+        "use shows in CloudTrail.",
+    )
+
+    @field_validator("signer_roles")
+    @classmethod
+    def _signers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise _rule("empty: name at least one role that signs images (CI's signer role)")
+        bad = [f"{arn} ({problem})" for arn in v if (problem := role_arn_problem(arn))]
+        if bad:
+            raise _rule("; ".join(bad))
+        if len(set(v)) != len(v):
+            raise _rule("lists a role twice")
+        return v
+
+    @field_validator("break_glass_role")
+    @classmethod
+    def _break_glass(cls, v: str | None) -> str | None:
+        if v is not None and (problem := role_arn_problem(v)):
+            raise _rule(problem)
+        return v
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Every role that may sign: the signer roles, then the break-glass role."""
+        return self.signer_roles + ((self.break_glass_role,) if self.break_glass_role else ())
 
 
 class Settings(SettingsModel):
@@ -662,6 +746,10 @@ class Settings(SettingsModel):
         discriminator="mode",
         description="Who may pull, push and delete: `mode: token` (the token service; the default) or "
         "`mode: htpasswd` (small non-prod stacks only). A key of the other mode is an error.",
+    )
+    signing: SigningSettings = Field(
+        description="The stack's image signing key (AWS KMS, ECC P-256): who may sign with it. Required: every stack "
+        "has one (docs/signing.md)."
     )
     waivers: tuple[Waiver, ...] = Field(
         default=(),
@@ -737,3 +825,12 @@ class Settings(SettingsModel):
             "stack": self.stack,
             "managed-by": "pulumi/registry-fleet",
         }
+
+
+def protected_namespaces(settings: Settings) -> tuple[str, ...]:
+    """The namespaces whose pulls need a signature (`access.pullPolicies.*.requireSigned`), sorted; none in
+    htpasswd mode."""
+    access = settings.access
+    if not isinstance(access, TokenAccess):
+        return ()
+    return tuple(sorted(ns for ns, policy in access.pull_policies.items() if policy.require_signed))

@@ -23,11 +23,13 @@ from policy.graph import (
     arn_of,
     as_list,
     bucket_name,
+    forward_targets,
     host_boot,
     is_unknown,
     known_str,
     mapping,
     of_type,
+    path_patterns,
     primary_buckets,
     prop,
     registry_configs,
@@ -55,32 +57,6 @@ def token_auth(config: Any) -> Mapping[str, Any]:
     return mapping(mapping(mapping(config).get("auth")).get("token"))
 
 
-def _path_patterns(listener_rule: Res) -> list[str]:
-    conditions = prop(listener_rule, "conditions")
-    if is_unknown(conditions):
-        return []
-    return [
-        str(value)
-        for condition in as_list(conditions)
-        for value in as_list(mapping(mapping(condition).get("pathPattern")).get("values"))
-    ]
-
-
-def _forward_targets(listener_rule: Res) -> list[Any]:
-    """The target group ARNs a rule's forward actions name (the simple form or a weighted forward)."""
-    actions = prop(listener_rule, "actions")
-    if is_unknown(actions):
-        return [actions]
-    found: list[Any] = []
-    for action in map(mapping, as_list(actions)):
-        if action.get("type") != "forward":
-            continue
-        if action.get("targetGroupArn"):
-            found.append(action.get("targetGroupArn"))
-        found += [mapping(g).get("arn") for g in as_list(mapping(action.get("forward")).get("targetGroups"))]
-    return found
-
-
 @rule(
     "token-service-routed",
     3,
@@ -102,14 +78,14 @@ def find_token_service_routed(resources: Sequence[Res]) -> Iterator[Finding]:
     fleets = of_type(resources, AUTOSCALING_GROUP)
     rules = of_type(resources, *LISTENER_RULES)
     for path in sorted(realms):
-        routes = [r for r in rules if any(fnmatch.fnmatchcase(path, p) for p in _path_patterns(r))]
+        routes = [r for r in rules if any(fnmatch.fnmatchcase(path, p) for p in path_patterns(r))]
         if not routes and not any(is_unknown(prop(r, "conditions")) for r in rules):
             yield STACK, f"no {LISTENER_RULES[0]} has a path-pattern condition matching the realm path {path!r}"
         for route in routes:
             listener = prop(route, "listenerArn")
             if known_str(listener) and None not in https_arns and listener not in https_arns:
                 yield route.name, f"listenerArn is {listener!r}, not an HTTPS listener of this stack"
-            targets = _forward_targets(route)
+            targets = forward_targets(route)
             if not targets:
                 yield route.name, f"actions forward {path!r} to no target group"
             for arn in targets:

@@ -1,4 +1,5 @@
-"""Practice 1, dedicated registry hosts: a host installs and runs the registry, its token service and the SSM agent.
+"""Practice 1, dedicated registry hosts: a host installs and runs the registry, its token service and signature
+gate, and the SSM agent.
 
 `hosts-dedicated` checks what a host installs and enables; `hosts-service-accounts` that each unit user-data writes
 can start at all: the account in its `User=`/`Group=` exists before systemd starts it.
@@ -28,8 +29,9 @@ from policy.graph import (
 from policy.registry import STACK, Finding, rule
 
 # What a registry host may install and enable: the registry and the token service beside it (token
-# mode; python3-venv holds its hash-pinned wheels), what boots them (the AWS CLI reads their secrets,
-# curl fetches the SSM agent), and the SSM agent (operators use Session Manager, not SSH).
+# mode; python3-venv holds its hash-pinned wheels) with the signature gate (a stack that protects a
+# namespace), what boots them (the AWS CLI reads their secrets, curl fetches the SSM agent), and the
+# SSM agent (operators use Session Manager, not SSH).
 
 
 def no_launch_template(resources: Sequence[Res]) -> Iterator[Finding]:
@@ -41,7 +43,7 @@ def no_launch_template(resources: Sequence[Res]) -> Iterator[Finding]:
     "hosts-dedicated",
     1,
     "Registry hosts install only docker-registry, awscli, ca-certificates, curl and python3-venv, and enable "
-    "only docker-registry, registry-token and amazon-ssm-agent.",
+    "only docker-registry, registry-token, registry-gate and amazon-ssm-agent.",
 )
 def find_hosts_dedicated(resources: Sequence[Res]) -> Iterator[Finding]:
     yield from no_launch_template(resources)

@@ -1,0 +1,87 @@
+"""The gate's configuration (gate/config.py reads it), rendered from the protected namespaces and the
+stack's public signing key.
+
+Pure: plain values in, YAML text out, no Pulumi import. The fleet feeds it the signing key's public key
+(a stack output, resolved inside the fleet's one `apply`) and `infra.settings.protected_namespaces`; the
+lab feeds it its own key. The text holds no secret (a public key, namespace names, local addresses): it
+goes into user-data as a public file at GATE_CONFIG_FILE.
+
+The format is the shared contract of issue 13 (gate/config.py owns the model that reads it):
+
+    upstream: https://127.0.0.1:5000
+    upstream_ca_file: /etc/docker/registry/tls/ca.crt
+    upstream_server_name: registry.internal
+    public_keys: ["-----BEGIN PUBLIC KEY-----\\n..."]
+    namespaces: {NAMESPACE: {require_signed: true}}
+    cache_seconds: 300
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from host.boot import BlockStyleDumper
+from host.contract import CA_CERT_FILE, GATE_CACHE_SECONDS, HOST_INTERNAL_NAME, REGISTRY_PORT
+
+_PUBLIC_KEY = re.compile(r"^-----BEGIN PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END PUBLIC KEY-----\s*$")
+_NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+
+
+def check_public_key(pem: str) -> str:
+    """`pem` with LF line ends, when it is one SubjectPublicKeyInfo PEM of an EC P-256/P-384 or RSA key
+    (what KMS GetPublicKey gives for a signing key); ValueError naming the problem otherwise."""
+    if "PRIVATE KEY" in pem:
+        raise ValueError("the gate's public key holds a private key: the gate needs the public key only")
+    if not _PUBLIC_KEY.match(pem):
+        raise ValueError(
+            "the gate's public key must be one PEM block -----BEGIN PUBLIC KEY----- (SubjectPublicKeyInfo)"
+        )
+    try:
+        key = load_pem_public_key(pem.encode())
+    except ValueError as err:
+        raise ValueError(f"the gate's public key does not load: {err}") from None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ("secp256r1", "secp384r1"):
+            raise ValueError(f"the gate's public key is on curve {key.curve.name}; expected P-256 (or P-384)")
+    elif not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError(f"the gate's public key is a {type(key).__name__}; expected an EC P-256 or RSA key")
+    return pem.replace("\r\n", "\n").strip() + "\n"
+
+
+def gate_config(
+    namespaces: Sequence[str], public_key_pems: Sequence[str], cache_seconds: int = GATE_CACHE_SECONDS
+) -> dict[str, Any]:
+    """The gate's config as a mapping (contract keys). Raises ValueError naming the problem."""
+    if not namespaces:
+        raise ValueError("the gate needs at least one protected namespace (a stack that protects none runs no gate)")
+    bad = [ns for ns in namespaces if not _NAMESPACE.match(ns)]
+    if bad:
+        raise ValueError(f"not repository namespaces: {bad} (lower-case path components such as 'payments/app')")
+    if len(set(namespaces)) != len(namespaces):
+        raise ValueError(f"namespaces listed twice: {sorted(ns for ns in set(namespaces) if namespaces.count(ns) > 1)}")
+    if not public_key_pems:
+        raise ValueError("the gate needs the stack's public signing key")
+    if isinstance(cache_seconds, bool) or not isinstance(cache_seconds, int) or cache_seconds < 1:
+        raise ValueError(f"cache_seconds must be a positive integer; got {cache_seconds!r}")
+    return {
+        "upstream": f"https://127.0.0.1:{REGISTRY_PORT}",
+        "upstream_ca_file": CA_CERT_FILE,
+        "upstream_server_name": HOST_INTERNAL_NAME,
+        "public_keys": [check_public_key(pem) for pem in public_key_pems],
+        "namespaces": {ns: {"require_signed": True} for ns in sorted(namespaces)},
+        "cache_seconds": cache_seconds,
+    }
+
+
+def render_gate_config(
+    namespaces: Sequence[str], public_key_pems: Sequence[str], cache_seconds: int = GATE_CACHE_SECONDS
+) -> str:
+    """The config file's text (YAML; PEMs as `|` blocks)."""
+    data = gate_config(namespaces, public_key_pems, cache_seconds)
+    return yaml.dump(data, Dumper=BlockStyleDumper, sort_keys=False, width=1000)
