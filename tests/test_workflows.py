@@ -411,6 +411,7 @@ def stacks_script() -> str:
         (["components/storage.py"], ["dev", "payments-prod", "prod", "staging"]),
         (["host/files/registry-token.service"], ["dev", "payments-prod", "prod", "staging"]),
         (["auth/server.py"], ["dev", "payments-prod", "prod", "staging"]),
+        (["gate/app.py", "signing/verify.py"], ["dev", "payments-prod", "prod", "staging"]),
         (["infra/settings/model.py"], ["dev", "payments-prod", "prod", "staging"]),
         (["Pulumi.yaml"], ["dev", "payments-prod", "prod", "staging"]),
         (["requirements.txt"], ["dev", "payments-prod", "prod", "staging"]),
