@@ -37,6 +37,10 @@ def add_parsers(sub: Any, stacks: str) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--to", metavar="TIME", help="ISO 8601 time with a zone, e.g. 2026-12-01T14:30:00Z")
     what.add_argument("--undo", metavar="RUN_ID", help="put back every key a restore run changed")
+    what.add_argument(
+        "--from-backup", metavar="RECOVERY_POINT_ARN", help="start an AWS Backup restore job into --into BUCKET"
+    )
+    p.add_argument("--into", metavar="BUCKET", help="with --from-backup: the new bucket to restore into")
     p.add_argument(
         "--repository", action="append", default=[], metavar="REPO", help="only this repository (repeatable)"
     )
@@ -51,6 +55,7 @@ def add_parsers(sub: Any, stacks: str) -> None:
 def run_operation(args: argparse.Namespace, out: TextIO, err: TextIO, stacks_dir: Path) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from fleet.backup_restore import BackupRestoreError
     from fleet.cli import UserError
     from fleet.maintenance import MaintenanceError, fleet_for, switch
     from fleet.restore import RestoreError
@@ -67,7 +72,7 @@ def run_operation(args: argparse.Namespace, out: TextIO, err: TextIO, stacks_dir
             switch(args.stack, args.action, fleet, log)
         elif args.command == "restore":
             restore_command(args, settings, fleet, log)
-    except (MaintenanceError, LabError, RestoreError) as e:
+    except (MaintenanceError, LabError, RestoreError, BackupRestoreError) as e:
         raise UserError(str(e)) from None
     except (BotoCoreError, ClientError) as e:  # no credentials, no permission, throttled: the operator's to fix
         raise UserError(f"AWS: {e}") from None
@@ -101,6 +106,9 @@ def restore_command(args: argparse.Namespace, settings: Settings, fleet: Fleet, 
     from fleet.maintenance import read_only_window
     from fleet.restore import RestoreError, load_journal, parse_time, plan_restore, plan_undo, run
 
+    if args.from_backup:
+        backup_restore_command(args, settings, log)
+        return
     if args.lab:
         from lab.lab import LabState, s3_client
 
@@ -145,6 +153,29 @@ def restore_command(args: argparse.Namespace, settings: Settings, fleet: Fleet, 
         ),
         resumable=lambda p: p.kind == "restore" and p.params == params,
         **common,
+    )
+
+
+def backup_restore_command(args: argparse.Namespace, settings: Settings, log: Any) -> None:
+    from fleet.backup_restore import start_backup_restore
+    from fleet.restore import RestoreError
+
+    if args.lab:
+        raise RestoreError("--from-backup has no lab: moto runs no AWS Backup jobs (docs/backups.md)")
+    if not args.into:
+        raise RestoreError("--from-backup needs --into BUCKET, a new bucket to restore into")
+    import boto3
+
+    outputs = stack_outputs(args.stack)
+    start_backup_restore(
+        boto3.client("backup", region_name=settings.region),
+        args.from_backup,
+        args.into,
+        str(outputs["backupRoleArn"]),
+        str(outputs["bucketKeyArn"]),
+        args.stack,
+        str(outputs["bucketName"]),
+        log,
     )
 
 

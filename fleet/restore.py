@@ -11,7 +11,7 @@ Facts this is built on (measured on moto, docs/backups.md):
     after TIME. Such keys are named and the restore refused: pick a TIME a second earlier or later.
   - Versions are compared by content, never by version id: under `blobs/` the key is the content's digest
     (present or not is all that matters); other keys (links: a digest in a few bytes) by ETag, and where
-    ETags differ (SSE-KMS ETags are not content hashes) by their bytes.
+    ETags differ (SSE-KMS ETags are not content hashes) by their bytes when they are small.
   - Upload scratch files (`_uploads/`) are never touched: they are not part of any image.
 
 The journal lives in the same bucket, under JOURNAL_PREFIX, outside the registry's `docker/` root (the
@@ -47,6 +47,8 @@ REVISION_LINK = re.compile(
 )
 LAYER_LINK = re.compile(rf"^{REPOSITORIES}(?P<repo>.+)/_layers/(?P<algo>[a-z0-9]+)/(?P<hex>[a-f0-9]+)/link$")
 REPO_OF = re.compile(rf"^{REPOSITORIES}(?P<repo>.+?)/_(manifests|layers|uploads)/")
+# Keys outside blobs/ are links (a digest in 71 bytes): those whose ETags differ are compared by their bytes.
+SMALL_OBJECT_BYTES = 4096
 MAX_COPY_OBJECT_BYTES = 5 * 1024**3  # above this, a managed multipart copy
 WORKERS = 16
 JOURNAL_EVERY_SECONDS = 2.0
@@ -289,11 +291,12 @@ def plan_restore(
                 targets[blob] = KeyState.of(entry, source_bucket)
                 dest.setdefault(blob, dest_blobs.get(blob, []))
 
-    actions = []
-    for key in sorted(targets):
-        before = KeyState.of(current(dest.get(key, [])), bucket)
-        if not same_state(key, before, targets[key], s3, source_s3):
-            actions.append(Action(key, before, targets[key]))
+    pairs = [(key, KeyState.of(current(dest.get(key, [])), bucket), targets[key]) for key in sorted(targets)]
+    actions = [
+        Action(key, before, target)
+        for (key, before, target), equal in zip(pairs, compare_all(pairs, s3, source_s3), strict=True)
+        if not equal
+    ]
     run = now.astimezone(UTC)
     plan = Plan(
         run_id=new_run_id(run),
@@ -312,9 +315,15 @@ def same_state(key: str, a: KeyState, b: KeyState, s3: Any, source_s3: Any) -> b
         return False
     if not a.present or key.startswith(BLOBS) or a.etag == b.etag:
         return True
-    if a.size != b.size:
+    if a.size != b.size or a.size > SMALL_OBJECT_BYTES:
         return False
     return read_key(s3 if a.bucket != b.bucket else source_s3, key, a) == read_key(source_s3, key, b)
+
+
+def compare_all(pairs: list[tuple[str, KeyState, KeyState]], s3: Any, source_s3: Any) -> list[bool]:
+    """same_state for each (key, a, b), in parallel (the comparisons that read bytes are one GET each)."""
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        return list(pool.map(lambda p: same_state(p[0], p[1], p[2], s3, source_s3), pairs))
 
 
 def read_key(s3: Any, key: str, state: KeyState) -> bytes:
@@ -347,10 +356,11 @@ def plan_undo(s3: Any, journal: Plan, now: datetime | None = None) -> Plan:
     run = (now or datetime.now(UTC)).astimezone(UTC)
     history = read_history(s3, journal.bucket, REGISTRY_ROOT)
     latest = {a.key: KeyState.of(current(history.get(a.key, [])), journal.bucket) for a in journal.actions}
+    pairs = [(a.key, latest[a.key], a.before) for a in journal.actions]
     actions = [
-        Action(a.key, latest[a.key], a.before)
-        for a in journal.actions
-        if not same_state(a.key, latest[a.key], a.before, s3, s3)
+        Action(key, now, before)
+        for (key, now, before), equal in zip(pairs, compare_all(pairs, s3, s3), strict=True)
+        if not equal
     ]
     plan = Plan(
         run_id=new_run_id(run),
@@ -421,7 +431,7 @@ def apply_plan(
     plan: Plan,
     log: Callable[[str], None],
     workers: int = WORKERS,
-    apply: Callable[[Any, str, Action], str] = apply_action,
+    apply: Callable[[Any, str, Action], str] | None = None,
 ) -> None:
     """Apply every action not yet applied, in parallel, saving the journal as it goes; the journal says
     `running` until the last action is done."""
@@ -432,17 +442,26 @@ def apply_plan(
     started = time.monotonic()
     done = 0
 
+    write = apply or apply_action
+
     def one(action: Action) -> Action:
-        action.after = apply(s3, plan.bucket, action) or "applied"
+        action.after = write(s3, plan.bucket, action) or "applied"
         return action
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for _ in pool.map(one, pending):
             done += 1
             if time.monotonic() - last_save > JOURNAL_EVERY_SECONDS:
                 save_journal(s3, plan)
                 last_save = time.monotonic()
                 log(f"  {done}/{len(pending)} keys")
+    except BaseException:
+        # Stop handing out actions, let the ones under way finish, and record them (status stays running).
+        pool.shutdown(wait=True, cancel_futures=True)
+        save_journal(s3, plan)
+        raise
+    pool.shutdown()
     plan.status = "done"
     plan.finished = datetime.now(UTC).isoformat(timespec="seconds")
     save_journal(s3, plan)
@@ -479,16 +498,12 @@ def settle_applied(s3: Any, plan: Plan) -> int:
     """Before resuming: mark the actions that were applied but not yet journaled when the run stopped
     (the key already holds its target), so none is applied twice. Returns how many were already done."""
     history = read_history(s3, plan.bucket, REGISTRY_ROOT)
-    settled = 0
-    for a in plan.actions:
-        if a.after is not None:
-            settled += 1
-            continue
-        now = KeyState.of(current(history.get(a.key, [])), plan.bucket)
-        if same_state(a.key, now, a.target, s3, s3):
+    pending = [a for a in plan.actions if a.after is None]
+    pairs = [(a.key, KeyState.of(current(history.get(a.key, [])), plan.bucket), a.target) for a in pending]
+    for a, (_, now, _), equal in zip(pending, pairs, compare_all(pairs, s3, s3), strict=True):
+        if equal:
             a.after = now.version_id or "already"
-            settled += 1
-    return settled
+    return sum(1 for a in plan.actions if a.after is not None)
 
 
 def _resume_or_refuse(s3: Any, bucket: str, matches: Callable[[Plan], bool]) -> Plan | None:

@@ -264,6 +264,9 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         "cdnDomain": (cdn.base_url.apply(lambda u: u.removeprefix("https://").rstrip("/")) if cdn else None),
         "bucketName": storage.bucket.bucket,
         "replicaBucketName": storage.replica_bucket.bucket,
+        # `fleet restore --from-backup`: the role AWS Backup restores with and the key the new bucket uses.
+        "backupRoleArn": storage.backup_role.arn,
+        "bucketKeyArn": storage.key.arn,
         "caCertificate": internal_tls.ca_cert_pem,
         "autoScalingGroup": fleet.asg_name,
         "accessMode": s.access.mode,

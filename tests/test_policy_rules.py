@@ -274,6 +274,11 @@ def back_up_the_replica_only(resources: list[Res]) -> list[Res]:
     return edit("storage-backup-selection", lambda p: p.update(resources=[arn]))(resources)
 
 
+def restore_test_the_replica(resources: list[Res]) -> list[Res]:
+    arn = named(resources, "storage-replica").outputs["arn"]
+    return edit("storage-restore-testing-selection", lambda p: p.update(protectedResourceArns=[arn]))(resources)
+
+
 def ingress_from_itself(resources: list[Res]) -> list[Res]:
     own = named(resources, "fleet-sg").id
     return edit("fleet-in-from-lb", lambda p: p.update(referencedSecurityGroupId=own))(resources)
@@ -649,6 +654,21 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
     ),
     ("backup-plan", "dev", drop("storage-backup-plan"), STACK, "no aws:backup/plan:Plan"),
     ("backup-plan", "prod", back_up_the_replica_only, "storage-backup-selection", "without storage-primary"),
+    ("restore-testing", "dev", drop("storage-restore-testing-plan"), STACK, "no aws:backup/restoreTestingPlan"),
+    (
+        "restore-testing",
+        "prod",
+        restore_test_the_replica,
+        "storage-restore-testing-selection",
+        "without storage-primary",
+    ),
+    (
+        "restore-testing",
+        "dev",
+        edit("storage-restore-testing-plan", lambda p: p["recoveryPointSelection"].update(includeVaults=[])),
+        "storage-restore-testing-plan",
+        "includeVaults is []",
+    ),
     (
         "backup-vaults-encrypted",
         "prod",

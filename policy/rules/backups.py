@@ -1,5 +1,5 @@
 """Practice 10, regular backups: versioned buckets whose old versions expire, an AWS Backup plan over the
-primary bucket, encrypted vaults."""
+primary bucket, encrypted vaults, and restore testing of that bucket's recovery points."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from policy.graph import (
     BACKUP_SELECTION,
     BACKUP_VAULT,
     LIFECYCLE,
+    RESTORE_TESTING_PLAN,
+    RESTORE_TESTING_SELECTION,
     UNKNOWN_VALUES,
     VERSIONING,
     Res,
@@ -90,3 +92,36 @@ def find_backup_vaults_encrypted(resources: Sequence[Res]) -> Iterator[Finding]:
     for vault in of_type(resources, BACKUP_VAULT):
         if not prop(vault, "kmsKeyArn"):
             yield vault.name, f"kmsKeyArn is {prop(vault, 'kmsKeyArn')!r}: backups need a customer KMS key"
+
+
+@rule(
+    "restore-testing",
+    10,
+    "An AWS Backup restore testing plan picks recovery points from a vault, and a restore testing selection of "
+    "that plan restores the primary registry bucket (a backup never restored is a hope).",
+)
+def find_restore_testing(resources: Sequence[Res]) -> Iterator[Finding]:
+    plans = of_type(resources, RESTORE_TESTING_PLAN)
+    if not plans:
+        yield STACK, f"no {RESTORE_TESTING_PLAN}: no recovery point is ever restored"
+        return
+    for plan in plans:
+        vaults = prop(plan, "recoveryPointSelection", "includeVaults")
+        if not is_unknown(vaults) and not as_list(vaults):
+            yield plan.name, f"recoveryPointSelection.includeVaults is {vaults!r}: the plan restores nothing"
+    names = {prop(p, "name") for p in plans}
+    selections = [
+        s
+        for s in of_type(resources, RESTORE_TESTING_SELECTION)
+        if is_unknown(prop(s, "restoreTestingPlanName")) or prop(s, "restoreTestingPlanName") in names
+    ]
+    if not selections:
+        yield plans[0].name, f"no {RESTORE_TESTING_SELECTION} names this plan"
+        return
+    chosen = [x for s in selections for x in as_list(prop(s, "protectedResourceArns"))]
+    if any(is_unknown(x) for x in chosen):
+        return
+    for bucket in primary_buckets(resources):
+        arn = arn_of(bucket)
+        if arn is not None and arn not in chosen:
+            yield selections[0].name, f"protectedResourceArns is {chosen!r}, without {bucket.name} ({arn})"
