@@ -51,6 +51,15 @@ def add_parsers(sub: Any, stacks: str) -> None:
     p.add_argument("--replica-bucket", help="the replica bucket (default: the stack's output replicaBucketName)")
     _target(p)
 
+    p = sub.add_parser(
+        "gc",
+        help="garbage-collect unreferenced blobs in a read-only window (never --delete-untagged); freed bytes",
+    )
+    p.add_argument("stack", help=f"stack name ({stacks})")
+    p.add_argument("--dry-run", action="store_true", help="what would be freed; no window, nothing deleted")
+    p.add_argument("--bucket", help="the registry bucket (default: the stack's output bucketName)")
+    _target(p)
+
 
 def run_operation(args: argparse.Namespace, out: TextIO, err: TextIO, stacks_dir: Path) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
@@ -72,11 +81,37 @@ def run_operation(args: argparse.Namespace, out: TextIO, err: TextIO, stacks_dir
             switch(args.stack, args.action, fleet, log)
         elif args.command == "restore":
             restore_command(args, settings, fleet, log)
+        elif args.command == "gc":
+            from fleet.gc import garbage_collect
+
+            s3, bucket = registry_storage(args, settings)
+            garbage_collect(
+                fleet=fleet,
+                stack=args.stack,
+                s3=s3,
+                bucket=bucket,
+                dry_run=args.dry_run,
+                noncurrent_days=settings.storage.noncurrent_version_days,
+                log=log,
+            )
     except (MaintenanceError, LabError, RestoreError, BackupRestoreError) as e:
         raise UserError(str(e)) from None
     except (BotoCoreError, ClientError) as e:  # no credentials, no permission, throttled: the operator's to fix
         raise UserError(f"AWS: {e}") from None
     return 0
+
+
+def registry_storage(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
+    """An S3 client and the registry bucket: the lab's moto, or the deployed stack's bucket."""
+    if args.lab:
+        from lab.lab import LabState, s3_client
+
+        state = LabState.load(fleet_state_dir(args))
+        return s3_client(state.s3_endpoint, state.ca_file, settings.region), state.bucket
+    import boto3
+
+    bucket = args.bucket or str(stack_outputs(args.stack)["bucketName"])
+    return boto3.client("s3", region_name=settings.region), bucket
 
 
 def stack_outputs(stack: str) -> dict[str, Any]:
@@ -109,22 +144,15 @@ def restore_command(args: argparse.Namespace, settings: Settings, fleet: Fleet, 
     if args.from_backup:
         backup_restore_command(args, settings, log)
         return
-    if args.lab:
-        from lab.lab import LabState, s3_client
-
-        state = LabState.load(fleet_state_dir(args))
-        s3 = s3_client(state.s3_endpoint, state.ca_file, settings.region)
-        bucket, replica, replica_s3 = state.bucket, None, None
-        if args.from_replica:
-            raise RestoreError("the lab has no replica bucket (moto stores replication rules, it does not replicate)")
-    else:
+    if args.lab and args.from_replica:
+        raise RestoreError("the lab has no replica bucket (moto stores replication rules, it does not replicate)")
+    s3, bucket = registry_storage(args, settings)
+    replica, replica_s3 = None, None
+    if args.from_replica:
         import boto3
 
-        s3 = boto3.client("s3", region_name=settings.region)
         replica_s3 = boto3.client("s3", region_name=settings.replica_region)
-        outputs = {} if args.bucket and (args.replica_bucket or not args.from_replica) else stack_outputs(args.stack)
-        bucket = args.bucket or str(outputs["bucketName"])
-        replica = (args.replica_bucket or str(outputs["replicaBucketName"])) if args.from_replica else None
+        replica = args.replica_bucket or str(stack_outputs(args.stack)["replicaBucketName"])
 
     window = partial(read_only_window, fleet, args.stack, log)
     confirm = (lambda question: True) if args.yes else confirm_on_terminal

@@ -22,6 +22,7 @@ from components.dns import RegistryDns, RegistryDnsArgs
 from components.fleet import ADMIN_USER, FleetCdn, RegistryFleet, RegistryFleetArgs
 from components.internal_tls import InternalTls, InternalTlsArgs
 from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
+from components.maintenance import RegistryMaintenance, RegistryMaintenanceArgs
 from components.network import RegistryNetwork, RegistryNetworkArgs, subnet_plan
 from components.storage import (
     ObjectLock,
@@ -239,6 +240,16 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
                 else None
             ),
             token=token,
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
+    RegistryMaintenance(
+        "maintenance",
+        RegistryMaintenanceArgs(
+            name_prefix=prefix,
+            host_tags={"stack": tags["stack"], "managed-by": tags["managed-by"]},
             tags=tags,
         ),
         opts=in_primary,

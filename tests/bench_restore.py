@@ -3,7 +3,7 @@ TLS, the stack's SSE-KMS bucket), in one run.
 
 Writes N objects shaped like a registry's (v1): 80% links (a 71-byte digest under repositories/) and 20%
 blobs (--blob-kib each, under blobs/), notes T, then changes every one of them: half overwritten, a quarter
-deleted, and a quarter of new keys added; restores to T (N actions: copies forward and delete markers) and prints the plan
+deleted, and a quarter of new keys added; restores to T (copies forward and delete markers) and prints the plan
 time (reading the version history), the apply time, objects/s and MB/s copied, and the read-only window's
 cost on the lab's two instances (each restarted twice). Figures depend on the machine: report them with it,
 never assert on them.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--blob-kib", type=int, default=32, help="size of each blob (a fifth of the objects)")
     parser.add_argument("--workers", type=int, default=WORKERS)
     args = parser.parse_args()
+    # A SIGTERM (timeout, Ctrl-C from a wrapper) still stops the lab: exit through the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     config = stack_config("dev")
     config["access"] = {"mode": "htpasswd"}
     settings = settings_from_config("dev", config)
@@ -68,8 +71,11 @@ def main() -> None:
             with ThreadPoolExecutor(16) as pool:
                 list(pool.map(put, range(n)))
             moto = int(state.services["s3"]["pid"])
-            print(f"wrote {n} objects ({n // 5} blobs of {args.blob_kib} KiB) in {time.monotonic() - started:.1f}s; "
-                  f"moto RSS {rss_mib(moto):.0f} MiB", flush=True)
+            print(
+                f"wrote {n} objects ({n // 5} blobs of {args.blob_kib} KiB) in {time.monotonic() - started:.1f}s; "
+                f"moto RSS {rss_mib(moto):.0f} MiB",
+                flush=True,
+            )
             time.sleep(1.1)
             t = datetime.now(UTC)
             time.sleep(1.1)

@@ -208,3 +208,28 @@ def test_cli_maintenance_without_a_lab_is_a_clear_error(tmp_path: Path) -> None:
     code = main(["maintenance", "dev", "read-only", "--lab", "--state-dir", str(tmp_path)], io.StringIO(), err)
     assert code == 2
     assert f"no lab running from {tmp_path}" in err.getvalue()
+
+
+# --- the stack's GC window (components/maintenance.py), in the recorded graph ----------------------
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_gc_window_targets_the_stacks_hosts_and_runs_the_host_script_in_order(stack: str) -> None:
+    from policy.graph import prop
+    from tests.helpers import recording
+
+    rec = recording(stack)
+    window = rec.named("maintenance-gc-window")
+    assert prop(window, "schedule") == "cron(0 4 ? * SUN *)" and prop(window, "allowUnassociatedTargets") is False
+    target = rec.named("maintenance-gc-hosts")
+    wanted = {t["key"]: t["values"] for t in prop(target, "targets")}
+    # Every host carries the tags the window targets (the launch template's instance tags).
+    (template,) = rec.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    (instance,) = [s for s in prop(template, "tagSpecifications") if s["resourceType"] == "instance"]
+    assert wanted == {f"tag:{k}": [instance["tags"][k]] for k in ("managed-by", "stack")}
+    for action, priority in (("read-only", 1.0), ("gc", 2.0), ("read-write", 3.0)):
+        task = rec.named(f"maintenance-gc-{action}")
+        assert prop(task, "priority") == priority
+        assert (prop(task, "maxConcurrency"), prop(task, "maxErrors")) == ("1", "0")
+        params = prop(task, "taskInvocationParameters")["runCommandParameters"]["parameters"]
+        assert params == [{"name": "commands", "values": maintenance_commands(action)}]

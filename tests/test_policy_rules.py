@@ -279,6 +279,14 @@ def restore_test_the_replica(resources: list[Res]) -> list[Res]:
     return edit("storage-restore-testing-selection", lambda p: p.update(protectedResourceArns=[arn]))(resources)
 
 
+def delete_untagged(resources: list[Res]) -> list[Res]:
+    def change(p: dict[str, Any]) -> None:
+        values = p["taskInvocationParameters"]["runCommandParameters"]["parameters"][0]["values"]
+        values.append("docker-registry garbage-collect --delete-untagged /etc/docker/registry/config.yml")
+
+    return edit("maintenance-gc-gc", change)(resources)
+
+
 def ingress_from_itself(resources: list[Res]) -> list[Res]:
     own = named(resources, "fleet-sg").id
     return edit("fleet-in-from-lb", lambda p: p.update(referencedSecurityGroupId=own))(resources)
@@ -669,6 +677,22 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         "storage-restore-testing-plan",
         "includeVaults is []",
     ),
+    ("gc-window", "dev", drop("maintenance-gc-window"), STACK, "no enabled aws:ssm/maintenanceWindow"),
+    (
+        "gc-window",
+        "prod",
+        edit("maintenance-gc-gc", lambda p: p.update(priority=0.0)),
+        "maintenance-gc-window",
+        "garbage-collect must run after read-only",
+    ),
+    (
+        "gc-window",
+        "dev",
+        edit("maintenance-gc-gc", lambda p: p.update(maxErrors="1")),
+        "maintenance-gc-gc",
+        "maxErrors",
+    ),
+    ("gc-window", "prod", delete_untagged, "maintenance-gc-gc", "--delete-untagged"),
     (
         "backup-vaults-encrypted",
         "prod",
