@@ -26,9 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from fleet.maintenance import LabFleet  # noqa: E402
 from fleet.restore import BLOBS, REPOSITORIES, WORKERS, apply_plan, plan_restore  # noqa: E402
-from infra.settings import settings_from_config  # noqa: E402
 from lab.lab import Lab, s3_client  # noqa: E402
-from tests.helpers import stack_config  # noqa: E402
+from tests.helpers import htpasswd_settings  # noqa: E402
 
 MB = 1_000_000
 
@@ -48,9 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     # A SIGTERM (timeout, Ctrl-C from a wrapper) still stops the lab: exit through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    config = stack_config("dev")
-    config["access"] = {"mode": "htpasswd"}
-    settings = settings_from_config("dev", config)
+    settings = htpasswd_settings()
     with tempfile.TemporaryDirectory(prefix="bench-restore-") as tmp:
         state = Lab(settings, Path(tmp) / "lab").up()
         try:

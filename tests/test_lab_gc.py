@@ -16,10 +16,9 @@ import pytest
 
 from fleet.gc import current_blobs, garbage_collect
 from fleet.maintenance import LabFleet
-from infra.settings import settings_from_config
 from lab.image import build_image, layer_digests, skopeo_copy
 from lab.lab import INSTANCES, Lab, LabState, s3_client
-from tests.helpers import stack_config
+from tests.helpers import htpasswd_settings
 from tests.helpers.registry import call
 
 pytestmark = pytest.mark.lab
@@ -28,10 +27,8 @@ INDEX = "application/vnd.oci.image.index.v1+json"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
-    config = stack_config("dev")
-    config["access"] = {"mode": "htpasswd"}
     directory = tmp_path_factory.mktemp("lab")
-    state = Lab(settings_from_config("dev", config), directory).up()
+    state = Lab(htpasswd_settings(), directory).up()
     try:
         yield state
     finally:

@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 
 from fleet.restore import JOURNAL_PREFIX
-from infra.settings import settings_from_config
 from lab.image import build_image, layer_digests, skopeo_copy, skopeo_digest
 from lab.lab import Lab, LabState, s3_client
-from tests.helpers import stack_config
+from tests.helpers import htpasswd_settings
 from tests.helpers.registry import call
 from tests.helpers.waiting import wait_for
 
@@ -33,10 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
-    config = stack_config("dev")
-    config["access"] = {"mode": "htpasswd"}  # one user who may push and delete
     directory = tmp_path_factory.mktemp("lab")
-    state = Lab(settings_from_config("dev", config), directory).up()
+    state = Lab(htpasswd_settings(), directory).up()
     try:
         yield state
     finally:
