@@ -165,6 +165,7 @@ class Plan:
     finished: str = ""
     tag_changes: list[dict[str, str]] = field(default_factory=list)
     manifest_changes: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def bytes_to_copy(self) -> int:
@@ -362,6 +363,11 @@ def plan_undo(s3: Any, journal: Plan, now: datetime | None = None) -> Plan:
         for (key, now, before), equal in zip(pairs, compare_all(pairs, s3, s3), strict=True)
         if not equal
     ]
+    # Keys written again since that run (a push, another restore): the undo puts them back all the same.
+    newest = {k: next((e.version_id for e in v if e.is_latest), None) for k, v in history.items()}
+    moved = [
+        a.key for a in journal.actions if a.after not in (None, "applied", "already") and a.after != newest.get(a.key)
+    ]
     plan = Plan(
         run_id=new_run_id(run),
         kind="undo",
@@ -369,6 +375,12 @@ def plan_undo(s3: Any, journal: Plan, now: datetime | None = None) -> Plan:
         params={"undo": journal.run_id},
         actions=actions,
         created=run.isoformat(timespec="seconds"),
+        warnings=[
+            f"{len(moved)} key(s) changed since run {journal.run_id} and will be put back to their state "
+            f"before it too, e.g. {', '.join(moved[:3])}"
+        ]
+        if moved
+        else [],
     )
     describe_changes(plan, s3, s3)
     return plan
@@ -476,6 +488,7 @@ def diff_lines(plan: Plan) -> list[str]:
         f"{what} in bucket {plan.bucket}: {len(plan.actions)} key(s) change: {len(copies)} old version(s) "
         f"copied forward ({plan.bytes_to_copy} bytes), {markers} delete marker(s) over what appeared later"
     ]
+    lines += [f"WARNING: {w}" for w in plan.warnings]
     if plan.tag_changes:
         lines.append("tags:")
         lines += [f"  {c['tag']}: {c['now']} -> {c['restored']}" for c in plan.tag_changes]

@@ -123,6 +123,17 @@ def test_restore_puts_tags_back_and_undo_returns(s3: Any) -> None:
     assert all(v["Key"].startswith(("docker/", JOURNAL_PREFIX)) for v in versions["Versions"])
 
 
+def test_undo_warns_about_keys_written_since_the_run(s3: Any) -> None:
+    t, _, _ = history_v1_then_v2(s3)
+    plan = plan_restore(s3, BUCKET, t)
+    apply(s3, plan)
+    assert plan_undo(s3, load_journal(s3, BUCKET, plan.run_id)).warnings == []
+    put_image(s3, "team-a/app", "1", 4)  # a push after the restore
+    warnings = plan_undo(s3, load_journal(s3, BUCKET, plan.run_id)).warnings
+    assert len(warnings) == 1 and warnings[0].startswith("1 key(s) changed since run")
+    assert warnings[0].endswith(tag_key("team-a/app", "1"))
+
+
 def test_a_restore_deletes_no_version(s3: Any) -> None:
     t, _, _ = history_v1_then_v2(s3)
     before = {(v["Key"], v["VersionId"]) for v in s3.list_object_versions(Bucket=BUCKET)["Versions"]}
