@@ -179,3 +179,24 @@ def test_gc_frees_only_unreferenced_blobs_and_keeps_every_image(lab: LabState, t
         skopeo_copy(ref(lab, f"{ns}/gone", "again"), f"oci:{tmp_path}/again{i}:1", lab.cert_dir, creds(lab))
         assert layer_digests(tmp_path / f"again{i}", "1") == layer_digests(src, "unique")
     assert [blob_status(lab, i, f"{ns}/gone", victim) for i in INSTANCES] == ["served", "served"]
+
+
+def test_without_the_restart_an_instance_serves_a_collected_blob(lab: LabState, tmp_path: Path) -> None:
+    """The broken twin of the restart: garbage-collect alone leaves each instance answering from its cache
+    for a blob no longer in the bucket; the restart is what makes them answer 404."""
+    ns = lab.namespace
+    stale = build_image(tmp_path / "src", "stale", [{"s.bin": 60_000}])
+    skopeo_copy(stale, ref(lab, f"{ns}/stale", "1"), lab.cert_dir, creds(lab))
+    delete_manifest(lab, f"{ns}/stale", manifest_digest(tmp_path / "src", "stale"))
+    victim = layer_digests(tmp_path / "src", "stale")[0]
+    assert [blob_status(lab, i, f"{ns}/stale", victim) for i in INSTANCES] == ["served", "served"]
+    fleet = LabFleet(Path(lab.state_dir))
+    fleet.garbage_collect(False, lambda line: None)  # no window, no restart: what the fleet never does
+    assert f"sha256:{victim.split(':')[1]}" not in current_blobs(
+        s3_client(lab.s3_endpoint, lab.ca_file, "us-east-1"), lab.bucket
+    )
+    assert [blob_status(lab, i, f"{ns}/stale", victim) for i in INSTANCES] == ["served", "served"], (
+        "the instances no longer cache blob descriptors: the restart after GC may no longer be needed"
+    )
+    fleet.restart_all(lambda line: None)
+    assert [blob_status(lab, i, f"{ns}/stale", victim) for i in INSTANCES] == ["404", "404"]
