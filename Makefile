@@ -7,7 +7,7 @@ STACK ?= dev
 # test-fast's pytest workers (pytest-xdist): one per core; JOBS=0 runs them in this process.
 JOBS ?= auto
 
-.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-auth lock clean
+.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-restore bench-gc bench-auth lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -85,6 +85,14 @@ bench: .venv/.installed
 # Push and pull a 200 MB image through the lab; throughput, S3 baseline, edge share, memory.
 bench-lab: .venv/.installed lab-packages
 	$(PY) tests/bench_lab.py
+
+# Point-in-time restore over 10,000 objects in the lab's S3 (docs/backups.md).
+bench-restore: .venv/.installed lab-packages
+	$(PY) tests/bench_restore.py
+
+# Garbage collection over 100 repositories in the lab: the read-only window and garbage-collect (docs/backups.md).
+bench-gc: .venv/.installed lab-packages
+	$(PY) tests/bench_gc.py
 
 # Token issue latency and throughput, local users beside LDAP, 50 concurrent clients.
 bench-auth: .venv/.installed lab-packages

@@ -29,6 +29,12 @@ from host.contract import BLOB_PREFIX
 CLOUDFRONT = "cloudfront.amazonaws.com"
 # The backup plan's role (the selection's): S3 backup and restore, and AWS Backup's own service-role policy,
 # which the plan's cross-region copy jobs run under (they copy recovery points between the two vaults).
+# The restore testing plan: every week AWS Backup restores the latest recovery point of the primary bucket into
+# a new bucket (encrypted with the stack's key), reports the job, and deletes the restored bucket after the
+# validation window (AWS Backup "restore testing"; moto runs no backup jobs: docs/backups.md).
+RESTORE_TEST_SCHEDULE = "cron(0 5 ? * SUN *)"
+RESTORE_TEST_WINDOW_DAYS = 7  # pick the latest recovery point of the last week
+RESTORE_TEST_VALIDATION_HOURS = 24  # the restored bucket is kept this long for checks, then deleted
 BACKUP_MANAGED_POLICIES = (
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Backup",
     "arn:aws:iam::aws:policy/AWSBackupServiceRolePolicyForS3Restore",
@@ -345,9 +351,51 @@ class RegistryStorage(pulumi.ComponentResource):
             resources=[self.bucket.arn],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *attachments]),
         )
+        self._restore_testing(name, args, vault, role, attachments)
+        self.backup_role = role  # also what `fleet restore --from-backup` restores with
         self.vault = vault
         self.replica_vault = replica_vault
         self.backup_plan = plan
+
+    def _restore_testing(
+        self,
+        name: str,
+        args: RegistryStorageArgs,
+        vault: aws.backup.Vault,
+        role: aws.iam.Role,
+        after: Sequence[pulumi.Resource],
+    ) -> None:
+        """A backup that was never restored is a hope: AWS Backup restores the latest recovery point on a
+        schedule (restore testing) and reports whether the restore job succeeded."""
+        child = pulumi.ResourceOptions(parent=self)
+        # Names: letters, digits and underscores only (the API refuses hyphens).
+        plan_name = "".join(c if c.isalnum() else "_" for c in f"{args.bucket_prefix}_restore_test")[:50]
+        types = ["SNAPSHOT", "CONTINUOUS"] if args.continuous_backup else ["SNAPSHOT"]
+        testing = aws.backup.RestoreTestingPlan(
+            f"{name}-restore-testing-plan",
+            name=plan_name,
+            schedule_expression=RESTORE_TEST_SCHEDULE,
+            recovery_point_selection={
+                "algorithm": "LATEST_WITHIN_WINDOW",
+                "include_vaults": [vault.arn],
+                "recovery_point_types": types,
+                "selection_window_days": RESTORE_TEST_WINDOW_DAYS,
+            },
+            tags=args.tags,
+            opts=child,
+        )
+        aws.backup.RestoreTestingSelection(
+            f"{name}-restore-testing-selection",
+            name="registry_bucket",
+            restore_testing_plan_name=testing.name,
+            protected_resource_type="S3",
+            protected_resource_arns=[self.bucket.arn],
+            iam_role_arn=role.arn,
+            # The restored bucket is encrypted with the stack's key, like the bucket it comes from.
+            restore_metadata_overrides={"encryptionType": "SSE-KMS", "kmsKey": self.key.arn},
+            validation_window_hours=RESTORE_TEST_VALIDATION_HOURS,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
+        )
 
 
 @dataclass

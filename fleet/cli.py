@@ -23,6 +23,9 @@ EXIT_FAILED = 1  # the command ran and found a problem (an audit failure)
 EXIT_USER_ERROR = 2
 
 
+OPERATIONS = ("maintenance", "restore", "gc")  # storage operations: fleet/operations.py
+
+
 class UserError(Exception):
     """Something the user can fix; printed without a traceback."""
 
@@ -562,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
             lp.add_argument("--detach", action="store_true", help="leave the lab running and return")
         if name == "status":
             lp.add_argument("--json", action="store_true", help="for scripts")
+    from fleet.operations import add_parsers
+
+    add_parsers(sub, stacks)
     return parser
 
 
@@ -608,6 +614,10 @@ def main(
             lab_status(args.stack, args.json, args.state_dir, out)
         elif args.command == "lab" and args.lab_command == "down":
             lab_down(args.stack, args.state_dir, out)
+        elif args.command in OPERATIONS:
+            from fleet.operations import run_operation
+
+            return run_operation(args, out, err, stacks_dir)
     except SettingsError as e:
         print(f"error: {e}", file=err)
         return EXIT_USER_ERROR

@@ -27,6 +27,10 @@ import yaml
 
 from host.contract import DEBUG_PORT, HOST_CERT_FILE, HOST_KEY_FILE, HTPASSWD_FILE, REGISTRY_PORT
 
+# The environment override of `storage.maintenance.readonly` (distribution's parser reads a YAML value for a
+# map key: `..._READONLY_ENABLED=true` panics at start, "readonly config key must contain additional keys").
+READ_ONLY_ENV = "REGISTRY_STORAGE_MAINTENANCE_READONLY"
+READ_ONLY_VALUE = '{"enabled":true}'
 MIN_CHUNK_SIZE_BYTES = 5 * 1024 * 1024  # the S3 driver refuses a chunksize below the S3 multipart minimum
 LOG_LEVELS = ("error", "warn", "info", "debug")  # what the registry accepts for log.level
 
@@ -92,6 +96,9 @@ class RegistryConfig:
     cloudfront: CloudFrontSettings | None = None
     log_level: str = "info"
     notifications: tuple[NotificationEndpoint, ...] = ()
+    # `storage.maintenance.readonly.enabled`: writes answer 405 (GC and restore windows, fleet/maintenance.py).
+    # The fleet renders False; its hosts switch with READ_ONLY_ENV in a drop-in, the lab renders True.
+    read_only: bool = False
 
 
 def validate_registry_config(cfg: RegistryConfig) -> None:
@@ -192,6 +199,8 @@ def registry_config_dict(cfg: RegistryConfig) -> dict[str, Any]:
 
     # Without the CDN the registry streams blobs itself: a redirect would send clients to a
     # presigned S3 URL, outside the load balancer (and outside a private network).
+    if cfg.read_only:  # only when set: the fleet's config.yml (and so its user-data) stays as it was
+        storage["maintenance"]["readonly"] = {"enabled": True}
     storage["redirect"] = {"disable": cfg.cloudfront is None}
     if cfg.cloudfront is not None:
         config["middleware"] = {

@@ -26,6 +26,7 @@ from components.firewall import EdgeFirewall, EdgeFirewallArgs
 from components.fleet import ADMIN_USER, FleetCdn, FleetGate, RegistryFleet, RegistryFleetArgs
 from components.internal_tls import InternalTls, InternalTlsArgs
 from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
+from components.maintenance import RegistryMaintenance, RegistryMaintenanceArgs
 from components.network import RegistryNetwork, RegistryNetworkArgs, subnet_plan
 from components.signing import ImageSigningKey, ImageSigningKeyArgs
 from components.storage import (
@@ -336,6 +337,16 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         opts=in_primary,
     )
 
+    RegistryMaintenance(
+        "maintenance",
+        RegistryMaintenanceArgs(
+            name_prefix=prefix,
+            host_tags={"stack": tags["stack"], "managed-by": tags["managed-by"]},
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
     PolicyWaivers("policy-waivers", [WaiverArgs(w.rule, w.reason, w.expires) for w in s.waivers])
 
     RegistryDns(
@@ -356,6 +367,9 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         "cdnDomain": (cdn.base_url.apply(lambda u: u.removeprefix("https://").rstrip("/")) if cdn else None),
         "bucketName": storage.bucket.bucket,
         "replicaBucketName": storage.replica_bucket.bucket,
+        # `fleet restore --from-backup`: the role AWS Backup restores with and the key the new bucket uses.
+        "backupRoleArn": storage.backup_role.arn,
+        "bucketKeyArn": storage.key.arn,
         "caCertificate": internal_tls.ca_cert_pem,
         "autoScalingGroup": fleet.asg_name,
         "accessMode": s.access.mode,

@@ -36,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from auth.tokens import create_signing_pair
 from fleet.private_bucket import harden_bucket
 from host.contract import TOKEN_HEALTH_PATH
-from host.registry_config import render_registry_config
+from host.registry_config import RegistryConfig, render_registry_config
 from infra.settings import AccessSettings, Settings, TokenAccess
 from lab import supervisor
 from lab.accounts import (
@@ -357,9 +359,7 @@ class Lab:
             ((INSTANCES[0], "a"), (INSTANCES[1], "b")), instance_secrets, strict=True
         ):
             config = lab_registry_config(s, endpoints, ports[port_key], ports[f"{port_key}-debug"])
-            config_file = d / f"{name}.yml"
-            config_file.write_text(render_registry_config(config))
-            config_file.chmod(0o600)  # holds the events token
+            config_file = write_registry_config(d, name, config)
             # The registry logs the events endpoint's headers (the bearer token) at start: filtered.
             env = {**creds, **trust, "REGISTRY_HTTP_SECRET": http_secret, ENV_VAR: json.dumps([token, http_secret])}
             registries.append(
@@ -561,6 +561,13 @@ class Lab:
             create_bucket(settings, state.s3_endpoint, state.ca_file)
 
     @staticmethod
+    def registry_config(state_dir: Path, name: str) -> RegistryConfig:
+        """The effective config an instance was started with (fleet/maintenance.py changes one field and
+        writes it again with write_registry_config, then restarts the instance)."""
+        path = state_dir.resolve() / f"{name}.config.json"
+        return TypeAdapter(RegistryConfig).validate_json(path.read_bytes())
+
+    @staticmethod
     def apply_access(state_dir: Path, access: AccessSettings) -> None:
         """Render the token service's config again from changed access settings (a robot expired,
         a role changed) and restart the service with it: what a stack update does to the fleet's
@@ -646,6 +653,22 @@ def ready_check(service: Service, ca_file: str) -> Callable[[], bool]:
     if name == TOKEN_SERVICE:
         return lambda: https_get(f"{url}{TOKEN_HEALTH_PATH}", ca_file) == 200
     return lambda: https_get(f"{url}/", ca_file) == 200
+
+
+def write_registry_config(state_dir: Path, name: str, config: RegistryConfig) -> Path:
+    """An instance's config.yml, through the fleet's renderer, and its effective config beside it (both 0600
+    from the first byte: they hold the events token). Returns the config.yml's path."""
+    path = state_dir / f"{name}.yml"
+    for target, text in (
+        (path, render_registry_config(config)),
+        (state_dir / f"{name}.config.json", TypeAdapter(RegistryConfig).dump_json(config).decode()),
+    ):
+        tmp = target.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        tmp.replace(target)
+    return path
 
 
 def save_env(state_dir: Path, service: Service) -> None:

@@ -72,3 +72,12 @@ def test_the_rendered_scripts_pass_every_shellcheck_rule(path: str, tmp_path: Pa
     script.write_text(render_host(token_mode_host()).content(path))
     result = shellcheck("--norc", "--severity=style", str(script))
     assert result.returncode == 0, f"{path}:\n{result.stdout}"
+
+
+def test_the_rendered_maintenance_script_passes_every_shellcheck_rule(tmp_path: Path) -> None:
+    from host.maintenance import render_maintenance_script
+
+    script = tmp_path / "registry-maintenance.sh"
+    script.write_text(render_maintenance_script())
+    result = shellcheck("--norc", "--severity=style", str(script))
+    assert result.returncode == 0, result.stdout

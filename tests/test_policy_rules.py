@@ -273,6 +273,19 @@ def back_up_the_replica_only(resources: list[Res]) -> list[Res]:
     return edit("storage-backup-selection", lambda p: p.update(resources=[arn]))(resources)
 
 
+def restore_test_the_replica(resources: list[Res]) -> list[Res]:
+    arn = named(resources, "storage-replica").outputs["arn"]
+    return edit("storage-restore-testing-selection", lambda p: p.update(protectedResourceArns=[arn]))(resources)
+
+
+def delete_untagged(resources: list[Res]) -> list[Res]:
+    def change(p: dict[str, Any]) -> None:
+        values = p["taskInvocationParameters"]["runCommandParameters"]["parameters"][0]["values"]
+        values.append("docker-registry garbage-collect --delete-untagged /etc/docker/registry/config.yml")
+
+    return edit("maintenance-gc-gc", change)(resources)
+
+
 def ingress_from_itself(resources: list[Res]) -> list[Res]:
     own = named(resources, "fleet-sg").id
     return edit("fleet-in-from-lb", lambda p: p.update(referencedSecurityGroupId=own))(resources)
@@ -734,6 +747,37 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
     ),
     ("backup-plan", "dev", drop("storage-backup-plan"), STACK, "no aws:backup/plan:Plan"),
     ("backup-plan", "prod", back_up_the_replica_only, "storage-backup-selection", "without storage-primary"),
+    ("restore-testing", "dev", drop("storage-restore-testing-plan"), STACK, "no aws:backup/restoreTestingPlan"),
+    (
+        "restore-testing",
+        "prod",
+        restore_test_the_replica,
+        "storage-restore-testing-selection",
+        "without storage-primary",
+    ),
+    (
+        "restore-testing",
+        "dev",
+        edit("storage-restore-testing-plan", lambda p: p["recoveryPointSelection"].update(includeVaults=[])),
+        "storage-restore-testing-plan",
+        "includeVaults is []",
+    ),
+    ("gc-window", "dev", drop("maintenance-gc-window"), STACK, "no enabled aws:ssm/maintenanceWindow"),
+    (
+        "gc-window",
+        "prod",
+        edit("maintenance-gc-gc", lambda p: p.update(priority=0.0)),
+        "maintenance-gc-window",
+        "garbage-collect must run after read-only",
+    ),
+    (
+        "gc-window",
+        "dev",
+        edit("maintenance-gc-gc", lambda p: p.update(maxErrors="1")),
+        "maintenance-gc-gc",
+        "maxErrors",
+    ),
+    ("gc-window", "prod", delete_untagged, "maintenance-gc-gc", "--delete-untagged"),
     (
         "backup-vaults-encrypted",
         "prod",

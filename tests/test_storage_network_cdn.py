@@ -485,6 +485,40 @@ def check_backup_selection(rec: Recording) -> list[str]:
     return []
 
 
+def check_restore_testing(rec: Recording, s: Settings) -> list[str]:
+    """A weekly restore test of the primary bucket's latest recovery point from the stack's vault, restored
+    into a bucket under the stack's key; continuous recovery points too when the stack keeps them."""
+    primary, vault, key = find(rec, PRIMARY_BUCKET), find(rec, "storage-vault"), find(rec, "storage-key")
+    plan, selection = find(rec, "storage-restore-testing-plan"), find(rec, "storage-restore-testing-selection")
+    if None in (primary, vault, key, plan, selection):
+        return ["storage: no restore testing plan and selection (or no primary bucket, vault, key)"]
+    assert primary and vault and key and plan and selection
+    out = []
+    name = str(prop(plan, "name"))
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,50}", name):
+        out.append(f"{plan.name}: name {name!r} (AWS allows letters, digits and _ only, 50 at most)")
+    picked = prop(plan, "recoveryPointSelection")
+    types = ["SNAPSHOT", "CONTINUOUS"] if s.backup.continuous else ["SNAPSHOT"]
+    expected = {
+        "algorithm": "LATEST_WITHIN_WINDOW",
+        "includeVaults": [vault.outputs.get("arn")],
+        "recoveryPointTypes": types,
+        "selectionWindowDays": 7.0,
+    }
+    if picked != expected:
+        out.append(f"{plan.name}: recoveryPointSelection {picked}, expected {expected}")
+    want = {
+        "restoreTestingPlanName": name,
+        "protectedResourceType": "S3",
+        "protectedResourceArns": [primary.outputs.get("arn")],
+        "restoreMetadataOverrides": {"encryptionType": "SSE-KMS", "kmsKey": key.outputs.get("arn")},
+    }
+    got = {k: prop(selection, k) for k in want}
+    if got != want:
+        out.append(f"{selection.name}: {got}, expected {want}")
+    return out
+
+
 def check_lifecycle_filters(rec: Recording) -> list[str]:
     """Every lifecycle rule of every bucket (the access-log bucket's too) has a filter with a key: an empty
     filter (`{}`) or none draws the provider's warning that it will become an error; `{"prefix": ""}` is
@@ -886,6 +920,7 @@ SETTINGS_CHECKS: list[SettingsCheck] = [
     check_daily_backup,
     check_backup_copy,
     check_continuous_backup,
+    check_restore_testing,
     check_subnets_per_zone,
     check_nat_gateways,
     check_s3_endpoint_policy,
@@ -1171,6 +1206,20 @@ def test_backup_selection_beyond_the_primary_bucket_is_caught(extra: str) -> Non
     arn = rec.named("storage-replica").outputs["arn"] if extra == "replica" else extra
     broken = changed(rec, "storage-backup-selection", lambda i: i["resources"].append(arn))
     assert_flags(check_backup_selection(broken), "storage-backup-selection")
+
+
+def test_restore_testing_of_another_bucket_or_vault_is_caught() -> None:
+    rec = recording("prod")
+    arn = rec.named("storage-replica").outputs["arn"]
+    broken = changed(rec, "storage-restore-testing-selection", lambda i: i.update(protectedResourceArns=[arn]))
+    assert_flags(check_restore_testing(broken, stack_settings("prod")), "storage-restore-testing-selection")
+    vault = rec.named("storage-replica-vault").outputs["arn"]
+    broken = changed(
+        rec, "storage-restore-testing-plan", lambda i: i["recoveryPointSelection"].update(includeVaults=[vault])
+    )
+    assert_flags(check_restore_testing(broken, stack_settings("prod")), "storage-restore-testing-plan")
+    broken = changed(rec, "storage-restore-testing-plan", lambda i: i.update(name="registry-fleet-restore"))
+    assert_flags(check_restore_testing(broken, stack_settings("prod")), "storage-restore-testing-plan")
 
 
 @pytest.mark.parametrize(

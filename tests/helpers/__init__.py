@@ -34,6 +34,13 @@ def settings_with(stack: str, overrides: dict[str, Any]) -> Settings:
     return settings_from_config(stack, deep_merge(stack_config(stack), overrides))
 
 
+def htpasswd_settings(stack: str = "dev") -> Settings:
+    """A stack in htpasswd mode: one lab user who may push and delete (the whole access object replaced)."""
+    config = stack_config(stack)
+    config["access"] = {"mode": "htpasswd"}
+    return settings_from_config(stack, config)
+
+
 @functools.cache
 def recording(stack: str) -> Recording:
     """The stack's program recorded once per test session (fleet/engine.py)."""
