@@ -120,7 +120,7 @@ def stack_outputs(stack: str) -> dict[str, Any]:
     from fleet.runner import AutomationRunner, RunnerError
 
     try:
-        return AutomationRunner().outputs(stack)
+        return AutomationRunner().stack_outputs(stack)
     except RunnerError as e:
         raise RestoreError(f"{e}; or name the buckets with --bucket and --replica-bucket") from None
 

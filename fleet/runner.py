@@ -124,15 +124,6 @@ class AutomationRunner:
         except auto.CommandError as err:
             raise RunnerError(f"pulumi could not select stack {stack}: {err}") from err
 
-    def outputs(self, stack: str) -> dict[str, Any]:
-        """The stack's outputs as plain values (e.g. bucketName for `fleet restore`)."""
-        from pulumi import automation as auto
-
-        try:
-            return {k: v.value for k, v in self._select(stack).outputs().items()}
-        except auto.CommandError as err:
-            raise RunnerError(f"pulumi could not read the outputs of stack {stack}: {err}") from err
-
     def last_deployed_commit(self, stack: str) -> str | None:
         from pulumi import automation as auto
 
