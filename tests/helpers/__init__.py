@@ -12,6 +12,8 @@ tests/conftest.py when several modules use the same one.
 from __future__ import annotations
 
 import functools
+import shutil
+from pathlib import Path
 from typing import Any
 
 from fleet.engine import Recording, record
@@ -24,6 +26,19 @@ from infra.settings import (
 )
 
 STACKS = available_stacks()
+DEV_PULL_POLICIES = "    pullPolicies:\n      team-a/release: {requireSigned: true}\n"
+
+
+def stacks_with_unprotected_dev(tmp_path: Path) -> Path:
+    """A copy of stacks/ in which dev protects no namespace (its `access.pullPolicies` taken out)."""
+    stacks = tmp_path / "stacks"
+    shutil.copytree(Path(__file__).resolve().parent.parent.parent / "stacks", stacks)
+    dev = stacks / "Pulumi.dev.yaml"
+    text = dev.read_text()
+    if DEV_PULL_POLICIES not in text:
+        raise AssertionError(f"stacks/Pulumi.dev.yaml no longer has {DEV_PULL_POLICIES!r}: update this helper")
+    dev.write_text(text.replace(DEV_PULL_POLICIES, ""))
+    return stacks
 
 
 def stack_config(stack: str) -> dict[str, Any]:
