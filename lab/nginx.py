@@ -148,7 +148,10 @@ pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
 events {{ worker_connections 256; }}
 http {{
-  access_log {d}/nginx-access.log;
+  # The combined format and where each request went (a registry instance's or a gate's address).
+  log_format lab '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+                 '"$http_referer" "$http_user_agent" upstream=$upstream_addr';
+  access_log {d}/nginx-access.log lab;
   client_body_temp_path {d}/tmp/body;
   proxy_temp_path {d}/tmp/proxy;
   fastcgi_temp_path {d}/tmp/fastcgi;
