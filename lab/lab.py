@@ -10,7 +10,7 @@
   - the event receiver;
   - on a token-mode stack that protects namespaces (`access.pullPolicies`): the stack's signing key in
     moto's KMS (ECC_NIST_P256, SIGN_VERIFY, `alias/registry-fleet-<stack>-signing`; its public key PEM in
-    `signing.pub`) and one signature gate (`python -m gate`) per registry instance, in front of it; nginx
+    `signing.pub.pem`) and one signature gate (`python -m gate`) per registry instance, in front of it; nginx
     sends them what the ALB's gate listener rules send to the gate target group (lab/nginx.py);
   - in token mode (the stack's `access.mode`): a slapd seeded with an account for every role the
     stack grants (lab/accounts.py) and the token service (`python -m auth`), behind nginx at
@@ -83,7 +83,7 @@ TOKEN_SERVICE = "token"  # the token service's process name in state.json
 DIRECTORY_SERVICE = "slapd"
 STATE_FILE = "state.json"
 TOKEN_CONFIG_FILE = "token-service.json"
-SIGNING_PUBLIC_KEY_FILE = "signing.pub"  # the stack signing key's public half (PEM), what consumers trust
+SIGNING_PUBLIC_KEY_FILE = "signing.pub.pem"  # the stack signing key's public half (PEM), what consumers trust
 
 
 class LabError(Exception):

@@ -114,6 +114,7 @@ def main() -> None:
 
             # Manifest GETs: warm up each path (TLS, the gates' caches in every worker), then alternating rounds.
             results: dict[str, list[float]] = {"unprotected": [], "protected": []}
+            round_p50: dict[str, list[float]] = {"unprotected": [], "protected": []}
             walls: dict[str, float] = {"unprotected": 0.0, "protected": 0.0}
             for repo in repos.values():
                 manifest_gets(state, f"/v2/{repo}/manifests/1", bearer, args.clients, 5)
@@ -124,6 +125,7 @@ def main() -> None:
                     state, f"/v2/{repos[kind]}/manifests/1", bearer, args.clients, args.requests
                 )
                 results[kind] += latencies
+                round_p50[kind].append(pct(latencies, 50))
                 walls[kind] += wall
             load_after_gets = load()
 
@@ -153,7 +155,8 @@ def main() -> None:
                 p50, p99 = pct(results[kind], 50), pct(results[kind], 99)
                 print(
                     f"  {kind:11}  p50 {p50 * 1000:7.1f} ms ({p50 / base_p50:4.2f}x)   p99 {p99 * 1000:7.1f} ms "
-                    f"({p99 / base_p99:4.2f}x)   {len(results[kind]) / walls[kind]:7.0f} req/s"
+                    f"({p99 / base_p99:4.2f}x)   {len(results[kind]) / walls[kind]:5.0f} req/s   "
+                    f"p50 per round: {', '.join(f'{v * 1000:.0f}' for v in round_p50[kind])} ms"
                 )
             print(f"  load average after the GETs: {load_after_gets}")
             size = args.size_mb

@@ -4,9 +4,9 @@ Anything a test module imports by name lives in this package, never in another t
 it is imported once, as `tests.helpers...`, whichever module asks first. The stack helpers are here;
 the others are in modules named for what they help with: `token_service` (the token service in
 process), `registry` (the real registry on loopback), `lab` (skopeo against a running lab),
-`waiting` (polling a process until it shows something), `bench` (concurrent clients for the benchmarks), `sdk_shapes` (recorded inputs against the
-provider SDKs' own argument types). Fixtures live in the test modules, or in
-tests/conftest.py when several modules use the same one.
+`waiting` (polling a process until it shows something), `bench` (concurrent clients for the
+benchmarks), `sdk_shapes` (recorded inputs against the provider SDKs' own argument types). Fixtures
+live in the test modules, or in tests/conftest.py when several modules use the same one.
 """
 
 from __future__ import annotations
