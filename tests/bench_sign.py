@@ -8,7 +8,8 @@ registry instance and nginx routes protected manifest reads to them, as the ALB 
     alternating rounds (unprotected, protected, protected, unprotected...) so that drift hits both alike;
   - push and pull throughput of an image of `--size-mb` random bytes (fresh contents per push, a fresh
     skopeo HOME per copy: no blob mounted or skipped) into and out of both namespaces (the protected pull is
-    of the signed image, its manifest read through the gate).
+    of the image just signed: its manifest read through the gate, verified there for the first time, the
+    `.sig` manifest and payload read from the registry, uncached).
 Prints the machine's load (`/proc/loadavg`) before and after. Figures depend on the machine: report them
 with it, never assert on them.
 """
