@@ -7,7 +7,7 @@ STACK ?= dev
 # test-fast's pytest workers (pytest-xdist): one per core; JOBS=0 runs them in this process.
 JOBS ?= auto
 
-.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-restore bench-gc bench-auth lock clean
+.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-restore bench-gc bench-auth bench-sign lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -93,6 +93,11 @@ bench-restore: .venv/.installed lab-packages
 # Garbage collection over 100 repositories in the lab: the read-only window and garbage-collect (docs/backups.md).
 bench-gc: .venv/.installed lab-packages
 	$(PY) tests/bench_gc.py
+
+# What the signature gate costs through the lab's load balancer: manifest GET p50/p99 at 50 concurrent clients,
+# protected (signed, cached) vs unprotected namespace; push and pull MB/s into and out of both.
+bench-sign: .venv/.installed lab-packages
+	$(PY) tests/bench_sign.py
 
 # Token issue latency and throughput, local users beside LDAP, 50 concurrent clients.
 bench-auth: .venv/.installed lab-packages

@@ -313,7 +313,7 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
     import time
 
     from lab import supervisor
-    from lab.demo import push_and_pull
+    from lab.demo import demo_protected_repository, push_and_pull, signed_pull
     from lab.lab import Lab, LabError
 
     settings = load_stack_settings(stack, stacks_dir=stacks_dir)
@@ -326,12 +326,25 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
     took = time.monotonic() - started
     try:
         demo = push_and_pull(state)
+        protected = demo_protected_repository(state)
+        gated = signed_pull(state, protected) if protected else None
         status = Lab.status(directory)
     except BaseException:
         Lab.down(directory)
         raise
     host = state.registry_url.removeprefix("https://")
     table = "\n".join(accounts_table(state.accounts))
+    signing = ""
+    if state.signing:
+        signing = f"""
+  signing    key {state.signing["alias"]} in the lab's KMS, public key {state.signing["public_key_file"]}
+             pulls need a signature in: {", ".join(state.signing["namespaces"])} (nginx sends them to the gates)"""
+    if gated is not None:
+        image = gated.image.removeprefix(host + "/")
+        signing += f"""
+  unsigned   pull of {gated.image} refused: {gated.refused}
+  signed     python -m fleet sign {stack} {image} --lab: {gated.signed}
+             the same pull is served ({gated.digest}); check: python -m fleet verify {stack} {image} --lab"""
     print(
         f"""lab for stack {stack} is up ({took:.1f}s); state in {state.state_dir}
   registry   {state.registry_url}   (nginx as the load balancer, two registry instances behind it)
@@ -339,7 +352,8 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
   CA file    {state.ca_file}
   CDN edge   {state.edge_url}   key pair id {state.key_pair_id}
   sample     {demo.image}  {demo.digest}
-             ({demo.layers} layers, pushed as {state.username}; pulled back through the edge: {demo.edge_bytes} bytes)
+             ({demo.layers} layers, pushed as {state.username}; pulled back through the edge: {demo.edge_bytes} bytes)\
+{signing}
 accounts (lab-only passwords; what each may do: python -m fleet lab status {stack} --json):
 {table}
 try:

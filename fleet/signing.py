@@ -30,7 +30,16 @@ from signing.cosign import (
     signature_tag,
 )
 from signing.references import ImageRef
-from signing.registry import Manifest, NotFound, RegistryClient, RegistryError, TooLarge, Transport, Unauthorized
+from signing.registry import (
+    Manifest,
+    NotFound,
+    Refused,
+    RegistryClient,
+    RegistryError,
+    TooLarge,
+    Transport,
+    Unauthorized,
+)
 from signing.verify import MAX_PAYLOAD_BYTES, Result, load_public_keys, verify_signatures
 
 SIG_ACCEPT = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"
@@ -120,8 +129,15 @@ def lab_target(state: Any, username: str | None) -> Target:
 
 
 def resolve(client: RegistryClient, target: Target, image: ImageRef) -> Manifest:
+    """The image's manifest. In a protected namespace the gate refuses an unsigned one and names the digest
+    it served (the sha256 of the registry's bytes): then the body is empty, and only the digest is known
+    until a signature lets the gate serve it."""
     try:
         return client.get_manifest(image.repository, image.reference)
+    except Refused as err:
+        if image.reference.startswith("sha256:") and err.digest != image.reference:
+            raise SignError(f"{image}: the gate refused another digest ({err.digest}) than the one asked for") from None
+        return Manifest(b"", "", err.digest)
     except NotFound:
         raise SignError(f"no image {image} in {target.registry_host} (unknown repository, tag or digest)") from None
     except RegistryError as err:
@@ -152,35 +168,45 @@ def sign(
 
     client = target.client()
     manifest = resolve(client, target, image)
-    digests = [manifest.digest]
-    try:
-        children = child_manifests(manifest.body)
-    except FormatError as err:
-        raise SignError(f"{image}: {err}") from None
-    if recursive:
-        digests += children
-    elif children:
-        print(
-            f"note: {image} is an index of {len(children)} manifests; only the index is signed "
-            "(--recursive signs each platform manifest too, which a protected namespace needs)",
-            file=out,
-        )
     signer = KmsSigner(target.kms(), target.key_id)
     reference = f"{target.registry_host}/{image.repository}"
     try:
         public_key = signer.public_key_pem()
     except SigningError:
         public_key = None  # signing may still be allowed; only the "already signed" check is skipped
+
+    def sign_digest(digest: str) -> None:
+        if public_key and optional is None and _signed_by(client, target, image.repository, digest, public_key):
+            print(f"already signed: {reference}@{digest} (key {target.key_id}); nothing added", file=out)
+            return
+        body = payload(reference, digest, optional)
+        signature = Signature(body, encode_signature(signer.sign(body)))
+        added = attach(client, image.repository, digest, signature)
+        state = "signed" if added else "already carries this signature"
+        print(f"{state}: {reference}@{digest} (key {target.key_id}) -> {signature_tag(digest)}", file=out)
+
+    digests = [manifest.digest]
+    todo = [manifest.digest]
     try:
-        for digest in digests:
-            if public_key and optional is None and _signed_by(client, target, image.repository, digest, public_key):
-                print(f"already signed: {reference}@{digest} (key {target.key_id}); nothing added", file=out)
-                continue
-            body = payload(reference, digest, optional)
-            signature = Signature(body, encode_signature(signer.sign(body)))
-            added = attach(client, image.repository, digest, signature)
-            state = "signed" if added else "already carries this signature"
-            print(f"{state}: {reference}@{digest} (key {target.key_id}) -> {signature_tag(digest)}", file=out)
+        if not manifest.body:  # refused by the gate: signed first, then served (an index lists its manifests)
+            sign_digest(manifest.digest)
+            manifest = resolve(client, target, ImageRef(image.repository, None, manifest.digest))
+            todo = []
+        try:
+            children = child_manifests(manifest.body)
+        except FormatError as err:
+            raise SignError(f"{image}: {err}") from None
+        if recursive:
+            digests += children
+            todo += children
+        elif children:
+            print(
+                f"note: {image} is an index of {len(children)} manifests; only the index is signed "
+                "(--recursive signs each platform manifest too, which a protected namespace needs)",
+                file=out,
+            )
+        for digest in todo:
+            sign_digest(digest)
     except SigningError as err:
         raise SignError(str(err)) from None
     except Unauthorized as err:

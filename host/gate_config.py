@@ -83,5 +83,9 @@ def render_gate_config(
     namespaces: Sequence[str], public_key_pems: Sequence[str], cache_seconds: int = GATE_CACHE_SECONDS
 ) -> str:
     """The config file's text (YAML; PEMs as `|` blocks)."""
-    data = gate_config(namespaces, public_key_pems, cache_seconds)
+    return dump_gate_config(gate_config(namespaces, public_key_pems, cache_seconds))
+
+
+def dump_gate_config(data: dict[str, Any]) -> str:
+    """A `gate_config` mapping as the file's text (the lab changes its endpoints first: lab/overrides.py)."""
     return yaml.dump(data, Dumper=BlockStyleDumper, sort_keys=False, width=1000)

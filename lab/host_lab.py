@@ -9,7 +9,11 @@ the user-data exactly as the fleet does (`components.fleet.RegistryFleet._render
 a boot copies into its root: that user-data as the NoCloud seed, and the lab's overrides; the boot
 test (tests/test_host_boot.py) boots a Debian root (lab/host_root.py) with them in a container
 (lab/nspawn.py). nginx stands in for the load balancer in front of the host (the registry's port,
-and the token service's for the realm's path), as it does for the lab's own registries.
+and the token service's for the realm's path), as it does for the lab's own registries. On a stack
+that protects namespaces the host runs the signature gate: its config in user-data names the public key
+of the lab's signing key (what the recording takes from the mock KMS: here the key the lab made in moto,
+so what `fleet sign --lab` signs is what the booted gate trusts), and nginx sends the gate (port
+GATE_PORT) what the ALB's gate rules send it.
 
 The departures, all in lab/overrides.py or named here:
 - endpoints: the registry's public URL is the stand-in load balancer's; the AWS CLI and the registry
@@ -39,10 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.fleet import FleetCdn, FleetTokenService, RegistryFleet, RegistryFleetArgs
+from components.fleet import FleetCdn, FleetGate, FleetTokenService, RegistryFleet, RegistryFleetArgs
 from host.artifact import build_artifact
 from host.boot import ssm_agent_url
 from host.contract import (
+    GATE_PORT,
+    HOST_INTERNAL_NAME,
     REGISTRY_PORT,
     SSM_AGENT_UNIT,
     TOKEN_LDAP_CA_FILE,
@@ -99,7 +105,8 @@ class HostLab:
 
     def up(self) -> HostLabState:
         s = self.settings
-        lab = Lab(s, self.state_dir / "lab", hostnames=(aws_download_host(s.region),)).up()
+        # The host certificate also names HOST_INTERNAL_NAME: the host's gate checks its registry under it.
+        lab = Lab(s, self.state_dir / "lab", hostnames=(aws_download_host(s.region), HOST_INTERNAL_NAME)).up()
         services: list[supervisor.Service] = []
         try:
             self.state = self._prepare(lab, services)
@@ -197,6 +204,10 @@ class HostLab:
                 # The lab's directory: its CA (the stack's would be its own directory's).
                 ldap_ca_pem=ca_pem if s.access.ldap is not None else None,
             )
+        gate = None
+        if lab.signing:  # the lab made the stack's signing key: the stack protects namespaces
+            public_key = Path(lab.signing["public_key_file"]).read_text()
+            gate = FleetGate(tuple(lab.signing["namespaces"]), public_key, target_group_arn="lab")
         args = RegistryFleetArgs(
             environment=s.environment,
             region=s.region,
@@ -227,6 +238,7 @@ class HostLab:
                 else None
             ),
             token=token,
+            gate=gate,
         )
         user_data = RegistryFleet._render(
             args,
@@ -242,6 +254,7 @@ class HostLab:
                 "token_signing_key_arn": arns.get("token-signing-key", ""),
                 "token_signing_cert": token.signing_cert_pem if token else "",
                 "token_trust_bundle": token.trust_bundle_pem if token else "",
+                "gate_public_key": gate.public_key_pem if gate else "",
             },
         )
         self._start_download_server(lab, services)
@@ -271,6 +284,8 @@ class HostLab:
                 token_port=TOKEN_SERVICE_PORT if isinstance(self.settings.access, TokenAccess) else None,
                 source_address=LAB_LB_ADDRESS,
                 worker_user="root" if os.geteuid() == 0 else None,
+                gate_upstreams=(GATE_PORT,) if lab.signing else (),
+                gate_namespaces=tuple(lab.signing["namespaces"]) if lab.signing else (),
             )
         )
         service = supervisor.Service(

@@ -8,11 +8,15 @@
   - nginx standing in for the ALB (TLS 1.2+, HTTP -> 301, HTTPS to the registries, verified);
   - the CDN edge standing in for CloudFront (signed URLs checked as CloudFront does);
   - the event receiver;
+  - on a token-mode stack that protects namespaces (`access.pullPolicies`): the stack's signing key in
+    moto's KMS (ECC_NIST_P256, SIGN_VERIFY, `alias/registry-fleet-<stack>-signing`; its public key PEM in
+    `signing.pub.pem`) and one signature gate (`python -m gate`) per registry instance, in front of it; nginx
+    sends them what the ALB's gate listener rules send to the gate target group (lab/nginx.py);
   - in token mode (the stack's `access.mode`): a slapd seeded with an account for every role the
     stack grants (lab/accounts.py) and the token service (`python -m auth`), behind nginx at
     `/auth`; the registries trust its signing certificate (self-signed RSA 2048, the shape the
     fleet's pulumi-tls certificate has). In htpasswd mode: one lab user in an htpasswd file.
-Each registry's config.yml and the token service's config come from the stack's settings through
+Each registry's config.yml, each gate's config and the token service's config come from the stack's settings through
 the fleet's own renderers; only endpoints, ports, paths and credentials differ (lab/overrides.py).
 `down()` stops them.
 """
@@ -40,9 +44,9 @@ from pydantic import TypeAdapter
 
 from auth.tokens import create_signing_pair
 from fleet.private_bucket import harden_bucket
-from host.contract import TOKEN_HEALTH_PATH
+from host.contract import GATE_HEALTH_PATH, TOKEN_HEALTH_PATH
 from host.registry_config import RegistryConfig, render_registry_config
-from infra.settings import AccessSettings, Settings, TokenAccess
+from infra.settings import AccessSettings, Settings, TokenAccess, protected_namespaces
 from lab import supervisor
 from lab.accounts import (
     LabAccount,
@@ -61,6 +65,7 @@ from lab.overrides import (
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
     LabEndpoints,
+    lab_gate_config,
     lab_registry_config,
     lab_token_auth,
     lab_token_service_config,
@@ -75,10 +80,12 @@ NGINX_BINARY = "/usr/sbin/nginx"
 REQUIRED_BINARIES = (REGISTRY_BINARY, NGINX_BINARY, "/usr/bin/htpasswd")
 DIRECTORY_BINARIES = (SLAPD, SLAPADD)  # token mode with a directory
 INSTANCES = ("registry-a", "registry-b")
+GATES = ("gate-a", "gate-b")  # one per instance, in front of it (a stack that protects namespaces)
 TOKEN_SERVICE = "token"  # the token service's process name in state.json
 DIRECTORY_SERVICE = "slapd"
 STATE_FILE = "state.json"
 TOKEN_CONFIG_FILE = "token-service.json"
+SIGNING_PUBLIC_KEY_FILE = "signing.pub.pem"  # the stack signing key's public half (PEM), what consumers trust
 
 
 class LabError(Exception):
@@ -117,6 +124,9 @@ class LabState:
     accounts: list[dict[str, Any]] = field(default_factory=list)  # lab/accounts.describe entries
     token: dict[str, str] = field(default_factory=dict)  # token mode: realm, service, issuer, files
     directory: dict[str, str] = field(default_factory=dict)  # token mode: the lab slapd (URLs, DNs, passwords)
+    # A stack that protects namespaces: the signing key in moto's KMS (`key_id`: its ARN, `alias`,
+    # `kms_endpoint`, `public_key_file`) and `namespaces`, the protected ones (fleet/signing.lab_target).
+    signing: dict[str, Any] = field(default_factory=dict)
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -162,10 +172,15 @@ class LabState:
 
 
 def s3_client(endpoint: str, ca_file: str, region: str) -> Any:
+    return aws_client("s3", endpoint, ca_file, region)
+
+
+def aws_client(service: str, endpoint: str, ca_file: str, region: str) -> Any:
+    """A boto3 client of the lab's moto (one server for S3, KMS and Secrets Manager), lab credentials."""
     import boto3
 
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=endpoint,
         region_name=region,
         verify=ca_file,
@@ -177,16 +192,7 @@ def s3_client(endpoint: str, ca_file: str, region: str) -> Any:
 def create_bucket(settings: Settings, endpoint: str, ca_file: str) -> str:
     """The registry bucket as the stack makes it: versioned, SSE-KMS (bucket key), lifecycle, private (no
     TLS-only policy: moto would apply its Deny to every object request; see fleet/private_bucket.py)."""
-    import boto3
-
-    kms = boto3.client(
-        "kms",
-        endpoint_url=endpoint,
-        region_name=settings.region,
-        verify=ca_file,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-    )
+    kms = aws_client("kms", endpoint, ca_file, settings.region)
     key_arn = str(kms.create_key(Description="registry-fleet lab: registry blobs")["KeyMetadata"]["Arn"])
     s3 = s3_client(endpoint, ca_file, settings.region)
     s3.create_bucket(Bucket=LAB_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.region})
@@ -206,6 +212,31 @@ def create_bucket(settings: Settings, endpoint: str, ca_file: str) -> str:
     ]
     harden_bucket(s3, LAB_BUCKET, key_arn, rules)
     return key_arn
+
+
+def create_signing_key(settings: Settings, endpoint: str, ca_file: str, public_key_file: Path) -> dict[str, Any]:
+    """The stack's image signing key in moto's KMS, as components/signing.py makes it in AWS (ECC_NIST_P256,
+    SIGN_VERIFY, the stack's alias); its public key PEM written to `public_key_file` (0644: public).
+    Returns `LabState.signing` without the namespaces."""
+    from fleet.signing import signing_key_alias
+    from signing.kms import KmsSigner
+
+    kms = aws_client("kms", endpoint, ca_file, settings.region)
+    alias = signing_key_alias(settings.stack)
+    key = kms.create_key(
+        Description=f"registry-fleet lab: image signing key of stack {settings.stack}",
+        KeySpec="ECC_NIST_P256",
+        KeyUsage="SIGN_VERIFY",
+    )["KeyMetadata"]
+    kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
+    public_key_file.write_text(KmsSigner(kms, alias).public_key_pem())
+    public_key_file.chmod(0o644)
+    return {
+        "key_id": str(key["Arn"]),
+        "alias": alias,
+        "kms_endpoint": endpoint,
+        "public_key_file": str(public_key_file),
+    }
 
 
 def https_get(url: str, ca_file: str, timeout: float = 2.0) -> int:
@@ -273,7 +304,7 @@ class Lab:
 
         ports = {
             name: supervisor.free_port()
-            for name in ("s3", "edge", "events", "https", "http", "a", "a-debug", "b", "b-debug", "token")
+            for name in ("s3", "edge", "events", "https", "http", "a", "a-debug", "b", "b-debug", "token", *GATES)
         }
         s3_url = f"https://127.0.0.1:{ports['s3']}"
         trust = {"SSL_CERT_FILE": str(pki.ca_cert)}
@@ -307,6 +338,11 @@ class Lab:
         )
         supervisor.wait_ready(s3, lambda: supervisor.port_open(ports["s3"]), timeout=30)
         kms_key = create_bucket(s, s3_url, str(pki.ca_cert))
+        namespaces = protected_namespaces(s)
+        signing: dict[str, Any] = {}
+        if namespaces:  # token mode only (the settings refuse pullPolicies in htpasswd mode)
+            signing = create_signing_key(s, s3_url, str(pki.ca_cert), d / SIGNING_PUBLIC_KEY_FILE)
+            signing["namespaces"] = list(namespaces)
 
         token = secrets.token_urlsafe(24)
         (d / "events.token").write_text(token)
@@ -371,6 +407,25 @@ class Lab:
                 )
             )
 
+        gates = []
+        if signing:
+            public_key = Path(signing["public_key_file"]).read_text()
+            for name, port_key in zip(GATES, ("a", "b"), strict=True):
+                config_file = d / f"{name}.yml"
+                config_file.write_text(lab_gate_config(s, ports[port_key], pki.ca_cert, public_key))
+                gates.append(
+                    launch(
+                        name,
+                        [
+                            python, "-m", "gate", "--config", str(config_file), "--bind",
+                            f"127.0.0.1:{ports[name]}", "--certfile", str(pki.server_cert),
+                            "--keyfile", str(pki.server_key),
+                        ],
+                        {},
+                        {"https": ports[name]},
+                    )
+                )  # fmt: skip
+
         conf = write_nginx_conf(
             NginxSite(
                 https_port=ports["https"],
@@ -383,6 +438,8 @@ class Lab:
                 token_port=ports["token"] if access.token else None,
                 source_address=LAB_LB_ADDRESS,
                 worker_user=pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None,
+                gate_upstreams=tuple(ports[name] for name in GATES) if gates else (),
+                gate_namespaces=namespaces if gates else (),
             )
         )
         nginx = launch(
@@ -393,7 +450,7 @@ class Lab:
         )
 
         ca = str(pki.ca_cert)
-        for service in (events, *access.services, *registries, edge, nginx):
+        for service in (events, *access.services, *registries, *gates, edge, nginx):
             supervisor.wait_ready(service, ready_check(service, ca))
         # What the registries trust, as their config.yml says it (one source for realm, service, issuer).
         token_auth = lab_token_auth(s, endpoints)
@@ -430,6 +487,7 @@ class Lab:
             accounts=access.accounts,
             token=token_info,
             directory=access.directory,
+            signing=signing,
         )
         state.save()
         return state
@@ -500,9 +558,9 @@ class Lab:
             alive = supervisor.pid_alive(svc.pid)
             if not alive:
                 health = "dead"
-            elif name in (*INSTANCES, "lb", "events", "edge", TOKEN_SERVICE):
+            elif name in (*INSTANCES, *GATES, "lb", "events", "edge", TOKEN_SERVICE):
                 port = svc.ports["https"]
-                path = TOKEN_HEALTH_PATH if name == TOKEN_SERVICE else "/"
+                path = TOKEN_HEALTH_PATH if name == TOKEN_SERVICE else GATE_HEALTH_PATH if name in GATES else "/"
                 code = https_get(f"https://127.0.0.1:{port}{path}", state.ca_file)
                 expected = 403 if name == "edge" else 200  # the edge refuses unsigned requests
                 health = "healthy" if code == expected else f"unhealthy (HTTP {code or 'no answer'})"
@@ -527,6 +585,18 @@ class Lab:
             "sample_repo": state.sample_repo,
             "accounts": state.accounts,
             "cdn": {"edge_url": state.edge_url, "key_pair_id": state.key_pair_id},
+            # The stack's signing key (a stack that protects namespaces; else null): what `fleet sign --lab`
+            # signs with and `fleet trust-policy --lab` trusts.
+            "signing": (
+                {
+                    "publicKeyFile": state.signing["public_key_file"],
+                    "keyId": state.signing["key_id"],
+                    "alias": state.signing["alias"],
+                    "protectedNamespaces": state.signing["namespaces"],
+                }
+                if state.signing
+                else None
+            ),
             "processes": processes,
         }
 
@@ -556,9 +626,19 @@ class Lab:
         state.save()
         supervisor.wait_ready(svc, ready_check(svc, state.ca_file), timeout=30)
         if name == "s3":
-            # moto keeps everything in memory: a new one needs the bucket made again.
+            # moto keeps everything in memory: a new one needs the bucket made again, and the signing key (a
+            # new key: the gates are given its public key; the images and their signatures are gone anyway).
             settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
             create_bucket(settings, state.s3_endpoint, state.ca_file)
+            if state.signing:
+                key_file = Path(state.signing["public_key_file"])
+                state.signing.update(create_signing_key(settings, state.s3_endpoint, state.ca_file, key_file))
+                state.save()
+                for gate, instance in zip(GATES, INSTANCES, strict=True):
+                    upstream = state.services[instance]["ports"]["https"]
+                    config = lab_gate_config(settings, upstream, Path(state.ca_file), key_file.read_text())
+                    (Path(state.state_dir) / f"{gate}.yml").write_text(config)
+                    Lab.restart(state_dir, gate)
 
     @staticmethod
     def registry_config(state_dir: Path, name: str) -> RegistryConfig:
@@ -652,6 +732,8 @@ def ready_check(service: Service, ca_file: str) -> Callable[[], bool]:
         return lambda: https_get(f"{url}/", ca_file) != 0
     if name == TOKEN_SERVICE:
         return lambda: https_get(f"{url}{TOKEN_HEALTH_PATH}", ca_file) == 200
+    if name in GATES:
+        return lambda: https_get(f"{url}{GATE_HEALTH_PATH}", ca_file) == 200
     return lambda: https_get(f"{url}/", ca_file) == 200
 
 

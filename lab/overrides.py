@@ -15,10 +15,11 @@ from pathlib import Path
 
 from auth.ldap import LdapSettings
 from host.contract import TOKEN_PATH
+from host.gate_config import dump_gate_config, gate_config
 from host.registry_config import CloudFrontSettings, NotificationEndpoint, RegistryConfig, TokenAuth
 from host.token_config import render_token_service_config
 from infra.secrets import AccessSecrets
-from infra.settings import DirectorySettings, Settings, TokenAccess
+from infra.settings import DirectorySettings, Settings, TokenAccess, protected_namespaces
 from infra.token_service import token_service_spec
 from lab.slapd import SlapdHandle
 
@@ -141,6 +142,17 @@ def lab_token_service_config(
         signing_cert_file=str(signing_cert_file),
         robot_token_hashes=robot_token_hashes,
     )
+
+
+def lab_gate_config(settings: Settings, upstream_port: int, ca_file: Path, public_key_pem: str) -> str:
+    """A lab gate's config file, rendered as the fleet renders a host's (host/gate_config.py: the stack's
+    protected namespaces, the stack's public key, the cache); only where its registry is differs: the lab
+    instance on `upstream_port`, verified with the lab CA under the lab certificate's name `localhost`."""
+    data = gate_config(protected_namespaces(settings), [public_key_pem])
+    data.update(
+        upstream=f"https://127.0.0.1:{upstream_port}", upstream_ca_file=str(ca_file), upstream_server_name="localhost"
+    )
+    return dump_gate_config(data)
 
 
 # --- a booted host (lab/host_lab.py) ---------------------------------------------------------------

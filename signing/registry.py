@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import urllib3
 
 from signing.cosign import ACCEPT, FormatError, check_digest, sha256_digest
+from signing.references import DIGEST
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit for a manifest
 MAX_REDIRECTS = 5
@@ -46,6 +47,16 @@ class NotFound(RegistryError):  # noqa: N818 (reads as a sentence)
 
 class Unauthorized(RegistryError):  # noqa: N818
     """401/403: the credentials do not allow the call."""
+
+
+class Refused(Unauthorized):
+    """403 DENIED from the signature gate (gate/app.py) for a manifest read in a protected namespace: the
+    manifest exists, the gate served digest `digest` (the sha256 of the registry's bytes) and refused it for
+    want of a valid signature. What `fleet sign` needs to sign it (it cannot read the manifest before)."""
+
+    def __init__(self, message: str, digest: str) -> None:
+        super().__init__(message, 403)
+        self.digest = digest
 
 
 class TooLarge(RegistryError):  # noqa: N818
@@ -189,6 +200,22 @@ def error_detail(body: bytes) -> str:
         return ""
 
 
+def gate_refusal(resp: Response, repository: str) -> str | None:
+    """The digest a signature gate's refusal names (403, DENIED, `detail` with this repository and a sha256
+    digest: gate/app.py `refuse`); None for any other answer, the registry's own DENIED included."""
+    if resp.status != 403:
+        return None
+    try:
+        error = json.loads(resp.body)["errors"][0]
+        detail = error["detail"]
+        digest = detail["digest"]
+        if error["code"] == "DENIED" and detail["repository"] == repository and DIGEST.match(digest):
+            return str(digest)
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+        pass
+    return None
+
+
 @dataclass(frozen=True)
 class Manifest:
     body: bytes
@@ -279,9 +306,12 @@ class RegistryClient:
         return token
 
     @staticmethod
-    def _fail(resp: Response, what: str) -> RegistryError:
+    def _fail(resp: Response, what: str, repository: str | None = None) -> RegistryError:
         detail = error_detail(resp.body)
         text = f"{what}: HTTP {resp.status}" + (f" ({detail})" if detail else "")
+        refused = gate_refusal(resp, repository) if repository is not None else None
+        if refused is not None:
+            return Refused(text, refused)
         if resp.status == 404:
             return NotFound(text, 404)
         if resp.status in (401, 403):
@@ -295,7 +325,7 @@ class RegistryClient:
         digest reference and against the registry's Docker-Content-Digest)."""
         resp = self.send("GET", repository, f"/v2/{repository}/manifests/{reference}", {"Accept": accept})
         if resp.status != 200:
-            raise self._fail(resp, f"manifest {repository}:{reference}")
+            raise self._fail(resp, f"manifest {repository}:{reference}", repository)
         digest = sha256_digest(resp.body)
         stated = resp.headers.get("Docker-Content-Digest")
         if reference.startswith("sha256:") and reference != digest:

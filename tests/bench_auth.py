@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import json
-import ssl
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +25,7 @@ from lab import supervisor  # noqa: E402
 from lab.pki import create_pki  # noqa: E402
 from lab.slapd import Directory, DirectoryUser, start_slapd  # noqa: E402
 from lab.supervisor import Service  # noqa: E402
+from tests.helpers.bench import concurrent_gets  # noqa: E402
 
 SERVICE = "registry.bench"
 USERS = {"local": ("ci-local", "local-Correct-Horse-1"), "ldap": ("alice", "alice-Correct-Horse-1")}
@@ -37,36 +34,7 @@ USERS = {"local": ("ci-local", "local-Correct-Horse-1"), "ldap": ("alice", "alic
 def run_path(port: int, ca: str, who: tuple[str, str], clients: int, per_client: int) -> tuple[list[float], float]:
     auth = "Basic " + base64.b64encode(f"{who[0]}:{who[1]}".encode()).decode()
     path = f"/auth?service={SERVICE}&scope=repository:team-a/app:pull,push"
-    latencies: list[float] = []
-    lock = threading.Lock()
-    errors: list[str] = []
-
-    def worker() -> None:
-        context = ssl.create_default_context(cafile=ca)
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=60)
-        mine = []
-        for _ in range(per_client):
-            t = time.perf_counter()
-            conn.request("GET", path, headers={"Authorization": auth})
-            resp = conn.getresponse()
-            body = resp.read()
-            mine.append(time.perf_counter() - t)
-            if resp.status != 200:
-                errors.append(f"{resp.status} {body[:80]!r}")
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    if errors:
-        raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
-    return latencies, wall
+    return concurrent_gets(port, ca, path, {"Authorization": auth}, clients, per_client)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from fleet import cli
 from fleet.engine import fake_secret
 from infra.secrets import placeholder_access_secrets
 from infra.settings import load_stack_settings
+from tests.helpers import stacks_with_unprotected_dev
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -31,14 +32,19 @@ def prod_plan() -> dict[str, object]:
     return doc
 
 
-def test_validate_accepts_a_good_stack() -> None:
+def test_validate_accepts_a_good_stack(tmp_path: Path) -> None:
     code, out, _ = run("validate", "prod")
     assert code == 0 and "stack prod: valid" in out
     assert "access: token mode, 3 team(s), 1 local user(s), 2 robot(s), ldaps://ldap.example.com" in out
     assert "registry-fleet:accessUserHashes and registry-fleet:ldapBindPassword are checked by pulumi" in out
     assert "  signing: 1 signer role(s), a break-glass role; pulls need a signature in: base\n" in out
     code, out, _ = run("validate", "dev")
-    assert code == 0 and "  signing: 1 signer role(s); pulls need a signature in: none (no gate)\n" in out
+    assert code == 0 and "  signing: 1 signer role(s); pulls need a signature in: team-a/release\n" in out
+    out_io = io.StringIO()
+    code = cli.main(
+        ["validate", "dev"], out=out_io, err=io.StringIO(), stacks_dir=stacks_with_unprotected_dev(tmp_path)
+    )
+    assert code == 0 and "  signing: 1 signer role(s); pulls need a signature in: none (no gate)\n" in out_io.getvalue()
 
 
 def test_validate_rejects_a_broken_stack_with_exit_2_naming_the_key(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ at the end of each suite's run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import json
 import os
 import re
@@ -33,6 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fleet.signing import lab_target, sign
 from host.contract import (
     DEBUG_PORT,
     GATE_HEALTH_PATH,
@@ -55,6 +58,7 @@ from lab.host_lab import HostLab, credential_headers, find_leaks, listening_sock
 from lab.host_root import SUITES
 from lab.image import build_image, layer_digests, skopeo_copy, skopeo_digest
 from lab.lab import https_get
+from signing.references import ImageRef
 
 pytestmark = [pytest.mark.lab, pytest.mark.boot]
 
@@ -141,7 +145,7 @@ class Booted:
 def host_lab() -> Iterator[HostLab]:
     if os.geteuid() != 0:
         pytest.fail("the boot test needs root (debootstrap, mount namespaces, cgroups): run make test-boot as root")
-    busy = [p for p in (REGISTRY_PORT, DEBUG_PORT, TOKEN_SERVICE_PORT) if _port_open(p)]
+    busy = [p for p in (REGISTRY_PORT, DEBUG_PORT, TOKEN_SERVICE_PORT, GATE_PORT) if _port_open(p)]
     if busy:
         pytest.fail(f"ports {busy} are taken on this machine: the booted host shares its network and needs them")
     state_dir = REPO / ".lab" / f"host-boot-{os.getpid()}"
@@ -310,6 +314,37 @@ def test_a_token_is_issued_and_an_image_pushed_and_pulled_through_the_host(host:
     assert skopeo_digest(target, lab.cert_dir, creds) == skopeo_digest(f"oci:{tmp_path / 'back'}:1", "", None)
 
 
+def test_the_hosts_gate_refuses_an_unsigned_pull_and_serves_the_signed_one(host: Booted, tmp_path: Path) -> None:
+    """Through the stand-in load balancer, which sends the protected namespace's manifest reads to the host's
+    gate (port GATE_PORT) as the ALB does: skopeo's pull of an unsigned image is refused (DENIED, by tag and by
+    digest), the gate's audit line is in the host's journal; signed with the lab's KMS key (the key whose
+    public half the user-data gave the gate), the same pull is served."""
+    if not GATED:
+        pytest.fail(f"stack {STACK} protects no namespace: the host runs no gate to test")
+    state = host.host_lab.state
+    assert state is not None and state.lab.signing, "the lab made no signing key"
+    lab = state.lab
+    (namespace,) = [ns for ns in lab.signing["namespaces"] if ns.startswith(lab.namespace + "/")]
+    repo = f"{namespace}/boot-{host.suite}"
+    lb_host = state.lb_url.removeprefix("https://")
+    creds = f"{lab.username}:{lab.password}"
+    source = build_image(tmp_path / "src", "1", [{"a.bin": 64 * 1024}])
+    skopeo_copy(source, f"docker://{lb_host}/{repo}:1", lab.cert_dir, creds)
+    digest = skopeo_digest(source, "", None)
+    for ref in (f"{repo}:1", f"{repo}@{digest}"):
+        with pytest.raises(RuntimeError) as refused:
+            skopeo_copy(f"docker://{lb_host}/{ref}", f"oci:{tmp_path / 'refused'}:1", lab.cert_dir, creds)
+        assert "denied" in str(refused.value) and f"{repo}@{digest}: no valid signature" in str(refused.value)
+    audit = host.run("journalctl", "--no-pager", "-o", "cat", "-u", GATE_UNIT).stdout
+    assert [line for line in audit.splitlines() if '"pull_refused"' in line and digest in line], audit[-2000:]
+
+    target = dataclasses.replace(lab_target(lab, None), registry_url=state.lb_url, registry_host=lb_host)
+    assert sign(target, ImageRef(repo, "1", None), recursive=True, out=io.StringIO()) == [digest]
+    skopeo_copy(f"docker://{lb_host}/{repo}:1", f"oci:{tmp_path / 'back'}:1", lab.cert_dir, creds)
+    assert skopeo_digest(f"oci:{tmp_path / 'back'}:1", "", None) == digest
+    assert skopeo_digest(f"docker://{lb_host}/{repo}@{digest}", lab.cert_dir, creds) == digest
+
+
 def test_no_secret_value_in_user_data_cloud_init_logs_or_journal(host: Booted) -> None:
     state = host.host_lab.state
     assert state is not None
@@ -375,7 +410,8 @@ def _nsenter_child(host: Booted) -> str:
 
 
 def test_everything_comes_back_after_a_restart_of_the_units_and_a_reboot(host: Booted) -> None:
-    restart = host.run("systemctl", "restart", REGISTRY_UNIT, TOKEN_UNIT, timeout=300)
+    gate = (GATE_UNIT,) if GATED else ()
+    restart = host.run("systemctl", "restart", REGISTRY_UNIT, TOKEN_UNIT, *gate, timeout=300)
     assert restart.returncode == 0, restart.stderr
     host.wait_healthy()
     cgroups = host.container.cgroups

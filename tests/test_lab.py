@@ -34,7 +34,7 @@ from lab.accounts import registry_token
 from lab.cloudfront import sign_url, verify_signed_url
 from lab.demo import edge_bytes, push_and_pull
 from lab.image import build_image, layer_digests, skopeo_copy, skopeo_digest
-from lab.lab import DIRECTORY_SERVICE, INSTANCES, TOKEN_SERVICE, Lab, LabState, https_get
+from lab.lab import DIRECTORY_SERVICE, GATES, INSTANCES, TOKEN_SERVICE, Lab, LabState, https_get
 from lab.overrides import LAB_USER
 from tests.helpers import settings_with, stack_config
 from tests.helpers.waiting import wait_for
@@ -132,7 +132,7 @@ def test_status_lists_url_ca_credentials_and_every_healthy_process(lab: LabState
     assert lab.username == "team-a-developer" and lab.sample_repo == "team-a/sample", "the dev stack's demo account"
     assert status["auth"]["mode"] == "token" and status["auth"]["realm"] == f"{lab.registry_url}/auth"
     names = {p["name"]: p["health"] for p in status["processes"]}
-    expected = ("s3", "events", "edge", DIRECTORY_SERVICE, TOKEN_SERVICE, *INSTANCES, "lb")
+    expected = ("s3", "events", "edge", DIRECTORY_SERVICE, TOKEN_SERVICE, *INSTANCES, *GATES, "lb")  # dev protects
     assert names == {n: "healthy" for n in expected}
     assert all(p["pid"] > 0 and p["ports"] for p in status["processes"])
     assert (Path(lab.state_dir) / "state.json").stat().st_mode & 0o077 == 0, "holds every lab-only password"

@@ -13,6 +13,7 @@ import gzip
 import random
 import re
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +22,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from auth.certificates import Usage, certificate, certificate_pem, distinguished_name
+from gate.config import ConfigError, load_config
 from host.boot import GateBoot, HostBoot, SecretFile, TokenServiceBoot, render_host
 from host.contract import (
+    CA_CERT_FILE,
     DROPIN_PATH,
     FETCH_SCRIPT_PATH,
+    GATE_CACHE_SECONDS,
+    HOST_INTERNAL_NAME,
+    REGISTRY_PORT,
     TOKEN_INSTALL_SCRIPT_PATH,
     TOKEN_SYSUSERS_PATH,
     TOKEN_UNIT_PATH,
@@ -939,6 +945,31 @@ def test_the_gate_config_is_the_contracts_format() -> None:
     }
     assert list(config["namespaces"]) == ["base", "payments"]  # sorted: the same settings, the same bytes
     assert "|" in render_gate_config(["base"], [PUBLIC_KEY])  # the PEM as a readable block
+
+
+def test_the_rendered_gate_config_loads_with_the_gates_own_loader(tmp_path: Path) -> None:
+    """What the hosts get is what `python -m gate --config` accepts: only the CA file's path is moved (it
+    exists on a host, not here), every other byte is the renderer's."""
+    text = render_gate_config(["payments", "base/debian"], [PUBLIC_KEY])
+    as_rendered = tmp_path / "gate.yml"
+    as_rendered.write_text(text)
+    if not Path(CA_CERT_FILE).exists():  # this machine is no host: the loader names the one missing file
+        with pytest.raises(ConfigError, match=re.escape(f"upstream_ca_file: {CA_CERT_FILE}: no such file")):
+            load_config(as_rendered)
+    ca = tmp_path / "ca.crt"
+    ca.write_text(CERT)
+    moved = tmp_path / "gate-moved.yml"
+    moved.write_text(text.replace(CA_CERT_FILE, str(ca)))
+    config = load_config(moved)
+    assert config.upstream == f"https://127.0.0.1:{REGISTRY_PORT}" and config.upstream_ca_file == ca
+    assert config.upstream_server_name == HOST_INTERNAL_NAME and config.cache_seconds == GATE_CACHE_SECONDS
+    assert len(config.keys()) == 1
+    assert config.protected("payments") and config.protected("payments/app") and config.protected("base/debian/x")
+    assert not config.protected("base") and not config.protected("paymentsx/app")
+    # The twin: a renderer writing the settings' spelling (requireSigned) is refused by the loader.
+    moved.write_text(text.replace(CA_CERT_FILE, str(ca)).replace("require_signed", "requireSigned"))
+    with pytest.raises(ConfigError, match="requireSigned"):
+        load_config(moved)
 
 
 @pytest.mark.parametrize(

@@ -312,7 +312,17 @@ def test_prod_needs_token_mode() -> None:
 
 def test_htpasswd_mode_carries_no_token_settings() -> None:
     found = problems("dev", {"access": {"mode": "htpasswd"}})
-    token_keys = ("teams", "admins", "rules", "users", "robots", "ldap", "tokenLifetimeSeconds", "tokenSigning")
+    token_keys = (
+        "teams",
+        "admins",
+        "rules",
+        "users",
+        "robots",
+        "ldap",
+        "tokenLifetimeSeconds",
+        "tokenSigning",
+        "pullPolicies",
+    )
     assert {p.split(":")[0] for p in found} == {f"access.{k}" for k in token_keys}, found
     assert all(p.endswith(": applies to mode token only; remove it or use mode token") for p in found), found
     s = settings_from_config("dev", {**stack_config("dev"), "access": {"mode": "htpasswd"}})
@@ -581,8 +591,8 @@ def test_protected_namespaces_are_the_sorted_require_signed_ones() -> None:
         {"access": {"pullPolicies": {"team-b": {"requireSigned": True}, "base": {"requireSigned": True},
                                      "team-a": {"requireSigned": False}}}},
     )  # fmt: skip
-    assert protected_namespaces(settings) == ("base", "team-b")
-    assert protected_namespaces(settings_with("dev", {})) == ()
+    assert protected_namespaces(settings) == ("base", "team-a/release", "team-b")  # dev's own: team-a/release
+    assert protected_namespaces(settings_with("dev", {})) == ("team-a/release",)
     assert protected_namespaces(settings_with("prod", {})) == ("base",)
     assert protected_namespaces(settings_with("payments-prod", {})) == ("payments",)
     htpasswd = settings_from_config("dev", {**stack_config("dev"), "access": {"mode": "htpasswd"}})
@@ -597,7 +607,7 @@ def test_a_pull_policy_names_a_namespace_some_team_owns() -> None:
     # Under a team's namespace is fine.
     assert protected_namespaces(
         settings_with("dev", {"access": {"pullPolicies": {"team-a/ci": {"requireSigned": True}}}})
-    ) == ("team-a/ci",)
+    ) == ("team-a/ci", "team-a/release")
 
 
 def test_a_pull_policy_cannot_lift_a_parents_protection() -> None:
@@ -624,7 +634,7 @@ def test_pull_policies_exist_in_token_mode_only() -> None:
 
 def test_at_most_forty_namespaces_are_protected() -> None:
     teams = {"many": {"namespaces": ["many"]}}
-    policies = {f"many/n{i:02d}": {"requireSigned": True} for i in range(41)}
+    policies = {f"many/n{i:02d}": {"requireSigned": True} for i in range(40)}  # and dev's team-a/release
     found = problems("dev", {"access": {"teams": teams, "pullPolicies": policies}})
     assert (
         len(found) == 1

@@ -759,3 +759,24 @@ def test_gate_passes_a_401_through_unchanged(tmp_path: Path) -> None:
     seen: list[Any] = []
     b"".join(gate(environ, lambda s, h: seen.append((s, dict(h)))))
     assert seen[0][0].startswith("401") and seen[0][1]["WWW-Authenticate"] == challenge
+
+
+# --- a signer facing the gate: the refusal names the digest ---------------------------------------
+
+
+def test_the_gates_refusal_names_the_digest_a_signer_needs(tmp_path: Path) -> None:
+    from signing.registry import Response, gate_refusal
+
+    digest = "sha256:" + "b" * 64
+    gate = Gate(parse_config(gate_config(), tmp_path))
+    refusal = gate.refuse({"REMOTE_ADDR": "127.0.0.1"}, "team-a/app", digest, "no-signature", "none")
+    answer = Response(refusal.status, {}, refusal.body)
+    assert gate_refusal(answer, "team-a/app") == digest
+    # Anything else is no refusal by the gate: another repository's, the registry's own DENIED, a 401.
+    assert gate_refusal(answer, "team-a/other") is None
+    registry_denied = b'{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}'
+    assert gate_refusal(Response(403, {}, registry_denied), "team-a/app") is None
+    assert gate_refusal(Response(401, {}, refusal.body), "team-a/app") is None
+    forged = refusal.body.replace(digest.encode(), b"sha256:../../etc")
+    assert gate_refusal(Response(403, {}, forged), "team-a/app") is None
+    assert gate_refusal(Response(403, {}, b"not json"), "team-a/app") is None

@@ -26,18 +26,22 @@ import yaml
 
 from fleet import cli
 from fleet.runner import FakeRunner, FakeStack
-from tests.helpers import recording
+from tests.helpers import recording, stacks_with_unprotected_dev
 
 PROD_OUTPUTS = {"signingPublicKeyPem": recording("prod").outputs["signingPublicKeyPem"], "registryHost": "x"}
 PEM = PROD_OUTPUTS["signingPublicKeyPem"]
 
 
 def run(
-    *argv: str, outputs: dict[str, Any] | None = None, stacks: dict[str, FakeStack] | None = None
+    *argv: str,
+    outputs: dict[str, Any] | None = None,
+    stacks: dict[str, FakeStack] | None = None,
+    stacks_dir: Path | None = None,
 ) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     runner = FakeRunner(stacks if stacks is not None else {"prod": FakeStack(outputs=outputs or PROD_OUTPUTS)})
-    code = cli.main(["trust-policy", *argv], out=out, err=err, runner=runner)
+    where = {"stacks_dir": stacks_dir} if stacks_dir is not None else {}
+    code = cli.main(["trust-policy", *argv], out=out, err=err, runner=runner, **where)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -70,8 +74,11 @@ def test_containers_requires_the_keys_signature_for_the_protected_namespaces_onl
 
 def test_namespaces_can_be_named_when_a_stack_protects_none(tmp_path: Path) -> None:
     dev = {"dev": FakeStack(outputs=PROD_OUTPUTS)}
-    code, _, err = run("dev", "--format", "kyverno", stacks=dev)
+    unprotected = stacks_with_unprotected_dev(tmp_path / "unprotected")
+    code, _, err = run("dev", "--format", "kyverno", stacks=dev, stacks_dir=unprotected)
     assert code == 2 and "stack dev protects no namespace" in err and "--namespace" in err
+    code, out, _ = run("dev", "--format", "kyverno", stacks=dev)  # dev itself protects team-a/release
+    assert code == 0 and "registry.dev.example.com/team-a/release" in out
     named = ("--namespace", "team-a", "--namespace", "base")
     code, _, _ = run("dev", "--format", "containers", *named, "--output-dir", str(tmp_path), stacks=dev)
     assert code == 0

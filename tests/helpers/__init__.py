@@ -4,14 +4,16 @@ Anything a test module imports by name lives in this package, never in another t
 it is imported once, as `tests.helpers...`, whichever module asks first. The stack helpers are here;
 the others are in modules named for what they help with: `token_service` (the token service in
 process), `registry` (the real registry on loopback), `lab` (skopeo against a running lab),
-`waiting` (polling a process until it shows something), `sdk_shapes` (recorded inputs against the
-provider SDKs' own argument types). Fixtures live in the test modules, or in
-tests/conftest.py when several modules use the same one.
+`waiting` (polling a process until it shows something), `bench` (concurrent clients for the
+benchmarks), `sdk_shapes` (recorded inputs against the provider SDKs' own argument types). Fixtures
+live in the test modules, or in tests/conftest.py when several modules use the same one.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
+from pathlib import Path
 from typing import Any
 
 from fleet.engine import Recording, record
@@ -24,6 +26,19 @@ from infra.settings import (
 )
 
 STACKS = available_stacks()
+DEV_PULL_POLICIES = "    pullPolicies:\n      team-a/release: {requireSigned: true}\n"
+
+
+def stacks_with_unprotected_dev(tmp_path: Path) -> Path:
+    """A copy of stacks/ in which dev protects no namespace (its `access.pullPolicies` taken out)."""
+    stacks = tmp_path / "stacks"
+    shutil.copytree(Path(__file__).resolve().parent.parent.parent / "stacks", stacks)
+    dev = stacks / "Pulumi.dev.yaml"
+    text = dev.read_text()
+    if DEV_PULL_POLICIES not in text:
+        raise AssertionError(f"stacks/Pulumi.dev.yaml no longer has {DEV_PULL_POLICIES!r}: update this helper")
+    dev.write_text(text.replace(DEV_PULL_POLICIES, ""))
+    return stacks
 
 
 def stack_config(stack: str) -> dict[str, Any]:

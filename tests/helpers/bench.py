@@ -1,0 +1,57 @@
+"""For the benchmarks (tests/bench_*.py): many concurrent HTTPS clients sending the same GET, timed."""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+import time
+
+
+def concurrent_gets(
+    port: int,
+    ca_file: str,
+    path: str,
+    headers: dict[str, str],
+    clients: int,
+    per_client: int,
+    connect_first: bool = False,
+) -> tuple[list[float], float]:
+    """(each request's latency in s, wall time) of `clients` threads each sending `per_client` GETs of `path`
+    to 127.0.0.1:`port` on one keep-alive connection. `connect_first`: every connection's TLS handshake is made
+    before the clock starts (else the first request of each client pays it). Any answer but 200 ends the run."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+    ready = threading.Barrier(clients + 1)
+
+    def worker() -> None:
+        context = ssl.create_default_context(cafile=ca_file)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=60)
+        if connect_first:
+            conn.connect()
+        ready.wait()
+        mine = []
+        for _ in range(per_client):
+            t = time.perf_counter()
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            mine.append(time.perf_counter() - t)
+            if resp.status != 200:
+                errors.append(f"{resp.status} {body[:120]!r}")
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise SystemExit(f"{len(errors)} of {clients * per_client} GETs of {path} failed, e.g. {errors[0]}")
+    return latencies, wall
