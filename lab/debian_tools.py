@@ -83,3 +83,15 @@ def fetch(package: str, suite: str = SUITE, cache: Path = CACHE) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         unpacked.rename(target)
     return target
+
+
+def foreign_program(program: str, packages: tuple[str, ...], suite: str = SUITE) -> tuple[str, ...]:
+    """The argv prefix that runs `program` (a path inside the first package) from `suite` on this machine:
+    through that suite's own dynamic loader, with the shared objects of `packages` (libc6 among them) only.
+    A newer Debian's binaries need its newer C library; nothing of theirs is installed here."""
+    roots = {name: fetch(name, suite) for name in packages}
+    if "libc6" not in roots:
+        raise ToolUnavailable(f"{program}: libc6 must be among the packages (its loader runs the program)")
+    (loader,) = roots["libc6"].glob("usr/lib/*-linux-gnu/ld-linux*.so.*")
+    library_path = ":".join(str(d) for root in roots.values() for d in sorted(root.glob("usr/lib/*-linux-gnu")))
+    return (str(loader), "--library-path", library_path, str(roots[packages[0]] / program.lstrip("/")))

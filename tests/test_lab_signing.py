@@ -17,11 +17,14 @@ import hashlib
 import io
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet import cli
 from fleet.signing import lab_target
@@ -29,6 +32,7 @@ from gate.config import load_config
 from host.gate_config import gate_config
 from lab import supervisor
 from lab.accounts import registry_token
+from lab.debian_tools import foreign_program
 from lab.image import build_image, skopeo_digest
 from lab.lab import GATES, INSTANCES, Lab, LabState
 from signing import cosign
@@ -279,6 +283,68 @@ def test_blob_downloads_and_pushes_do_not_pass_through_the_gates(lab: LabState, 
     uploads = [e for e in entries if e["method"] in ("POST", "PATCH", "PUT") and f"/v2/{PROTECTED}/" in e["uri"]]
     assert blob_reads and uploads, "the module pushed and pulled in the protected namespace"
     assert {e["upstream"] for e in blob_reads + uploads} <= registries
+
+
+# --- an independent verifier: skopeo 1.18 with the trust policy -------------------------------------
+# Debian 12's skopeo 1.9 cannot verify sigstore signatures (Debian patched that out); Debian 13's skopeo 1.18
+# can, and runs here through Debian 13's own loader and libraries (lab.debian_tools.foreign_program).
+TRIXIE_SKOPEO = ("skopeo", "libc6", "libgpgme11t64", "libsqlite3-0", "libassuan9", "libgpg-error0")
+
+
+@pytest.fixture(scope="module")
+def skopeo_118() -> tuple[str, ...]:
+    argv = foreign_program("usr/bin/skopeo", TRIXIE_SKOPEO)
+    version = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "skopeo version 1.18" in version.stdout, version.stderr
+    return argv
+
+
+def policy_copy(lab: LabState, skopeo_argv: tuple[str, ...], policy_dir: Path, ref: str, dest: Path) -> tuple[int, str]:
+    """skopeo 1.18 copies REF out of the lab under the trust policy in `policy_dir` (the policy is checked at the
+    source; an OCI layout cannot hold the signatures, hence --remove-signatures)."""
+    home = Path(lab.state_dir) / f"home-{dest.name}"
+    home.mkdir()
+    proc = subprocess.run(
+        [
+            *skopeo_argv,
+            "--policy", str(policy_dir / "policy.json"), "--registries.d", str(policy_dir / "registries.d"),
+            "copy", "--quiet", "--remove-signatures",
+            "--src-cert-dir", lab.cert_dir, "--src-creds", f"{READER}:{password(lab, READER)}",
+            f"docker://{host(lab)}/{ref}", f"oci:{dest}:x",
+        ],
+        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+    )  # fmt: skip
+    return proc.returncode, proc.stderr
+
+
+def test_skopeo_1_18_with_the_trust_policy_accepts_the_signed_image_and_refuses_the_unsigned_one(
+    lab: LabState, layout: Path, tmp_path: Path, skopeo_118: tuple[str, ...]
+) -> None:
+    """`fleet trust-policy --format containers` for a namespace the gate does not protect, so that skopeo's own
+    policy check, not the gate, decides: the signed tag copies, the unsigned one is refused by skopeo."""
+    namespace, repo = "team-a/verified", "team-a/verified/app"
+    signed, unsigned = put(lab, layout, "1", f"{repo}:signed"), put(lab, layout, "2", f"{repo}:unsigned")
+    assert fleet(lab, "sign", f"{repo}:signed")[0] == 0
+    policy_dir = tmp_path / "policy"
+    code, out = fleet(
+        lab, "trust-policy", "--format", "containers", "--namespace", namespace, "--output-dir", str(policy_dir)
+    )
+    assert code == 0, out
+    code, err = policy_copy(lab, skopeo_118, policy_dir, f"{repo}:signed", tmp_path / "signed")
+    assert code == 0, err
+    assert skopeo_digest(f"oci:{tmp_path / 'signed'}:x", "", None) == signed
+    code, err = policy_copy(lab, skopeo_118, policy_dir, f"{repo}:unsigned", tmp_path / "unsigned")
+    assert code != 0 and "signature" in err.lower(), err
+    assert unsigned != signed
+    # The broken twin: the same policy with another key refuses the signed image too.
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    other_pem = other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    policy = json.loads((policy_dir / "policy.json").read_text())
+    for requirements in policy["transports"]["docker"].values():
+        requirements[0]["keyData"] = base64.b64encode(other_pem).decode()
+    (policy_dir / "policy.json").write_text(json.dumps(policy))
+    code, err = policy_copy(lab, skopeo_118, policy_dir, f"{repo}:signed", tmp_path / "other-key")
+    assert code != 0 and "signature" in err.lower(), err
 
 
 # Last: it stops the gates.

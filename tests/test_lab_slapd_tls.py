@@ -29,7 +29,7 @@ import pytest
 
 from auth.ldap import LdapDirectory
 from lab import supervisor
-from lab.debian_tools import fetch
+from lab.debian_tools import fetch, foreign_program
 from lab.pki import LabPki, create_pki
 from lab.slapd import (
     TLS_SETTINGS,
@@ -133,14 +133,11 @@ def test_the_config_reads_schemas_and_modules_from_the_build(tmp_path: Path, pki
 
 @pytest.fixture(scope="module")
 def trixie_build() -> SlapdBuild:
-    roots = {name: fetch(name) for name in TRIXIE_PACKAGES}
-    (loader,) = roots["libc6"].glob("usr/lib/*-linux-gnu/ld-linux*.so.*")
-    library_path = ":".join(str(d) for root in roots.values() for d in sorted(root.glob("usr/lib/*-linux-gnu")))
-    run = (str(loader), "--library-path", library_path)
-    slapd = roots["slapd"]
+    slapd = fetch("slapd")
     return SlapdBuild(
-        slapd=(*run, str(slapd / "usr/sbin/slapd")),
-        slapadd=(*run, str(slapd / "usr/sbin/slapadd")),  # the same program: it acts on the name it is run by
+        slapd=foreign_program("usr/sbin/slapd", TRIXIE_PACKAGES),
+        # The same program: it acts on the name it is run by.
+        slapadd=foreign_program("usr/sbin/slapadd", TRIXIE_PACKAGES),
         module_path=str(slapd / "usr/lib/ldap"),
         schema_dir=str(slapd / "etc/ldap/schema"),
     )
