@@ -30,6 +30,7 @@ import pulumi
 import pytest
 import yaml
 
+from auth.local import robot_token_hash
 from components.access import SIGNING_CERT_VALIDITY_HOURS
 from components.errors import ComponentInputError
 from components.fleet import TOKEN_CONFIG_VERSION_TAG, TOKEN_SIGNING_KEY_VERSION_TAG
@@ -168,7 +169,10 @@ def test_token_config_holds_the_users_robots_directory_and_proxies(stack: str) -
     config = token_config(rec)
     assert config["users"] == {u: {"password_hash": placeholders.user_hashes[u]} for u in s.access.users}
     hashes = {r: config["policy"]["robots"][r]["token_hash"] for r in s.access.robots}
-    assert hashes == {r: rec.named(f"access-robot-{r}-random").outputs["bcryptHash"] for r in s.access.robots}
+    # The fast form: SHA-256 of the generated token (auth/local.py), never the token, never bcrypt.
+    tokens = {r: rec.named(f"access-robot-{r}-random").outputs["result"] for r in s.access.robots}
+    assert hashes == {r: robot_token_hash(t) for r, t in tokens.items()}
+    assert all(h.startswith("sha256:") and tokens[r] not in json.dumps(config) for r, h in hashes.items())
     assert s.access.ldap is not None
     assert config["ldap"]["bind_password"] == placeholders.ldap_bind_password
     assert config["ldap"]["ca_file"] == SYSTEM_CA_BUNDLE, "no CA in the stack: Debian's bundle"
