@@ -19,9 +19,9 @@ from auth.config import parse_config
 from auth.serve import authenticators
 from auth.server import create_app
 from auth.tokens import create_signing_pair
-from tests.helpers.token_service import Clock
 from lab.pki import LabPki, create_pki
 from lab.slapd import Directory, DirectoryUser, SlapdHandle, start_slapd
+from tests.helpers.token_service import Clock
 
 pytestmark = pytest.mark.lab
 

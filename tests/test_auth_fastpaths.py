@@ -80,7 +80,7 @@ def test_the_config_takes_either_form_and_refuses_a_token_in_clear(tmp_path: Pat
     policy["robots"]["robot-a"]["token_hash"] = robot_token_hash(ROBOT_TOKEN)
     parse_config(config_data(tmp_path, policy=policy), tmp_path)
     policy["robots"]["robot-a"]["token_hash"] = ROBOT_TOKEN
-    with pytest.raises(ConfigError, match="policy.robots.robot-a.token_hash: is neither sha256"):
+    with pytest.raises(ConfigError, match=r"policy\.robots\.robot-a\.token_hash: is neither sha256"):
         parse_config(config_data(tmp_path, policy=policy), tmp_path)
     policy["robots"]["robot-a"]["token_hash"] = "sha256:" + "A" * 64  # upper-case hex: not the form
     with pytest.raises(ConfigError, match="token_hash"):
@@ -180,7 +180,7 @@ def test_the_cache_can_be_turned_off(tmp_path: Path) -> None:
 
 
 def test_the_directory_bound_cannot_be_set_above_60_seconds(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="credential_cache.directory_ttl_seconds"):
+    with pytest.raises(ConfigError, match=r"credential_cache\.directory_ttl_seconds"):
         parse_config(config_data(tmp_path, credential_cache={"directory_ttl_seconds": 61}), tmp_path)
 
 
