@@ -44,6 +44,8 @@ from auth.lockout import ClientState, Key, Lockout, PairState
 
 log = logging.getLogger("registry_fleet.auth.lockout")
 
+# Every call DynamoStore makes: the hosts' role and the VPC endpoint allow these, on the table only.
+TABLE_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")
 RETRY_SECONDS = 10.0  # after a DynamoDB error, local counters only for this long, then try again
 WRITE_RACES = 8  # conditional writes lost to other hosts before giving up on one failure
 CONNECT_TIMEOUT = 1.0

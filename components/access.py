@@ -15,7 +15,13 @@ Creates what the token service on every registry host needs, and nothing it runs
   current generation's secret, so a host always reads the key that matches the certificate its
   template wrote (a restart or a rolled-back refresh never pairs a new key with an old certificate);
 - the service's code (host.artifact) as an object in the registry bucket, SSE-KMS, named by
-  its SHA-256, which hosts check before unpacking.
+  its SHA-256, which hosts check before unpacking;
+- the lockout's table (auth/shared_lockout.py): DynamoDB, on demand, TTL on `expires_at`,
+  point-in-time recovery, encrypted with an AWS-owned key (it holds short-lived counters, account
+  names, client addresses and HMACs, no secret; a key of the stack's in the path of every login would
+  add a KMS grant that, once broken, turns the fleet's lockout into per-process counters). Only the
+  fleet's instance role may read or write it (components/fleet.py), through the VPC's gateway
+  endpoint (components/network.py).
 
 The fleet gets the service's host-side values in one call, :meth:`RegistryAccess.fleet_token_service`.
 Every secret is encrypted with the registry's KMS key. Hosts read the config and the signing key at
@@ -202,6 +208,23 @@ class RegistryAccess(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
 
+        # --- the lockout's shared counters (the config above names the table) ---
+        self.lockout_table_arn: pulumi.Output[str] | None = None
+        if spec.lockout_table is not None:
+            table = aws.dynamodb.Table(
+                f"{name}-lockout-table",
+                name=spec.lockout_table,
+                billing_mode="PAY_PER_REQUEST",
+                hash_key="pk",
+                attributes=[{"name": "pk", "type": "S"}],
+                ttl={"enabled": True, "attribute_name": "expires_at"},
+                point_in_time_recovery={"enabled": True},
+                server_side_encryption={"enabled": False},  # AWS-owned key (see the module doc)
+                tags=tags,
+                opts=child,
+            )
+            self.lockout_table_arn = table.arn
+
         self.signing_cert_pem = certs[spec.signing_generation].cert_pem
         self.trust_bundle_pem = bundle
         self.config_secret_arn = config_secret.arn
@@ -244,4 +267,5 @@ class RegistryAccess(pulumi.ComponentResource):
             ldap_ca_pem=spec.ldap_ca_pem,
             ldap_cidrs=spec.ldap_cidrs,
             ldap_port=spec.ldap.port if spec.ldap else None,
+            lockout_table_arn=self.lockout_table_arn,
         )

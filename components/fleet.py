@@ -34,6 +34,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from auth.shared_lockout import TABLE_ACTIONS
 from components.errors import ComponentInputError
 from components.iam import assume_role_policy, policy_document
 from components.stored_secret import stored_secret
@@ -108,6 +109,8 @@ class FleetTokenService:
     # The directory servers: the only ranges hosts may reach on the directory's port.
     ldap_cidrs: Sequence[str] = ()
     ldap_port: int | None = None
+    # The lockout table the service shares with every host (auth/shared_lockout.py).
+    lockout_table_arn: pulumi.Input[str] | None = None
 
 
 @dataclass
@@ -144,8 +147,23 @@ class RegistryFleetArgs:
     http_secret_rotation: int = 1
 
 
-def instance_policy(bucket_arn: str, kms_key_arn: str, secret_arns: list[str]) -> str:
-    """Only what the registry does: its bucket, its key, its own secrets."""
+def instance_policy(
+    bucket_arn: str, kms_key_arn: str, secret_arns: list[str], lockout_table_arn: str | None = None
+) -> str:
+    """Only what the registry does: its bucket, its key, its own secrets; in token mode the token
+    service's lockout table (the four item calls it makes, on that table only)."""
+    lockout = (
+        [
+            {
+                "Sid": "LockoutTable",
+                "Effect": "Allow",
+                "Action": list(TABLE_ACTIONS),
+                "Resource": lockout_table_arn,
+            }
+        ]
+        if lockout_table_arn
+        else []
+    )
     return policy_document(
         {
             "Sid": "RegistryBucket",
@@ -177,6 +195,7 @@ def instance_policy(bucket_arn: str, kms_key_arn: str, secret_arns: list[str]) -
             "Action": "secretsmanager:GetSecretValue",
             "Resource": secret_arns,
         },
+        *lockout,
     )
 
 
@@ -305,9 +324,9 @@ class RegistryFleet(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-role-policy",
             role=role.id,
-            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn, *own_secrets).apply(
-                lambda a: instance_policy(a[0], a[1], list(a[2:]))
-            ),
+            policy=pulumi.Output.all(
+                args.bucket_arn, args.kms_key_arn, token.lockout_table_arn if token else None, *own_secrets
+            ).apply(lambda a: instance_policy(a[0], a[1], list(a[3:]), a[2])),
             opts=child,
         )
         aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY, opts=child)

@@ -18,10 +18,19 @@ from infra.secrets import AccessSecrets, placeholder_bcrypt_hash
 from infra.settings import Settings, TokenAccess
 
 
+def lockout_table_name(name_prefix: str) -> str:
+    """The stack's lockout table (a fixed physical name: the service's config names it)."""
+    return f"{name_prefix}-token-lockout"
+
+
 def token_service_spec(
-    settings: Settings, secrets: AccessSecrets, trusted_proxies: Sequence[str]
+    settings: Settings,
+    secrets: AccessSecrets,
+    trusted_proxies: Sequence[str],
+    lockout_table: str | None = None,
 ) -> TokenServiceSpec | None:
     """The token service's input; None for a stack in htpasswd mode (it runs no token service).
+    `lockout_table` (in the stack's region): where the fleet shares the lockout's counts; None: the lab.
 
     Raises ComponentInputError, naming the problem and never a secret value, if the service would
     refuse its config.
@@ -61,6 +70,8 @@ def token_service_spec(
         ldap=ldap,
         ldap_ca_pem=directory.ca_certificate if directory else None,
         ldap_cidrs=directory.cidrs if directory else (),
+        lockout_table=lockout_table,
+        lockout_region=settings.region if lockout_table else None,
     )
     try:
         token_service_config(
