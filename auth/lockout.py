@@ -227,10 +227,11 @@ class Lockout:
         key = self._key(account, client)
         shared = self._shared_read(key)
         now = self._now()
-        with self._changed:
-            locked, _, _ = self._local_check(key, now)
         if shared is not None:
-            locked = max(locked, self._shared_check(shared, now)[0])
+            locked = self._shared_check(shared, now)[0]
+        else:
+            with self._changed:
+                locked = self._local_check(key, now)[0]
         return max(1, math.ceil(locked)) if locked else 0
 
     @contextmanager
@@ -242,12 +243,12 @@ class Lockout:
             shared = self._shared_read(key)  # outside the lock: a network call
             with self._changed:
                 now = self._now()
-                locked, left, by_client = self._local_check(key, now)
+                # The shared store decides when it answers (deleting its item unlocks a pair fleet-wide);
+                # this process's own counts only when it does not (or there is none).
                 if shared is not None:
-                    s_locked, s_left, s_client = self._shared_check(shared, now)
-                    if s_locked > locked:
-                        locked, by_client = s_locked, s_client
-                    left = min(left, s_left)
+                    locked, left, by_client = self._shared_check(shared, now)
+                else:
+                    locked, left, by_client = self._local_check(key, now)
                 if locked:
                     raise Locked(max(1, math.ceil(locked)), client=by_client)
                 if self._in_flight.get(key, 0) < left:

@@ -20,10 +20,13 @@ Differences from one process, stated in docs/token-service.md: reservations (24 
 get `threshold` answers) hold per process; across processes, guesses already in flight when the
 lock starts are still answered (each counts and doubles the lock). A success deletes the pair's item.
 
-When DynamoDB cannot be reached (a timeout, an error other than a lost race), the service goes on
-with this process's own counters (every failure is always counted there too), logs an error once
-("counting in this process only"), and asks DynamoDB again after `RETRY_SECONDS`; /healthz says
-`"shared": false` with the error count until it answers again (logged too).
+While DynamoDB answers, its items alone decide (an operator's delete of an item unlocks at once,
+everywhere). When it cannot be reached (a timeout, an error other than a lost race), the service
+goes on with this process's own counters (every failure is always counted there too, so a guesser
+already counted by this process stays slowed), logs an error once ("counting failed logins in this
+process only"), and asks DynamoDB again after `RETRY_SECONDS`; /healthz says `"shared": false` with
+the error count until it answers again (logged too). Failures counted only locally during an outage
+are not copied to the table afterwards.
 """
 
 from __future__ import annotations

@@ -96,11 +96,14 @@ def start_moto(work: Path) -> Moto:
     return Moto(f"http://127.0.0.1:{port}", svc)
 
 
+def dynamodb(url: str) -> Any:
+    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+    return session.client("dynamodb", endpoint_url=url)
+
+
 def create_table(url: str) -> None:
-    """The table as components/lockout_table.py declares it: a string key `pk`, TTL on `expires_at`."""
-    client = boto3.session.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-    ).client("dynamodb", endpoint_url=url)
+    """The table as components/access.py declares it: a string key `pk`, TTL on `expires_at`."""
+    client = dynamodb(url)
     client.create_table(
         TableName=TABLE,
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
@@ -232,6 +235,17 @@ def test_a_local_users_new_password_takes_effect_at_once_on_reload(fleet: Fleet)
     assert fleet.b.health()["credential_cache"]["entries"] == 0
     assert fleet.b.request("user10", USERS["user10"], client)[0] == 401, "the old password is gone at once"
     assert fleet.b.request("user10", new, client)[0] == 200
+
+
+def test_deleting_the_item_unlocks_the_pair_on_every_service(fleet: Fleet) -> None:
+    """What docs/operating.md tells an operator to do for a locked-out colleague."""
+    client = "192.0.2.45"
+    for i in range(5):
+        fleet.a.request("user9", f"guess-{i}", client)
+    assert fleet.b.request("user9", USERS["user9"], client)[0] == 429
+    dynamodb(fleet.moto.url).delete_item(TableName=TABLE, Key={"pk": {"S": f"pair|user9|{client}"}})
+    for service in (fleet.a, fleet.b):
+        assert service.request("user9", USERS["user9"], client)[0] == 200
 
 
 def test_with_dynamodb_stopped_good_logins_go_on_and_a_guesser_is_still_slowed(fleet: Fleet) -> None:
