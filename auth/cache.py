@@ -13,6 +13,8 @@ HMAC instead of a bcrypt check or two directory binds. What is kept, and for how
   group loses what the group granted within `directory_ttl` (60 s by default, docs/token-service.md);
 - a success with another secret forgets the account's other entries: once a user logs in with a
   new password, the old one is no longer served from memory;
+- a burst of the same login (50 CI jobs starting at once) checks it once: the others wait for that
+  check (`single_flight`) and are served from the cache, or check again themselves if it failed;
 - at most `max_entries` entries (least recently used out first); memory only: a restart, a reload
   (gunicorn starts new workers on SIGHUP, each builds a new cache) and a config change forget all.
 """
@@ -25,7 +27,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from auth.identity import Identity
@@ -56,6 +59,7 @@ class CredentialCache:
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._by_account: dict[str, set[bytes]] = {}
         self._lock = threading.Lock()
+        self._flights: dict[bytes, tuple[threading.Lock, list[int]]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -102,6 +106,24 @@ class CredentialCache:
             self._by_account.setdefault(account, set()).add(digest)
             while len(self._entries) > self.max_entries:
                 self._drop(next(iter(self._entries)))
+
+    @contextmanager
+    def single_flight(self, account: str, login: str, secret: str) -> Iterator[None]:
+        """Held while one request checks this login and secret: the same ones wait, then find the cache."""
+        digest = self._digest(account, login, secret)
+        with self._lock:
+            flight = self._flights.get(digest)
+            if flight is None:
+                flight = self._flights[digest] = (threading.Lock(), [0])
+            flight[1][0] += 1
+        try:
+            with flight[0]:
+                yield
+        finally:
+            with self._lock:
+                flight[1][0] -= 1
+                if not flight[1][0]:
+                    self._flights.pop(digest, None)
 
     def forget(self, account: str) -> None:
         """Any failure for the account: none of its secrets is served from memory any more."""

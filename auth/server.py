@@ -51,7 +51,7 @@ from werkzeug.exceptions import HTTPException
 from auth.cache import CredentialCache
 from auth.config import MAX_ACCOUNT_CHARS, ServiceConfig
 from auth.identity import Authenticator, BackendUnavailable, Identity, account_key
-from auth.lockout import Locked, Lockout
+from auth.lockout import Attempt, Locked, Lockout
 from auth.refresh import InvalidRefreshToken, RefreshTokens
 from auth.scopes import Scope, ScopeError, parse_scopes
 from auth.tokens import TokenSigner
@@ -446,21 +446,7 @@ class TokenEndpoint:
                 # backends (which refuse spellings that are not the account's) before it is remembered.
                 identity = self.cache.get(key, user, password)
                 if identity is None:
-                    try:
-                        identity = _authenticate(self.authenticators, user, password)
-                    except BackendUnavailable as err:
-                        log.error("identity backend unavailable: %s", err)
-                        raise Refused("unavailable", "the identity backend is unavailable; try again later") from None
-                    if identity is not None and account_key(identity.name) != key:
-                        # Backends refuse other spellings themselves; never let one through under another name.
-                        log.error("backend returned %r for the login %r: refused", identity.name, user)
-                        identity = None
-                    if identity is None:
-                        self.cache.forget(key)
-                        locked_for = attempt.failure(password)
-                        reason = "wrong credentials" + (f"; locked for {locked_for}s" if locked_for else "")
-                        raise Refused("unauthenticated", "authentication failed", reason=reason)
-                    self.cache.put(key, user, password, identity)
+                    identity = self._verify(key, user, password, attempt)
                 attempt.success()
         except Locked as locked:
             self.cache.forget(key)  # failures (perhaps on another host) locked it
@@ -473,6 +459,30 @@ class TokenEndpoint:
             raise Refused("locked", f"{what}; retry in {locked.retry_after}s", locked.retry_after) from None
         decision.account = identity.name
         return identity
+
+    def _verify(self, key: str, user: str, password: str, attempt: Attempt) -> Identity:
+        """Ask the backends (one request at a time per login and secret: a burst of the same login
+        waits for the first check and is then served from the cache); the identity, or Refused."""
+        with self.cache.single_flight(key, user, password):
+            identity = self.cache.get(key, user, password)
+            if identity is not None:
+                return identity
+            try:
+                identity = _authenticate(self.authenticators, user, password)
+            except BackendUnavailable as err:
+                log.error("identity backend unavailable: %s", err)
+                raise Refused("unavailable", "the identity backend is unavailable; try again later") from None
+            if identity is not None and account_key(identity.name) != key:
+                # Backends refuse other spellings themselves; never let one through under another name.
+                log.error("backend returned %r for the login %r: refused", identity.name, user)
+                identity = None
+            if identity is None:
+                self.cache.forget(key)
+                locked_for = attempt.failure(password)
+                reason = "wrong credentials" + (f"; locked for {locked_for}s" if locked_for else "")
+                raise Refused("unauthenticated", "authentication failed", reason=reason)
+            self.cache.put(key, user, password, identity)
+            return identity
 
     def _refreshed(self, decision: Decision, token: str, client_id: str) -> Identity:
         """The account a refresh token stands for, as it is now; or Refused."""

@@ -204,7 +204,7 @@ def main() -> None:
                 f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
             )
             for label in ("robot", "local", "ldap"):  # warm: each worker verifies each account once
-                run_path(port, str(pki.ca_cert), lambda c, i, u=USERS[label]: u, 8, 4)
+                run_path(port, str(pki.ca_cert), lambda c, i, u=USERS[label]: u, 16, 4)
             paths: dict[str, Who] = {label: (lambda c, i, u=USERS[label]: u) for label in ("robot", "local", "ldap")}
             paths["cold"] = lambda c, i: cold_user(c, i, args.requests)
             for label, who in paths.items():

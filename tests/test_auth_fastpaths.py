@@ -27,6 +27,7 @@ from tests.helpers.token_service import (
     Directory,
     config_data,
     get_token,
+    in_parallel,
     make_app,
     policy_data,
 )
@@ -220,3 +221,13 @@ def test_an_address_spraying_through_the_app_gets_429(tmp_path: Path) -> None:
     other = get_token(client, who=("alice", "alice-pw"), headers={"X-Forwarded-For": "10.1.2.3"})
     assert other.status_code == 429, "X-Forwarded-For from an untrusted peer changes nothing"
     assert SERVICE
+
+
+def test_a_burst_of_the_same_login_is_checked_once(tmp_path: Path) -> None:
+    """50 CI jobs starting at once with one account: one directory check, the rest wait for it."""
+    directory = Directory(delay=0.05)
+    client = make_app(tmp_path, Clock(), directory).test_client()
+    codes = in_parallel(20, lambda i: get_token(client, who=("zoe", "zoe-pw")).status_code)
+    assert codes == [200] * 20 and directory.calls == 1
+    wrong = in_parallel(4, lambda i: get_token(client, who=("zoe", "zoe-typo")).status_code)
+    assert wrong == [401] * 4 and directory.calls == 5, "a failure is never shared: each one is checked"
