@@ -9,7 +9,7 @@ The model (pydantic v2, frozen, unknown keys refused):
         groups: {cn=team-a-devs: developer}          # directory groups (Identity.groups)
     robots:                       # CI accounts: one namespace, fixed actions, an expiry
       robot-ci-a: {namespace: team-a/ci, actions: [pull, push], expires: 2030-01-01T00:00:00Z,
-                   token_hash: $2b$12$...}
+                   token_hash: sha256:<hex>}   # or a bcrypt hash (before rotation)
     admins: [root]                # everything, including registry:catalog:*
     rules:                        # extra grants, checked in order, all of them (they only add)
       - {accounts: ["*"], repositories: ["base/**"], actions: [pull]}
@@ -63,6 +63,9 @@ ANONYMOUS_ACTIONS = frozenset({"pull"})
 ACCOUNT_VAR = "${account}"
 _VAR_RE = re.compile(r"\$\{[^}]*\}")
 _BCRYPT_RE = re.compile(r"\$2[aby]\$(?P<cost>\d\d)\$[./A-Za-z0-9]{53}")
+# A robot token's stored form: SHA-256 of a generated token of at least 128 bits (auth/local.py).
+SHA256_PREFIX = "sha256:"
+_SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -76,6 +79,11 @@ def bcrypt_cost(value: str) -> int | None:
     """The cost of a bcrypt hash, or None if `value` is not one."""
     m = _BCRYPT_RE.fullmatch(value)
     return int(m.group("cost")) if m else None
+
+
+def is_sha256_token_hash(value: str) -> bool:
+    """True for a robot token hash in the fast form, `sha256:<64 lower-case hex digits>`."""
+    return _SHA256_RE.fullmatch(value) is not None
 
 
 def _check_namespace(value: str) -> str:
@@ -117,8 +125,11 @@ class Robot(_Frozen):
     @field_validator("token_hash")
     @classmethod
     def _hash(cls, value: str) -> str:
-        if bcrypt_cost(value) is None:
-            raise ValueError("is not a bcrypt hash ($2b$<cost>$..., 60 characters); never put the token itself here")
+        if bcrypt_cost(value) is None and not is_sha256_token_hash(value):
+            raise ValueError(
+                "is neither sha256:<64 hex digits> nor a bcrypt hash ($2b$<cost>$..., 60 characters); "
+                "never put the token itself here"
+            )
         return value
 
 

@@ -8,7 +8,9 @@
     bcrypt_min_cost: 10
     users: {alice: {password_hash: $2b$12$...}}
     policy: {teams: ..., robots: ..., admins: ..., rules: ...}      # auth/access.py
-    lockout: {threshold: 5, window_seconds: 300, max_lock_seconds: 900}
+    lockout: {threshold: 5, window_seconds: 300, max_lock_seconds: 900, max_accounts_per_client: 100,
+              table: registry-fleet-dev-lockout, region: eu-west-1}   # table: shared by the fleet
+    credential_cache: {ttl_seconds: 300, directory_ttl_seconds: 60, max_entries: 10000}   # auth/cache.py
     refresh_tokens: {enabled: true, lifetime_seconds: 604800, revoked: []}   # auth/refresh.py
     trusted_proxies: [10.0.0.0/16]          # only the load balancer: its X-Forwarded-For names the client
 
@@ -57,6 +59,29 @@ class LockoutSettings(_Frozen):
     window_seconds: float = Field(default=300.0, gt=0, le=86_400)
     max_lock_seconds: float = Field(default=900.0, gt=0, le=86_400)
     max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Distinct accounts one address may fail against within the window before the address waits.
+    max_accounts_per_client: int = Field(default=100, ge=1, le=100_000)
+    # The DynamoDB table the fleet shares the counters in (auth/shared_lockout.py); None: this process only.
+    table: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")  # tests and the lab only
+
+    @model_validator(mode="after")
+    def _table(self) -> LockoutSettings:
+        if self.table is not None and self.region is None:
+            raise ValueError("table: needs region (the table's AWS region)")
+        if self.table is None and (self.region is not None or self.endpoint_url is not None):
+            raise ValueError("region: given without table")
+        return self
+
+
+class CredentialCacheSettings(_Frozen):
+    """auth/cache.py: how long a verified account + secret is served from memory (0: never)."""
+
+    ttl_seconds: float = Field(default=300.0, ge=0, le=900)
+    # Directory accounts: their groups are re-read at least this often (the bound a removal takes).
+    directory_ttl_seconds: float = Field(default=60.0, ge=0, le=60)
+    max_entries: int = Field(default=10_000, ge=0, le=1_000_000)
 
 
 def check_account_name(name: str) -> str | None:
@@ -78,6 +103,7 @@ class ServiceConfig(_Frozen):
     users: dict[str, LocalUser] = Field(default_factory=dict)
     policy: AccessControl = Field(default_factory=AccessControl)
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    credential_cache: CredentialCacheSettings = Field(default_factory=CredentialCacheSettings)
     refresh_tokens: RefreshTokenSettings = Field(default_factory=RefreshTokenSettings)
     trusted_proxies: tuple[str, ...] = ()
     max_scopes: int = Field(default=20, ge=1, le=100)
@@ -115,6 +141,7 @@ class ServiceConfig(_Frozen):
                     )
         hashes = [(f"users.{n}.password_hash", u.password_hash) for n, u in self.users.items()]
         hashes += [(f"policy.robots.{n}.token_hash", r.token_hash) for n, r in self.policy.robots.items()]
+        # (a robot's sha256: form has no cost: its token is generated, not chosen)
         for key, value in hashes:
             cost = bcrypt_cost(value)
             if cost is not None and cost < self.bcrypt_min_cost:

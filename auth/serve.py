@@ -1,8 +1,12 @@
 """Run the token service under gunicorn, with TLS: `python -m auth --config F --bind H:P --certfile F --keyfile F`.
 
-One worker process with threads (gthread): the failure counts of the lockout live in that process
-(several workers would each count on their own; a restart or a reload forgets them). SIGHUP
-re-reads the configuration file; an invalid file is refused and the running configuration kept.
+One worker process per core (the host's usable CPUs; `--workers` overrides), each with threads
+(gthread): bcrypt releases the GIL, but signing, TLS and Flask do not. With a lockout table in the
+config the failure counts are shared by every worker on every host (auth/shared_lockout.py);
+without one (the lab, tests) each worker counts on its own, so a guesser gets up to `threshold`
+tries per worker: run `--workers 1` there when that matters. SIGHUP re-reads the configuration
+file (an invalid file is refused and the running configuration kept) and starts new workers, so
+the verified-credential cache (auth/cache.py) starts empty.
 Request limits (auth/service.py): request line 8190 bytes (20 scopes fit), 32 header fields of at most 8190 bytes,
 no body (the app answers 413).
 """
@@ -10,6 +14,8 @@ no body (the app answers 413).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,20 +44,32 @@ def authenticators(config: ServiceConfig) -> list[Authenticator]:
     return backends
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity: what systemd's CPUAffinity or a cgroup leaves)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
     # The audit log records every decision; an access log adds nothing.
-    return tls_options(args, workers=1, keepalive=5, proc_name="registry-fleet-auth")
+    return tls_options(args, workers=args.workers or usable_cores(), keepalive=5, proc_name="registry-fleet-auth")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = server_parser("python -m auth", "The registry's token service.")
-    parser.add_argument("--threads", type=int, default=4, help="threads of the one worker (default 4)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (default 0: one per usable core)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(AUDIT_LOGGER)
+    if args.workers < 0 or args.threads < 1:
+        print("error: --workers must be 0 (one per core) or more, --threads 1 or more", file=sys.stderr)
+        return 2
     return run_service(
         args,
         checked_config,

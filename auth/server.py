@@ -9,7 +9,8 @@
   404 or 405.
 
 Both take one path: the login name is folded to its account key (auth/identity.py) for the lockout;
-the lockout reserves the try before any credential work (auth/lockout.py); the backends answer; the
+the lockout reserves the try before any credential work (auth/lockout.py, auth/shared_lockout.py);
+a verified-credential cache answers a repeated login (auth/cache.py), else the backends answer; the
 policy grants; one audit line is written. The token's `sub` and the audit line's `account` are the
 account's canonical name (the local or robot name, the directory's stored name).
 
@@ -47,9 +48,10 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from auth.cache import CredentialCache
 from auth.config import MAX_ACCOUNT_CHARS, ServiceConfig
 from auth.identity import Authenticator, BackendUnavailable, Identity, account_key
-from auth.lockout import Locked, Lockout
+from auth.lockout import Attempt, Locked, Lockout
 from auth.refresh import InvalidRefreshToken, RefreshTokens
 from auth.scopes import Scope, ScopeError, parse_scopes
 from auth.tokens import TokenSigner
@@ -224,21 +226,17 @@ def create_app(
     signer = TokenSigner.load(
         config.signing_key, config.signing_cert, config.issuer, config.token_lifetime_seconds, now()
     )
-    lock = config.lockout
-    lockout = Lockout(
-        threshold=lock.threshold,
-        window=lock.window_seconds,
-        max_lock=lock.max_lock_seconds,
-        max_entries=lock.max_entries,
-        now=now,
-    )
+    lockout = make_lockout(config, signer, now)
+    cached = config.credential_cache
+    cache = CredentialCache(cached.ttl_seconds, cached.directory_ttl_seconds, cached.max_entries, now=now)
     refresh = RefreshTokens(signer.private_key, config.issuer, config.service, config.refresh_tokens)
-    endpoint = TokenEndpoint(config, authenticators, signer, lockout, refresh, now)
+    endpoint = TokenEndpoint(config, authenticators, signer, lockout, refresh, now, cache)
 
     app = Flask("registry_fleet.auth")
     app.config["MAX_CONTENT_LENGTH"] = MAX_CONTENT_LENGTH
     app.extensions["registry_fleet.lockout"] = lockout
     app.extensions["registry_fleet.signer"] = signer
+    app.extensions["registry_fleet.cache"] = cache
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Response:
@@ -254,7 +252,15 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> Response:
-        return _json(200, {"status": "ok"})
+        # Still 200 when the lockout counts in this process only: tokens are still issued (its log says so).
+        return _json(
+            200,
+            {
+                "status": "ok",
+                "lockout": lockout.status(),
+                "credential_cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
+            },
+        )
 
     @app.get("/auth")
     def token() -> Response:
@@ -265,6 +271,30 @@ def create_app(
         return endpoint.oauth()
 
     return app
+
+
+def make_lockout(config: ServiceConfig, signer: TokenSigner, now: Callable[[], float]) -> Lockout:
+    """The lockout: shared by the fleet in DynamoDB when the config names a table, else this process's."""
+    lock = config.lockout
+    rules: dict[str, Any] = {
+        "threshold": lock.threshold,
+        "window": lock.window_seconds,
+        "max_lock": lock.max_lock_seconds,
+        "max_entries": lock.max_entries,
+        "max_accounts": lock.max_accounts_per_client,
+        "now": now,
+    }
+    if lock.table is None or lock.region is None:
+        return Lockout(**rules)
+    from cryptography.hazmat.primitives import serialization
+
+    from auth.shared_lockout import DynamoStore, SharedLockout, derive_key
+
+    der = signer.private_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    store = DynamoStore(lock.table, lock.region, lock.endpoint_url)
+    return SharedLockout(store, derive_key(der), **rules)
 
 
 class TokenEndpoint:
@@ -278,7 +308,9 @@ class TokenEndpoint:
         lockout: Lockout,
         refresh: RefreshTokens,
         now: Callable[[], float],
+        cache: CredentialCache | None = None,
     ) -> None:
+        self.cache = cache if cache is not None else CredentialCache(ttl=0)
         self.config = config
         self.authenticators = authenticators
         self.signer = signer
@@ -410,25 +442,47 @@ class TokenEndpoint:
         decision.account = key or user
         try:
             with self.lockout.attempt(key or user, decision.client) as attempt:
-                try:
-                    identity = _authenticate(self.authenticators, user, password)
-                except BackendUnavailable as err:
-                    log.error("identity backend unavailable: %s", err)
-                    raise Refused("unavailable", "the identity backend is unavailable; try again later") from None
-                if identity is not None and account_key(identity.name) != key:
-                    # Backends refuse other spellings themselves; never let one through under another name.
-                    log.error("backend returned %r for the login %r: refused", identity.name, user)
-                    identity = None
+                # Keyed by the account and the login as typed: another spelling is checked by the
+                # backends (which refuse spellings that are not the account's) before it is remembered.
+                identity = self.cache.get(key, user, password)
                 if identity is None:
-                    locked_for = attempt.failure(password)
-                    reason = "wrong credentials" + (f"; locked for {locked_for}s" if locked_for else "")
-                    raise Refused("unauthenticated", "authentication failed", reason=reason)
+                    identity = self._verify(key, user, password, attempt)
                 attempt.success()
         except Locked as locked:
-            what = "too many logins in flight" if locked.busy else "too many failed logins"
+            self.cache.forget(key)  # failures (perhaps on another host) locked it
+            if locked.busy:
+                what = "too many logins in flight"
+            elif locked.client:
+                what = "too many failed logins from this address"
+            else:
+                what = "too many failed logins"
             raise Refused("locked", f"{what}; retry in {locked.retry_after}s", locked.retry_after) from None
         decision.account = identity.name
         return identity
+
+    def _verify(self, key: str, user: str, password: str, attempt: Attempt) -> Identity:
+        """Ask the backends (one request at a time per login and secret: a burst of the same login
+        waits for the first check and is then served from the cache); the identity, or Refused."""
+        with self.cache.single_flight(key, user, password):
+            identity = self.cache.get(key, user, password)
+            if identity is not None:
+                return identity
+            try:
+                identity = _authenticate(self.authenticators, user, password)
+            except BackendUnavailable as err:
+                log.error("identity backend unavailable: %s", err)
+                raise Refused("unavailable", "the identity backend is unavailable; try again later") from None
+            if identity is not None and account_key(identity.name) != key:
+                # Backends refuse other spellings themselves; never let one through under another name.
+                log.error("backend returned %r for the login %r: refused", identity.name, user)
+                identity = None
+            if identity is None:
+                self.cache.forget(key)
+                locked_for = attempt.failure(password)
+                reason = "wrong credentials" + (f"; locked for {locked_for}s" if locked_for else "")
+                raise Refused("unauthenticated", "authentication failed", reason=reason)
+            self.cache.put(key, user, password, identity)
+            return identity
 
     def _refreshed(self, decision: Decision, token: str, client_id: str) -> Identity:
         """The account a refresh token stands for, as it is now; or Refused."""

@@ -6,16 +6,22 @@ Creates what the token service on every registry host needs, and nothing it runs
   key (RS256, its certificate in `x5c`), the registry trusts every live generation's certificate
   (`auth.token.rootcertbundle`), so a rotation never refuses a token (see SIGNING_CERT_VALIDITY_HOURS);
 - per CI robot a generated token (pulumi-random), kept in its own Secrets Manager secret for CI to
-  read; only its bcrypt hash reaches the service;
+  read; only its SHA-256 (`sha256:<hex>`, auth/local.py) reaches the service;
 - the service's configuration (auth/config.py), rendered by `host.token_config` from the
   token service's spec (settings + secret inputs, built once by `infra/token_service.py`) and the
-  robots' hashes inside one `apply`, and stored as a Secrets Manager secret (it holds bcrypt hashes
-  and the directory password);
+  robots' hashes inside one `apply`, and stored as a Secrets Manager secret (it holds password
+  and token hashes and the directory password);
 - each generation's signing key PEM in its own Secrets Manager secret; a host's user-data names the
   current generation's secret, so a host always reads the key that matches the certificate its
   template wrote (a restart or a rolled-back refresh never pairs a new key with an old certificate);
 - the service's code (host.artifact) as an object in the registry bucket, SSE-KMS, named by
-  its SHA-256, which hosts check before unpacking.
+  its SHA-256, which hosts check before unpacking;
+- the lockout's table (auth/shared_lockout.py): DynamoDB, on demand, TTL on `expires_at`,
+  point-in-time recovery, encrypted with an AWS-owned key (it holds short-lived counters, account
+  names, client addresses and HMACs, no secret; a key of the stack's in the path of every login would
+  add a KMS grant that, once broken, turns the fleet's lockout into per-process counters). Only the
+  fleet's instance role may read or write it (components/fleet.py), through the VPC's gateway
+  endpoint (components/network.py).
 
 The fleet gets the service's host-side values in one call, :meth:`RegistryAccess.fleet_token_service`.
 Every secret is encrypted with the registry's KMS key. Hosts read the config and the signing key at
@@ -33,6 +39,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 import pulumi_tls as tls
 
+from auth.local import robot_token_hash
 from components.fleet import FleetTokenService
 from components.stored_secret import stored_secret
 from host.artifact import Artifact
@@ -46,7 +53,8 @@ from host.token_config import TokenServiceSpec, render_token_service_config
 # per step: generations [1, 2] current 1 (every host trusts both, signs with 1); current 2 (hosts sign
 # with 2 and still trust 1, whose tokens live token_lifetime_seconds at most); generations [2].
 SIGNING_CERT_VALIDITY_HOURS = 5 * 365 * 24
-ROBOT_TOKEN_LENGTH = 48  # bcrypt reads at most 72 bytes; 48 alphanumerics are about 285 bits
+# 48 alphanumerics are about 285 bits (at least 128 are required: the service stores a plain SHA-256).
+ROBOT_TOKEN_LENGTH = 48
 
 
 def signing_names(name: str, generation: int) -> tuple[str, str]:
@@ -147,7 +155,7 @@ class RegistryAccess(pulumi.ComponentResource):
         signing_key_secret, signing_key_version = key_secrets[spec.signing_generation]
         bundle = pulumi.Output.all(*[certs[g].cert_pem for g in spec.signing_generations]).apply(trust_bundle)
 
-        # --- CI robots: a generated token each, for CI to read; the service gets its bcrypt hash ---
+        # --- CI robots: a generated token each, for CI to read; the service gets its SHA-256 ---
         robot_passwords: dict[str, random.RandomPassword] = {}
         robot_secrets: dict[str, aws.secretsmanager.Secret] = {}
         for robot, settings in spec.robots.items():
@@ -170,18 +178,18 @@ class RegistryAccess(pulumi.ComponentResource):
 
         # --- the service's config: rendered once from resolved values, stored as a secret ---
         names = list(robot_passwords)
-        config = pulumi.Output.all(*[robot_passwords[n].bcrypt_hash for n in names]).apply(
-            lambda hashes: render_token_service_config(
+        config = pulumi.Output.all(*[robot_passwords[n].result for n in names]).apply(
+            lambda tokens: render_token_service_config(
                 spec,
                 signing_key_file=TOKEN_SIGNING_KEY_FILE,
                 signing_cert_file=TOKEN_SIGNING_CERT_FILE,
-                robot_token_hashes=dict(zip(names, hashes, strict=True)),
+                robot_token_hashes={n: robot_token_hash(t) for n, t in zip(names, tokens, strict=True)},
             )
         )
         config_secret, config_version = access_secret(
             "token-config",
             f"{args.name_prefix}/token-config-",
-            "token service config: bcrypt hashes, directory password (read by registry hosts at boot)",
+            "token service config: password and token hashes, directory password (read by registry hosts at boot)",
             config,
         )
 
@@ -199,6 +207,23 @@ class RegistryAccess(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
+
+        # --- the lockout's shared counters (the config above names the table) ---
+        self.lockout_table_arn: pulumi.Output[str] | None = None
+        if spec.lockout_table is not None:
+            table = aws.dynamodb.Table(
+                f"{name}-lockout-table",
+                name=spec.lockout_table,
+                billing_mode="PAY_PER_REQUEST",
+                hash_key="pk",
+                attributes=[{"name": "pk", "type": "S"}],
+                ttl={"enabled": True, "attribute_name": "expires_at"},
+                point_in_time_recovery={"enabled": True},
+                server_side_encryption={"enabled": False},  # AWS-owned key (see the module doc)
+                tags=tags,
+                opts=child,
+            )
+            self.lockout_table_arn = table.arn
 
         self.signing_cert_pem = certs[spec.signing_generation].cert_pem
         self.trust_bundle_pem = bundle
@@ -242,4 +267,5 @@ class RegistryAccess(pulumi.ComponentResource):
             ldap_ca_pem=spec.ldap_ca_pem,
             ldap_cidrs=spec.ldap_cidrs,
             ldap_port=spec.ldap.port if spec.ldap else None,
+            lockout_table_arn=self.lockout_table_arn,
         )

@@ -39,6 +39,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
+from auth.shared_lockout import TABLE_ACTIONS
 from components.errors import ComponentInputError
 from components.iam import assume_role_policy, policy_document
 from components.stored_secret import stored_secret
@@ -115,6 +116,8 @@ class FleetTokenService:
     # The directory servers: the only ranges hosts may reach on the directory's port.
     ldap_cidrs: Sequence[str] = ()
     ldap_port: int | None = None
+    # The lockout table the service shares with every host (auth/shared_lockout.py).
+    lockout_table_arn: pulumi.Input[str] | None = None
 
 
 @dataclass
@@ -165,10 +168,15 @@ class RegistryFleetArgs:
 
 
 def instance_policy(
-    bucket_arn: str, kms_key_arn: str, secret_arns: list[str], signing_key_arn: str | None = None
+    bucket_arn: str,
+    kms_key_arn: str,
+    secret_arns: list[str],
+    signing_key_arn: str | None = None,
+    lockout_table_arn: str | None = None,
 ) -> str:
-    """Only what the registry does: its bucket, its key, its own secrets; and the public half of the
-    stack's signing key (the gate's key comes in its config; reading it from KMS is a check, not a need)."""
+    """Only what the registry does: its bucket, its key, its own secrets; the public half of the stack's
+    signing key (the gate's key comes in its config; reading it from KMS is a check, not a need); in token
+    mode the token service's lockout table (the four item calls it makes, on that table only)."""
     signing: list[dict[str, Any]] = []
     if signing_key_arn is not None:
         signing.append(
@@ -179,6 +187,18 @@ def instance_policy(
                 "Resource": signing_key_arn,
             }
         )
+    lockout = (
+        [
+            {
+                "Sid": "LockoutTable",
+                "Effect": "Allow",
+                "Action": list(TABLE_ACTIONS),
+                "Resource": lockout_table_arn,
+            }
+        ]
+        if lockout_table_arn
+        else []
+    )
     return policy_document(
         {
             "Sid": "RegistryBucket",
@@ -211,6 +231,7 @@ def instance_policy(
             "Resource": secret_arns,
         },
         *signing,
+        *lockout,
     )
 
 
@@ -343,9 +364,13 @@ class RegistryFleet(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-role-policy",
             role=role.id,
-            policy=pulumi.Output.all(args.bucket_arn, args.kms_key_arn, args.signing_key_arn, *own_secrets).apply(
-                lambda a: instance_policy(a[0], a[1], list(a[3:]), a[2])
-            ),
+            policy=pulumi.Output.all(
+                args.bucket_arn,
+                args.kms_key_arn,
+                args.signing_key_arn,
+                token.lockout_table_arn if token else None,
+                *own_secrets,
+            ).apply(lambda a: instance_policy(a[0], a[1], list(a[4:]), a[2], a[3])),
             opts=child,
         )
         aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY, opts=child)

@@ -4,7 +4,9 @@ Creates a VPC with one public and one private subnet per zone (zones looked up, 
 hard-coded), an internet gateway for the public side, NAT gateways (one per zone, or one
 for the whole VPC in cheap stacks) so hosts in private subnets reach package mirrors and
 AWS APIs, an S3 gateway endpoint whose policy admits only the registry's buckets and the
-AWS-owned buckets the SSM agent needs, and VPC flow logs to an encrypted log group.
+AWS-owned buckets the SSM agent needs, in token mode a DynamoDB gateway endpoint whose policy admits
+only the token service's lockout table (hosts then reach it without the NAT), and VPC flow logs to an
+encrypted log group.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Literal
 import pulumi
 import pulumi_aws as aws
 
+from auth.shared_lockout import TABLE_ACTIONS
 from components.errors import ComponentInputError
 from components.iam import assume_role_policy, policy_document
 
@@ -64,6 +67,18 @@ def s3_endpoint_policy(region: str, registry_bucket_arns: list[str]) -> str:
     )
 
 
+def dynamodb_endpoint_policy(table_arns: list[str]) -> str:
+    return policy_document(
+        {
+            "Sid": "LockoutTable",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": list(TABLE_ACTIONS),
+            "Resource": table_arns,
+        }
+    )
+
+
 @dataclass
 class RegistryNetworkArgs:
     region: str
@@ -74,6 +89,8 @@ class RegistryNetworkArgs:
     registry_bucket_arns: Sequence[pulumi.Input[str]]
     tags: dict[str, str]
     flow_log_retention_days: int = 365
+    # Token mode: the lockout table(s) the DynamoDB gateway endpoint admits; empty: no endpoint.
+    dynamodb_table_arns: Sequence[pulumi.Input[str]] = ()
 
 
 class RegistryNetwork(pulumi.ComponentResource):
@@ -196,6 +213,20 @@ class RegistryNetwork(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
+
+        if args.dynamodb_table_arns:
+            aws.ec2.VpcEndpoint(
+                f"{name}-dynamodb-endpoint",
+                vpc_id=vpc.id,
+                service_name=f"com.amazonaws.{args.region}.dynamodb",
+                vpc_endpoint_type="Gateway",
+                route_table_ids=[rt.id for rt in private_rts],
+                policy=pulumi.Output.all(*args.dynamodb_table_arns).apply(
+                    lambda arns: dynamodb_endpoint_policy(list(arns))
+                ),
+                tags=tags,
+                opts=child,
+            )
 
         flow_log_group = aws.cloudwatch.LogGroup(
             f"{name}-flow-logs",

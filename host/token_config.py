@@ -9,7 +9,8 @@ feeds it the robots' resolved (secret) hashes inside one `apply` and stores the 
 Manager; the lab feeds it local paths and lab-only hashes. The output is validated by the service's
 own loader (`auth.config.parse_config`), so a config the service would refuse never leaves this function.
 
-The text holds bcrypt hashes and, with a directory, the service account's password: it is a secret
+The text holds password hashes (bcrypt), robot token hashes (SHA-256) and, with a directory, the
+service account's password: it is a secret
 everywhere (Secrets Manager on hosts, 0600 in the lab), never user-data, never a log.
 """
 
@@ -63,6 +64,10 @@ class TokenServiceSpec:
     ldap: LdapSettings | None
     ldap_ca_pem: str | None  # the directory's CA, written on hosts; None: the system bundle
     ldap_cidrs: tuple[str, ...]  # the directory servers: the only ranges hosts may reach on its port
+    # The DynamoDB table the fleet's lockout shares (auth/shared_lockout.py) and its region; None: the
+    # lab, whose one token-service process counts alone.
+    lockout_table: str | None = None
+    lockout_region: str | None = None
 
 
 def token_service_config(
@@ -102,6 +107,8 @@ def token_service_config(
         "trusted_proxies": list(spec.trusted_proxies),
         "refresh_tokens": spec.refresh_tokens.model_dump(mode="json"),
     }
+    if spec.lockout_table is not None:
+        data["lockout"] = {"table": spec.lockout_table, "region": spec.lockout_region}
     if spec.ldap is not None:
         directory = spec.ldap.model_dump(mode="json", exclude={"bind_password"})
         directory["bind_password"] = spec.ldap.bind_password.get_secret_value()

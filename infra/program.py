@@ -42,7 +42,7 @@ from host.artifact import build_artifact
 from host.contract import HOST_INTERNAL_NAME
 from infra.secrets import AccessSecrets
 from infra.settings import Settings, protected_namespaces
-from infra.token_service import token_service_spec
+from infra.token_service import lockout_table_name, token_service_spec
 
 # CloudFront reads certificates for its aliases from us-east-1 only, whatever the stack's region.
 CLOUDFRONT_CERT_REGION = "us-east-1"
@@ -69,7 +69,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
     # X-Forwarded-For they add (client addresses for its lockout and its logs).
     lb_cidrs = private_cidrs if internal else public_cidrs
     # Before anything is registered: a config the service would refuse, or no artifact, stops here.
-    token_spec = token_service_spec(s, secrets, lb_cidrs)  # None in htpasswd mode
+    token_spec = token_service_spec(s, secrets, lb_cidrs, lockout_table_name(prefix))  # None in htpasswd mode
     token_mode = token_spec is not None
     # The namespaces whose pulls need a signature: the gate runs only where there is one (token mode).
     gated = protected_namespaces(s)
@@ -120,6 +120,16 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
             az_count=s.network.az_count,
             nat_gateways=s.network.nat_gateways,
             registry_bucket_arns=[storage.bucket.arn],
+            # Token mode: the hosts reach the lockout table through a DynamoDB gateway endpoint.
+            dynamodb_table_arns=(
+                [
+                    identity.account_id.apply(
+                        lambda account: f"arn:aws:dynamodb:{s.region}:{account}:table/{lockout_table_name(prefix)}"
+                    )
+                ]
+                if token_mode
+                else []
+            ),
             tags=tags,
         ),
         opts=in_primary,

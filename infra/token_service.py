@@ -3,7 +3,7 @@
 :func:`token_service_spec` is the only place that reads the token-mode settings for the token
 service: the access component, the fleet (through the access component) and the lab take the
 :class:`~host.token_config.TokenServiceSpec` it returns. It dry-runs the service's own config
-loader (with stand-in robot hashes: the real ones exist once the robots' tokens do), so a config the
+loader (with stand-in robot token hashes, in the SHA-256 form the real ones take once the tokens exist), so a config the
 service would refuse stops the program before anything is registered.
 """
 
@@ -11,17 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from auth.local import robot_token_hash
 from components.errors import ComponentInputError
 from host.contract import SYSTEM_CA_BUNDLE, TOKEN_LDAP_CA_FILE, TOKEN_SIGNING_CERT_FILE, TOKEN_SIGNING_KEY_FILE
 from host.token_config import TokenRobot, TokenServiceSpec, token_service_config
-from infra.secrets import AccessSecrets, placeholder_bcrypt_hash
+from infra.secrets import AccessSecrets
 from infra.settings import Settings, TokenAccess
 
 
+def lockout_table_name(name_prefix: str) -> str:
+    """The stack's lockout table (a fixed physical name: the service's config names it)."""
+    return f"{name_prefix}-token-lockout"
+
+
 def token_service_spec(
-    settings: Settings, secrets: AccessSecrets, trusted_proxies: Sequence[str]
+    settings: Settings,
+    secrets: AccessSecrets,
+    trusted_proxies: Sequence[str],
+    lockout_table: str | None = None,
 ) -> TokenServiceSpec | None:
     """The token service's input; None for a stack in htpasswd mode (it runs no token service).
+    `lockout_table` (in the stack's region): where the fleet shares the lockout's counts; None: the lab.
 
     Raises ComponentInputError, naming the problem and never a secret value, if the service would
     refuse its config.
@@ -61,13 +71,15 @@ def token_service_spec(
         ldap=ldap,
         ldap_ca_pem=directory.ca_certificate if directory else None,
         ldap_cidrs=directory.cidrs if directory else (),
+        lockout_table=lockout_table,
+        lockout_region=settings.region if lockout_table else None,
     )
     try:
         token_service_config(
             spec,
             signing_key_file=TOKEN_SIGNING_KEY_FILE,
             signing_cert_file=TOKEN_SIGNING_CERT_FILE,
-            robot_token_hashes={name: placeholder_bcrypt_hash(name) for name in spec.robots},
+            robot_token_hashes={name: robot_token_hash(f"placeholder-robot-token-{name}") for name in spec.robots},
         )
     except ValueError as err:
         raise ComponentInputError(f"token service: the service would refuse its config: {err}") from None

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from auth.access import ROLE_ACTIONS
-from auth.local import hash_secret
+from auth.local import hash_secret, robot_token_hash
 from infra.settings import TokenAccess
 from lab.slapd import Directory, DirectoryUser
 
@@ -98,7 +98,9 @@ def directory_seed(accounts: Sequence[LabAccount], access: TokenAccess) -> Direc
 
 
 def secret_hashes(accounts: Sequence[LabAccount], kind: Kind) -> dict[str, str]:
-    """bcrypt hashes (cost 10) of the local users' passwords or the robots' tokens."""
+    """bcrypt hashes (cost 10) of the local users' passwords; SHA-256 of the robots' tokens (144 bits)."""
+    if kind == "robot":
+        return {a.name: robot_token_hash(a.password) for a in accounts if a.kind == kind}
     return {a.name: hash_secret(a.password, LAB_BCRYPT_COST) for a in accounts if a.kind == kind}
 
 

@@ -169,7 +169,7 @@ class HostLab:
             values["token-signing-key"] = Path(lab.token["signing_key"]).read_text()
             secret_values["token-signing-key"] = values["token-signing-key"]
             secret_values.update({f"bcrypt hash of user {n}": h for n, h in user_hashes.items()})
-            secret_values.update({f"bcrypt hash of robot {n}": h for n, h in robot_hashes.items()})
+            secret_values.update({f"token hash of robot {n}": h for n, h in robot_hashes.items()})
             secret_values.update({f"password of {a.kind} {a.name}": a.password for a in accounts})
             if slapd is not None:
                 secret_values["directory bind password"] = slapd.bind_password

@@ -536,6 +536,8 @@ class Lab:
             [
                 sys.executable, "-m", "auth", "--config", str(config_file), "--bind", f"127.0.0.1:{ports['token']}",
                 "--certfile", str(pki.server_cert), "--keyfile", str(pki.server_key),
+                # No DynamoDB table here: one worker keeps the lockout's counts in one process.
+                "--workers", "1",
             ],
             {},
             {"https": ports["token"]},

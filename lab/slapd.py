@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ldap3 import MODIFY_ADD, MODIFY_DELETE, NONE, SIMPLE, Connection, Server
+from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, NONE, SIMPLE, Connection, Server
 from ldap3.utils.dn import escape_rdn
 
 from auth.ldap import LdapSettings, VerifiedTls
@@ -361,6 +361,12 @@ class SlapdHandle:
                 raise RuntimeError(f"lab slapd: adding {uid}: {conn.result.get('description')}")
         for group in groups:
             self.add_to_group(uid, group)
+
+    def set_password(self, uid: str, password: str) -> None:
+        """A password change, as the directory's admin (or the user) makes it."""
+        with self.admin() as conn:
+            if not conn.modify(user_dn(uid), {"userPassword": [(MODIFY_REPLACE, [ssha(password)])]}):
+                raise RuntimeError(f"lab slapd: new password for {uid}: {conn.result.get('description')}")
 
     def delete_user(self, uid: str, groups: tuple[str, ...] = ()) -> None:
         """Take a person out of `groups`, then delete their entry, as leaving the company does."""

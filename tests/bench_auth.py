@@ -1,40 +1,133 @@
-"""Benchmark (not a test): token issue latency and throughput, LDAP beside local (htpasswd-like) users.
+"""Benchmark (not a test): token issue latency and throughput for each path a login takes.
 
-Starts a real OpenLDAP (lab/slapd.py) and the token service (`python -m auth`, gunicorn, TLS), then
-from `--clients` concurrent threads requests tokens over HTTPS for a local bcrypt user and for a
-directory user (search-then-bind over StartTLS). Prints p50/p99 latency and requests per second
-for each path from one run. Figures depend on the machine: report them with it, never assert on them.
+Starts a real OpenLDAP (lab/slapd.py) and the token service (`python -m auth`, gunicorn with its
+default worker count, one per core, TLS), then from `--clients` concurrent threads requests tokens
+over HTTPS (`--requests` each, on a connection each client opens first: the TLS handshake is not
+in the figures) for:
+
+- robot: a CI robot whose token is stored as SHA-256 (no bcrypt);
+- local: one local bcrypt user, logging in again and again (the verified-credential cache);
+- ldap: one directory user, again and again (search-then-bind over StartTLS once, then the cache);
+- cold: a different local user for every request (every one a bcrypt check: the cache cannot help).
+
+The repeated paths are warmed first (a few logins, not measured: each worker verifies once). The
+bcrypt time is measured in the same run (one check at the users' cost, in this process, while the
+service idles), and the cold path's target printed beside it: 0.9 x cores / bcrypt time. Prints
+p50/p99 latency and tokens per second for each path from one run, with the load average before the
+run. Figures depend on the machine and its load: report them with both, never assert on them.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
+import os
+import ssl
 import statistics
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from auth.local import hash_secret  # noqa: E402
+import bcrypt  # noqa: E402
+
+from auth.local import hash_secret, new_robot_token, robot_token_hash  # noqa: E402
+from auth.serve import usable_cores  # noqa: E402
 from auth.tokens import create_signing_pair  # noqa: E402
 from lab import supervisor  # noqa: E402
 from lab.pki import create_pki  # noqa: E402
 from lab.slapd import Directory, DirectoryUser, start_slapd  # noqa: E402
 from lab.supervisor import Service  # noqa: E402
-from tests.helpers.bench import concurrent_gets  # noqa: E402
 
 SERVICE = "registry.bench"
-USERS = {"local": ("ci-local", "local-Correct-Horse-1"), "ldap": ("alice", "alice-Correct-Horse-1")}
+ROBOT = ("ci-robot", new_robot_token())
+USERS = {"local": ("ci-local", "local-Correct-Horse-1"), "ldap": ("alice", "alice-Correct-Horse-1"), "robot": ROBOT}
+Who = Callable[[int, int], tuple[str, str]]  # (client, request) -> (user, password)
 
 
-def run_path(port: int, ca: str, who: tuple[str, str], clients: int, per_client: int) -> tuple[list[float], float]:
-    auth = "Basic " + base64.b64encode(f"{who[0]}:{who[1]}".encode()).decode()
+def cold_user(client: int, request: int, per_client: int) -> tuple[str, str]:
+    n = client * per_client + request
+    return f"cold-{n}", f"cold-{n}-Correct-Horse"
+
+
+def bcrypt_seconds(cost: int, rounds: int = 10) -> float:
+    """One bcrypt check at `cost` in this process: the median of `rounds`."""
+    hashed = bcrypt.hashpw(b"bench-password", bcrypt.gensalt(rounds=cost))
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        bcrypt.checkpw(b"bench-password", hashed)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bcrypt_rate(cost: int, threads: int, seconds: float = 3.0) -> float:
+    """Checks per second with `threads` threads checking at once (bcrypt releases the GIL): what the
+    machine gives bcrypt right now, other load included."""
+    hashed = bcrypt.hashpw(b"bench-password", bcrypt.gensalt(rounds=cost))
+    done = [0] * threads
+    deadline = time.perf_counter() + seconds
+
+    def spin(i: int) -> None:
+        while time.perf_counter() < deadline:
+            bcrypt.checkpw(b"bench-password", hashed)
+            done[i] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(spin, range(threads)))
+    return sum(done) / seconds
+
+
+def run_path(port: int, ca: str, who: Who, clients: int, per_client: int) -> tuple[list[float], float]:
+    """Each client connects (TLS handshake and one /healthz, not timed), then all send their requests at once; the
+    latency of each request and the wall time from the common start to the last answer."""
     path = f"/auth?service={SERVICE}&scope=repository:team-a/app:pull,push"
-    return concurrent_gets(port, ca, path, {"Authorization": auth}, clients, per_client)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+    ready = threading.Barrier(clients + 1)
+
+    def worker(client: int) -> None:
+        context = ssl.create_default_context(cafile=ca)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=120)
+        # The handshake and a first answer, untimed: gunicorn's threads handle a new connection's
+        # handshake together with its first request; then it idles (keep-alive 5 s) until the start.
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        ready.wait()
+        mine = []
+        for i in range(per_client):
+            auth = "Basic " + base64.b64encode(":".join(who(client, i)).encode()).decode()
+            t = time.perf_counter()
+            conn.request("GET", path, headers={"Authorization": auth})
+            resp = conn.getresponse()
+            body = resp.read()
+            mine.append(time.perf_counter() - t)
+            if resp.status != 200:
+                errors.append(f"{resp.status} {body[:80]!r}")
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return latencies, wall
 
 
 def main() -> None:
@@ -42,6 +135,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=10, help="requests per client per path")
     parser.add_argument("--bcrypt-cost", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-auth-") as tmp:
         work = Path(tmp)
@@ -52,6 +146,11 @@ def main() -> None:
         service: Service | None = None
         try:
             key, cert = create_signing_pair(work / "signing")
+            cold = [cold_user(c, i, args.requests) for c in range(args.clients) for i in range(args.requests)]
+            with ThreadPoolExecutor(usable_cores()) as pool:  # bcrypt releases the GIL
+                cold_hashes = list(pool.map(lambda u: hash_secret(u[1], args.bcrypt_cost), cold))
+            users = {USERS["local"][0]: hash_secret(USERS["local"][1], args.bcrypt_cost)}
+            users.update({name: h for (name, _), h in zip(cold, cold_hashes, strict=True)})
             ldap = {**slapd.settings().model_dump(mode="json"), "bind_password": slapd.bind_password}
             config = {
                 "issuer": "registry-fleet-bench",
@@ -59,17 +158,25 @@ def main() -> None:
                 "signing_key": str(key),
                 "signing_cert": str(cert),
                 "bcrypt_min_cost": args.bcrypt_cost,
-                "users": {USERS["local"][0]: {"password_hash": hash_secret(USERS["local"][1], args.bcrypt_cost)}},
+                "users": {name: {"password_hash": h} for name, h in users.items()},
                 "ldap": ldap,
                 # Lockout would trip on nothing here (every request succeeds); keep the defaults.
                 "policy": {
                     "teams": {
                         "team-a": {
                             "namespaces": ["team-a"],
-                            "members": {USERS["local"][0]: "developer"},
+                            "members": dict.fromkeys(users, "developer"),
                             "groups": {"team-a-devs": "developer"},
                         }
-                    }
+                    },
+                    "robots": {
+                        ROBOT[0]: {
+                            "namespace": "team-a/ci",
+                            "actions": ["pull", "push"],
+                            "expires": "2099-01-01T00:00:00Z",
+                            "token_hash": robot_token_hash(ROBOT[1]),
+                        }
+                    },
                 },
             }
             (work / "auth.json").write_text(json.dumps(config))
@@ -78,7 +185,8 @@ def main() -> None:
                 "auth",
                 [
                     sys.executable, "-m", "auth", "--config", str(work / "auth.json"), "--bind", f"127.0.0.1:{port}",
-                    "--certfile", str(pki.server_cert), "--keyfile", str(pki.server_key), "--threads", "8",
+                    "--certfile", str(pki.server_cert), "--keyfile", str(pki.server_key),
+                    "--threads", str(args.threads),
                 ],
                 str(work / "auth.log"),
                 {"https": port},
@@ -86,17 +194,37 @@ def main() -> None:
             )  # fmt: skip
             supervisor.start(service, cwd=ROOT)
             supervisor.wait_ready(service, lambda: supervisor.port_open(port), timeout=30)
+            cores = usable_cores()
+            bcrypt_s = bcrypt_seconds(args.bcrypt_cost)
+            load = os.getloadavg()
             print(
                 f"token service bench: {args.clients} concurrent clients x {args.requests} requests per path, "
-                f"bcrypt cost {args.bcrypt_cost}, one gunicorn worker with 8 threads, one run"
+                f"bcrypt cost {args.bcrypt_cost} ({bcrypt_s * 1000:.1f} ms a check here), {cores} cores, "
+                f"{cores} gunicorn workers x {args.threads} threads, one run; load average before: "
+                f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
             )
-            for label in ("local", "ldap"):
-                latencies, wall = run_path(port, str(pki.ca_cert), USERS[label], args.clients, args.requests)
+            for label in ("robot", "local", "ldap"):  # warm: each worker verifies each account once
+                run_path(port, str(pki.ca_cert), lambda c, i, u=USERS[label]: u, 16, 4)
+            paths: dict[str, Who] = {label: (lambda c, i, u=USERS[label]: u) for label in ("robot", "local", "ldap")}
+            paths["cold"] = lambda c, i: cold_user(c, i, args.requests)
+            for label, who in paths.items():
+                latencies, wall = run_path(port, str(pki.ca_cert), who, args.clients, args.requests)
                 q = statistics.quantiles(latencies, n=100)
                 print(
                     f"  {label:5}  p50 {q[49] * 1000:7.1f} ms   p99 {q[98] * 1000:7.1f} ms   "
                     f"{len(latencies) / wall:6.1f} tokens/s   ({len(latencies)} requests in {wall:.1f} s)"
                 )
+            # One client at a time: the service's own latency, without 50 clients queueing on the cores.
+            for label in ("robot", "local", "ldap"):
+                latencies, _ = run_path(port, str(pki.ca_cert), paths[label], 1, 100)
+                q = statistics.quantiles(latencies, n=100)
+                print(f"  {label:5}  1 client x 100: p50 {q[49] * 1000:6.1f} ms   p99 {q[98] * 1000:6.1f} ms")
+            rate = bcrypt_rate(args.bcrypt_cost, cores)
+            print(f"  bcrypt alone, {cores} threads in this process now: {rate:.1f} checks/s")
+            print(
+                f"  cold target: 0.9 x {cores} cores / {bcrypt_s * 1000:.1f} ms = {0.9 * cores / bcrypt_s:.1f} tokens/s"
+            )
+            print(f"  load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         finally:
             if service is not None:
                 supervisor.stop(service)

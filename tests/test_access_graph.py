@@ -30,11 +30,14 @@ import pulumi
 import pytest
 import yaml
 
+from auth.local import robot_token_hash
+from auth.shared_lockout import TABLE_ACTIONS
 from components.access import SIGNING_CERT_VALIDITY_HOURS
 from components.errors import ComponentInputError
 from components.fleet import TOKEN_CONFIG_VERSION_TAG, TOKEN_SIGNING_KEY_VERSION_TAG
 from components.network import subnet_plan
 from fleet.audit import score
+from fleet.engine import ACCOUNT_ID as ACCOUNT
 from fleet.engine import Recording, RecordingMocks, RecordingMonitor, fake_secret, record
 from host.artifact import build_artifact
 from host.contract import (
@@ -67,7 +70,7 @@ from infra.settings import (
     stack_overrides,
 )
 from infra.token_service import token_service_spec
-from policy.graph import Res, is_secret, unwrap, user_data_text
+from policy.graph import Res, as_list, is_secret, unwrap, user_data_text
 from tests.helpers import STACKS, recording, stack_config
 
 SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
@@ -170,7 +173,10 @@ def test_token_config_holds_the_users_robots_directory_and_proxies(stack: str) -
     config = token_config(rec)
     assert config["users"] == {u: {"password_hash": placeholders.user_hashes[u]} for u in s.access.users}
     hashes = {r: config["policy"]["robots"][r]["token_hash"] for r in s.access.robots}
-    assert hashes == {r: rec.named(f"access-robot-{r}-random").outputs["bcryptHash"] for r in s.access.robots}
+    # The fast form: SHA-256 of the generated token (auth/local.py), never the token, never bcrypt.
+    tokens = {r: rec.named(f"access-robot-{r}-random").outputs["result"] for r in s.access.robots}
+    assert hashes == {r: robot_token_hash(t) for r, t in tokens.items()}
+    assert all(h.startswith("sha256:") and tokens[r] not in json.dumps(config) for r, h in hashes.items())
     assert s.access.ldap is not None
     assert config["ldap"]["bind_password"] == placeholders.ldap_bind_password
     assert config["ldap"]["ca_file"] == SYSTEM_CA_BUNDLE, "no CA in the stack: Debian's bundle"
@@ -569,6 +575,43 @@ def test_hosts_are_tagged_with_the_signing_key_version_they_booted_with() -> Non
     rec = recording("dev")
     version = rec.named("access-token-signing-key-value").outputs["versionId"]
     assert instance_tags(rec)[TOKEN_SIGNING_KEY_VERSION_TAG] == version
+
+
+# --- the lockout's shared table -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_lockout_table_is_named_in_the_config_and_reachable_by_the_hosts_only(stack: str) -> None:
+    rec, s = recording(stack), load_stack_settings(stack)
+    table = rec.named("access-lockout-table")
+    inputs = table.inputs
+    assert inputs["name"] == f"{name_prefix(s)}-token-lockout"
+    assert inputs["billingMode"] == "PAY_PER_REQUEST" and inputs["hashKey"] == "pk"
+    assert inputs["attributes"] == [{"name": "pk", "type": "S"}]
+    assert inputs["ttl"] == {"enabled": True, "attributeName": "expires_at"}
+    assert inputs["pointInTimeRecovery"] == {"enabled": True}
+    assert inputs["serverSideEncryption"] == {"enabled": False}, "an AWS-owned key (components/access.py)"
+    assert token_config(rec)["lockout"] == {"table": inputs["name"], "region": s.region}
+    # The hosts' role: the four item calls the service makes (auth/shared_lockout.py), on that table.
+    policy = json.loads(rec.named("fleet-role-policy").inputs["policy"])
+    (grant,) = [st for st in policy["Statement"] if any(a.startswith("dynamodb:") for a in as_list(st["Action"]))]
+    assert sorted(grant["Action"]) == sorted(TABLE_ACTIONS) and grant["Resource"] == table.outputs["arn"]
+    # Reached through a gateway endpoint on the private route tables, which admits that table only.
+    endpoint = rec.named("network-dynamodb-endpoint")
+    assert endpoint.inputs["serviceName"] == f"com.amazonaws.{s.region}.dynamodb"
+    assert endpoint.inputs["vpcEndpointType"] == "Gateway"
+    private_tables = [r.id for r in rec.of_type("aws:ec2/routeTable:RouteTable") if "private" in r.name]
+    assert sorted(endpoint.inputs["routeTableIds"]) == sorted(private_tables)
+    (statement,) = json.loads(endpoint.inputs["policy"])["Statement"]
+    assert statement["Resource"] == [f"arn:aws:dynamodb:{s.region}:{ACCOUNT}:table/{inputs['name']}"]
+    assert sorted(statement["Action"]) == sorted(TABLE_ACTIONS)
+
+
+def test_htpasswd_mode_has_no_lockout_table_nor_endpoint() -> None:
+    rec = htpasswd_recording()
+    assert not rec.of_type("aws:dynamodb/table:Table")
+    assert "network-dynamodb-endpoint" not in {r.name for r in rec.resources}
+    assert "dynamodb" not in rec.named("fleet-role-policy").inputs["policy"]
 
 
 # --- htpasswd stays a mode --------------------------------------------------------------------------

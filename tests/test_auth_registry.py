@@ -150,6 +150,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             [
                 sys.executable, "-m", "auth", "--config", str(config_file), "--bind", f"127.0.0.1:{auth_port}",
                 "--certfile", str(pki.server_cert), "--keyfile", str(pki.server_key),
+                # No DynamoDB table here: one worker keeps the lockout's counts in one process.
+                "--workers", "1",
             ],
             {},
             auth_port,

@@ -244,7 +244,7 @@ HASH = hash_secret("t", COST)
             policy_with(
                 robots={"r": {"namespace": "team-a/ci", "actions": ["push"], "expires": FUTURE, "token_hash": "t"}}
             ),
-            "policy.robots.r.token_hash: is not a bcrypt hash",
+            "policy.robots.r.token_hash: is neither sha256:<64 hex digits> nor a bcrypt hash",
         ),
         (
             policy_with(
@@ -396,7 +396,7 @@ def test_lockout_forgets_failures_outside_the_window() -> None:
 
 def test_lockout_memory_is_bounded() -> None:
     clock = Clock()
-    lockout = Lockout(max_entries=100, now=clock)
+    lockout = Lockout(max_entries=100, now=clock, max_accounts=100_000)
     for i in range(10_000):
         fail(lockout, f"user{i}", "10.0.0.1")
     assert len(lockout) == 100

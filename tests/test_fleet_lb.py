@@ -110,6 +110,7 @@ def instance_policy_violations(rec: Recording) -> list[str]:
     policy = json.loads(one(rec, "aws:iam/rolePolicy:RolePolicy", "fleet-role-policy").inputs["policy"])
     bucket = one(rec, "aws:s3/bucket:Bucket", "storage-primary").outputs["arn"]
     secrets = {r.outputs["arn"] for r in rec.of_type("aws:secretsmanager/secret:Secret")}
+    tables = {r.outputs["arn"] for r in rec.of_type("aws:dynamodb/table:Table")}
     out = []
     for st in policy["Statement"]:
         resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
@@ -121,6 +122,8 @@ def instance_policy_violations(rec: Recording) -> list[str]:
                 out.append(f"fleet-role-policy: S3 access to {res}")
             if any(a.startswith("secretsmanager:") for a in actions) and res not in secrets:
                 out.append(f"fleet-role-policy: secret {res} is not the fleet's")
+            if any(a.startswith("dynamodb:") for a in actions) and res not in tables:
+                out.append(f"fleet-role-policy: DynamoDB access to {res}")
         if any(a.endswith("*") for a in actions):
             out.append(f"fleet-role-policy: wildcard action in {st.get('Sid')}")
     return out

@@ -672,6 +672,30 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         "request-logs-cdn-source",
         "no aws:cloudwatch/logDelivery:LogDelivery sends it anywhere",
     ),
+    (
+        "lockout-table",
+        "dev",
+        edit("access-lockout-table", lambda p: p["ttl"].update(enabled=False)),
+        "access-lockout-table",
+        "ttl.enabled is False",
+    ),
+    (
+        "lockout-table",
+        "prod",
+        edit("access-lockout-table", lambda p: p.update(pointInTimeRecovery={"enabled": False})),
+        "access-lockout-table",
+        "pointInTimeRecovery.enabled is False",
+    ),
+    (
+        "lockout-table",
+        "staging",
+        edit_policy(
+            "storage-replication-policy",
+            lambda st: st.append({"Effect": "Allow", "Action": "dynamodb:*", "Resource": "*"}),
+        ),
+        "storage-replication-policy",
+        "on the lockout table 'reg-staging-token-lockout': not the fleet's role",
+    ),
     ("bucket-replicated", "dev", drop("storage-replication"), STACK, "no aws:s3/bucketReplicationConfig"),
     (
         "bucket-replicated",

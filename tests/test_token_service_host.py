@@ -47,7 +47,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from auth.local import hash_secret
+from auth.local import hash_secret, new_robot_token, robot_token_hash
 from auth.tokens import create_signing_pair
 from host.artifact import AUTH_DIR, LOCK_NAME, Artifact, build_artifact
 from host.boot import FetchSet, HostBoot, SecretFile, TokenServiceBoot, render_fetch_script, render_host
@@ -496,7 +496,7 @@ def test_service_starts_as_the_unit_says_and_issues_a_token(installed: Installed
         spec,
         signing_key_file=str(signing_key),
         signing_cert_file=str(signing_cert),
-        robot_token_hashes={name: hash_secret(f"robot-{name}", cost=BCRYPT_COST) for name in access.robots},
+        robot_token_hashes={name: robot_token_hash(new_robot_token()) for name in access.robots},  # as on hosts
     )
     config = files / "config.json"
     write_owned(config, config_text.encode(), 0o640, gid)

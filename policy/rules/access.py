@@ -33,6 +33,7 @@ from policy.graph import (
     primary_buckets,
     prop,
     registry_configs,
+    statements,
 )
 from policy.registry import STACK, Finding, rule
 from policy.rules.hosts import no_launch_template
@@ -147,3 +148,56 @@ def find_access_logs(resources: Sequence[Res]) -> Iterator[Finding]:
             yield distribution.name, f"no {LOG_DELIVERY_SOURCE} of its ACCESS_LOGS: downloads leave no record"
         elif prop(source, "name") not in delivered and not any(is_unknown(d) for d in delivered):
             yield source.name, f"no {LOG_DELIVERY} sends it anywhere"
+
+
+DYNAMODB_TABLE = "aws:dynamodb/table:Table"
+INSTANCE_PROFILE = "aws:iam/instanceProfile:InstanceProfile"
+IAM_POLICIES = ("aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:Policy", "aws:iam/userPolicy:UserPolicy")
+# What changes a table's items (or everything): reads are not the concern here.
+_TABLE_WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem")
+
+
+def _names_table(resource: Any, table_arn: str | None, table_name: str | None) -> bool:
+    for pattern in (str(r) for r in as_list(resource)):
+        if table_arn and fnmatch.fnmatchcase(table_arn, pattern):
+            return True
+        if table_name and fnmatch.fnmatchcase(f"arn:aws:dynamodb:region:account:table/{table_name}", pattern):
+            return True
+        if table_name and pattern.endswith(f":table/{table_name}"):
+            return True
+    return False
+
+
+def _writes(action: Any) -> bool:
+    return any(fnmatch.fnmatchcase(w, str(a)) for a in as_list(action) for w in _TABLE_WRITES)
+
+
+@rule(
+    "lockout-table",
+    3,
+    "The token service's lockout table forgets on its own and can be restored: TTL and point-in-time "
+    "recovery on; only the fleet's instance role (the hosts) may write its items.",
+)
+def find_lockout_table(resources: Sequence[Res]) -> Iterator[Finding]:
+    # The hosts' role is the one their instance profile names; its inline policy is registered beside
+    # the profile (the fleet component's children): ids differ between a preview, an update and the tests.
+    fleet_parents = {p.parent for p in of_type(resources, INSTANCE_PROFILE)}
+    for table in of_type(resources, DYNAMODB_TABLE):
+        ttl = prop(table, "ttl", "enabled")
+        if not is_unknown(ttl) and (ttl is not True or not prop(table, "ttl", "attributeName")):
+            yield table.name, f"ttl.enabled is {ttl!r}: counters would never be deleted"
+        pitr = prop(table, "pointInTimeRecovery", "enabled")
+        if not is_unknown(pitr) and pitr is not True:
+            yield table.name, f"pointInTimeRecovery.enabled is {pitr!r}"
+        arn, name = arn_of(table), known_str(prop(table, "name"))
+        for policy in of_type(resources, *IAM_POLICIES):
+            for statement in statements(prop(policy, "policy")) or []:
+                if statement.get("Effect") != "Allow" or not _writes(statement.get("Action")):
+                    continue
+                if not _names_table(statement.get("Resource"), arn, name):
+                    continue
+                if policy.type != IAM_POLICIES[0] or policy.parent not in fleet_parents:
+                    yield (
+                        policy.name,
+                        f"allows {statement.get('Action')!r} on the lockout table {name!r}: not the fleet's role",
+                    )
