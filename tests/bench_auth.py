@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import json
 import os
-import ssl
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +43,7 @@ from lab import supervisor  # noqa: E402
 from lab.pki import create_pki  # noqa: E402
 from lab.slapd import Directory, DirectoryUser, start_slapd  # noqa: E402
 from lab.supervisor import Service  # noqa: E402
+from tests.helpers.bench import concurrent_gets  # noqa: E402
 
 SERVICE = "registry.bench"
 ROBOT = ("ci-robot", new_robot_token())
@@ -90,44 +88,11 @@ def run_path(port: int, ca: str, who: Who, clients: int, per_client: int) -> tup
     """Each client connects (TLS handshake and one /healthz, not timed), then all send their requests at once; the
     latency of each request and the wall time from the common start to the last answer."""
     path = f"/auth?service={SERVICE}&scope=repository:team-a/app:pull,push"
-    latencies: list[float] = []
-    lock = threading.Lock()
-    errors: list[str] = []
-    ready = threading.Barrier(clients + 1)
 
-    def worker(client: int) -> None:
-        context = ssl.create_default_context(cafile=ca)
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=120)
-        # The handshake and a first answer, untimed: gunicorn's threads handle a new connection's
-        # handshake together with its first request; then it idles (keep-alive 5 s) until the start.
-        conn.request("GET", "/healthz")
-        conn.getresponse().read()
-        ready.wait()
-        mine = []
-        for i in range(per_client):
-            auth = "Basic " + base64.b64encode(":".join(who(client, i)).encode()).decode()
-            t = time.perf_counter()
-            conn.request("GET", path, headers={"Authorization": auth})
-            resp = conn.getresponse()
-            body = resp.read()
-            mine.append(time.perf_counter() - t)
-            if resp.status != 200:
-                errors.append(f"{resp.status} {body[:80]!r}")
-        conn.close()
-        with lock:
-            latencies.extend(mine)
+    def basic(client: int, i: int) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(":".join(who(client, i)).encode()).decode()}
 
-    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    ready.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    if errors:
-        raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
-    return latencies, wall
+    return concurrent_gets(port, ca, path, basic, clients, per_client, warm_path="/healthz")
 
 
 def main() -> None:

@@ -6,35 +6,46 @@ import http.client
 import ssl
 import threading
 import time
+from collections.abc import Callable, Mapping
+
+Headers = Mapping[str, str] | Callable[[int, int], Mapping[str, str]]
 
 
 def concurrent_gets(
     port: int,
     ca_file: str,
     path: str,
-    headers: dict[str, str],
+    headers: Headers,
     clients: int,
     per_client: int,
     connect_first: bool = False,
+    warm_path: str | None = None,
 ) -> tuple[list[float], float]:
     """(each request's latency in s, wall time) of `clients` threads each sending `per_client` GETs of `path`
-    to 127.0.0.1:`port` on one keep-alive connection. `connect_first`: every connection's TLS handshake is made
-    before the clock starts (else the first request of each client pays it). Any answer but 200 ends the run."""
+    to 127.0.0.1:`port` on one keep-alive connection. `headers`: the same for every request, or a function of
+    (client, request number). `connect_first`: every connection's TLS handshake is made before the clock starts
+    (else the first request of each client pays it); `warm_path`: one untimed GET of it first (gunicorn's
+    threads handle a new connection's handshake together with its first request). Any answer but 200 ends
+    the run."""
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list[str] = []
     ready = threading.Barrier(clients + 1)
 
-    def worker() -> None:
+    def worker(client: int) -> None:
         context = ssl.create_default_context(cafile=ca_file)
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=60)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=120)
         if connect_first:
             conn.connect()
+        if warm_path is not None:
+            conn.request("GET", warm_path)
+            conn.getresponse().read()
         ready.wait()
         mine = []
-        for _ in range(per_client):
+        for i in range(per_client):
+            request_headers = headers(client, i) if callable(headers) else headers
             t = time.perf_counter()
-            conn.request("GET", path, headers=headers)
+            conn.request("GET", path, headers=dict(request_headers))
             resp = conn.getresponse()
             body = resp.read()
             mine.append(time.perf_counter() - t)
@@ -44,7 +55,7 @@ def concurrent_gets(
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
     for thread in threads:
         thread.start()
     ready.wait()
