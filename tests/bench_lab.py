@@ -1,6 +1,7 @@
 """Benchmark (not a test): push and pull a 200 MB image through the lab, in one run.
 
-Prints push and pull MB/s through the load balancer (nginx), the same bytes PUT and GET
+Prints push and pull MB/s through the load balancer (nginx), the same transfer straight to one
+registry instance and the ratio (what the load balancer costs), the same bytes PUT and GET
 straight to S3 (moto) as the baseline and the ratios, the share of blob bytes on pull that the
 CDN edge served rather than the registry, the lab's start time, and each process's peak memory.
 Figures depend on the machine: report them with the machine, never assert on them.
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from infra.settings import load_stack_settings  # noqa: E402
 from lab.demo import edge_bytes  # noqa: E402
 from lab.image import build_image, layer_digests, skopeo_copy  # noqa: E402
-from lab.lab import Lab, s3_client  # noqa: E402
+from lab.lab import INSTANCES, Lab, s3_client  # noqa: E402
 
 MB = 1_000_000
 
@@ -65,6 +66,19 @@ def main() -> None:
             via_edge = edge_bytes(state) - before
             assert layer_digests(work / "back", "1") == [layer]
 
+            # The same transfer straight to one registry instance (tokens still come from the realm), with an
+            # image of fresh bytes: a blob the registry already holds would not be sent again.
+            other = build_image(work / "img2", "big", [{"layer.bin": size}])
+            layer2 = layer_digests(work / "img2", "big")[0]
+            direct = f"127.0.0.1:{state.service(INSTANCES[0]).ports['https']}"
+            t = time.perf_counter()
+            skopeo_copy(other, f"docker://{direct}/{repo}:2", state.cert_dir, user)
+            direct_push_s = time.perf_counter() - t
+            t = time.perf_counter()
+            skopeo_copy(f"docker://{direct}/{repo}:2", f"oci:{work / 'back-direct'}:2", state.cert_dir, user)
+            direct_pull_s = time.perf_counter() - t
+            assert layer_digests(work / "back-direct", "2") == [layer2]
+
             s3 = s3_client(state.s3_endpoint, state.ca_file, load_stack_settings(args.stack).region)
             t = time.perf_counter()
             s3.put_object(Bucket=state.bucket, Key="bench/baseline", Body=blob)
@@ -79,6 +93,14 @@ def main() -> None:
             print(f"  lab start                {start_s:6.1f} s")
             print(f"  push through LB          {n / push_s:6.1f} MB/s   ({push_s:.1f} s)")
             print(f"  pull through LB + edge   {n / pull_s:6.1f} MB/s   ({pull_s:.1f} s)")
+            print(
+                f"  push to one instance     {n / direct_push_s:6.1f} MB/s   ({direct_push_s:.1f} s; "
+                f"LB/instance speed {direct_push_s / push_s:.2f})"
+            )
+            print(
+                f"  pull from one instance   {n / direct_pull_s:6.1f} MB/s   ({direct_pull_s:.1f} s; "
+                f"LB/instance speed {direct_pull_s / pull_s:.2f})"
+            )
             print(f"  S3 (moto) single PUT     {n / put_s:6.1f} MB/s   push/PUT ratio {put_s / push_s:.2f}")
             print(f"  S3 (moto) GET            {n / get_s:6.1f} MB/s   pull/GET ratio {get_s / pull_s:.2f}")
             # The edge also served the small config blob, so the share can pass 100% by a few hundred bytes.
