@@ -201,31 +201,29 @@ class RegistryNetwork(pulumi.ComponentResource):
             )
             private_rts.append(rt)
 
-        aws.ec2.VpcEndpoint(
-            f"{name}-s3-endpoint",
-            vpc_id=vpc.id,
-            service_name=f"com.amazonaws.{args.region}.s3",
-            vpc_endpoint_type="Gateway",
-            route_table_ids=[rt.id for rt in private_rts],
-            policy=pulumi.Output.all(*args.registry_bucket_arns).apply(
-                lambda arns: s3_endpoint_policy(args.region, list(arns))
-            ),
-            tags=tags,
-            opts=child,
-        )
-
-        if args.dynamodb_table_arns:
+        def gateway_endpoint(service: str, policy: pulumi.Input[str]) -> None:
+            """A gateway endpoint for `service` (s3, dynamodb) on every private route table, with `policy`."""
             aws.ec2.VpcEndpoint(
-                f"{name}-dynamodb-endpoint",
+                f"{name}-{service}-endpoint",
                 vpc_id=vpc.id,
-                service_name=f"com.amazonaws.{args.region}.dynamodb",
+                service_name=f"com.amazonaws.{args.region}.{service}",
                 vpc_endpoint_type="Gateway",
                 route_table_ids=[rt.id for rt in private_rts],
-                policy=pulumi.Output.all(*args.dynamodb_table_arns).apply(
-                    lambda arns: dynamodb_endpoint_policy(list(arns))
-                ),
+                policy=policy,
                 tags=tags,
                 opts=child,
+            )
+
+        gateway_endpoint(
+            "s3",
+            pulumi.Output.all(*args.registry_bucket_arns).apply(
+                lambda arns: s3_endpoint_policy(args.region, list(arns))
+            ),
+        )
+        if args.dynamodb_table_arns:
+            gateway_endpoint(
+                "dynamodb",
+                pulumi.Output.all(*args.dynamodb_table_arns).apply(lambda arns: dynamodb_endpoint_policy(list(arns))),
             )
 
         flow_log_group = aws.cloudwatch.LogGroup(

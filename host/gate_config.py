@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from host.boot import BlockStyleDumper
@@ -34,8 +34,9 @@ _NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z
 
 
 def check_public_key(pem: str) -> str:
-    """`pem` with LF line ends, when it is one SubjectPublicKeyInfo PEM of an EC P-256/P-384 or RSA key
-    (what KMS GetPublicKey gives for a signing key); ValueError naming the problem otherwise."""
+    """`pem` with LF line ends, when it is one SubjectPublicKeyInfo PEM of an EC P-256 key, the only kind the
+    gate verifies with (signing/verify.py, what KMS GetPublicKey gives for the ECC_NIST_P256 signing key);
+    ValueError naming the problem otherwise."""
     if "PRIVATE KEY" in pem:
         raise ValueError("the gate's public key holds a private key: the gate needs the public key only")
     if not _PUBLIC_KEY.match(pem):
@@ -46,11 +47,10 @@ def check_public_key(pem: str) -> str:
         key = load_pem_public_key(pem.encode())
     except ValueError as err:
         raise ValueError(f"the gate's public key does not load: {err}") from None
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in ("secp256r1", "secp384r1"):
-            raise ValueError(f"the gate's public key is on curve {key.curve.name}; expected P-256 (or P-384)")
-    elif not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError(f"the gate's public key is a {type(key).__name__}; expected an EC P-256 or RSA key")
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"the gate's public key is a {type(key).__name__}; expected an EC P-256 key")
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError(f"the gate's public key is on curve {key.curve.name}; expected P-256")
     return pem.replace("\r\n", "\n").strip() + "\n"
 
 
