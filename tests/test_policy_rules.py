@@ -803,6 +803,20 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
     ),
     ("gc-window", "prod", delete_untagged, "maintenance-gc-gc", "--delete-untagged"),
     (
+        "gc-window",
+        "dev",
+        edit("maintenance-gc-retention", lambda p: p.update(priority=2.0)),
+        "maintenance-gc-window",
+        "retention must run before read-only and garbage-collect",
+    ),
+    (
+        "gc-window",
+        "dev",
+        edit("maintenance-gc-retention", lambda p: p.update(maxConcurrency="2")),
+        "maintenance-gc-retention",
+        "maxConcurrency",
+    ),
+    (
         "backup-vaults-encrypted",
         "prod",
         edit("storage-replica-vault", lambda p: p.pop("kmsKeyArn")),
