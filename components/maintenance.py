@@ -64,7 +64,7 @@ class RegistryMaintenance(pulumi.ComponentResource):
             targets=[{"key": f"tag:{k}", "values": [v]} for k, v in sorted(args.host_tags.items())],
             opts=child,
         )
-        tasks = [(action, priority, None) for action, priority in GC_TASKS]
+        tasks: list[tuple[str, int, str | None]] = [(action, priority, None) for action, priority in GC_TASKS]
         if args.retention_policies is not None:
             tasks.insert(0, ("retention", RETENTION_PRIORITY, args.retention_policies))
         for action, priority, policies in tasks:

@@ -1,5 +1,6 @@
 """The storage operations' commands: `maintenance`, `restore`, `gc`, `retention` (their cores:
-fleet/maintenance.py, fleet/restore.py, fleet/gc.py, fleet/retention.py). fleet/cli.py only adds these parsers and hands the parsed arguments here.
+fleet/maintenance.py, fleet/restore.py, fleet/gc.py, fleet/retention.py). fleet/cli.py only adds these
+parsers and hands the parsed arguments here.
 
 Each acts on a deployed stack (AWS credentials from the environment, the stack's region from its settings),
 or with `--lab` on the running lab of that stack (`--state-dir` as for `lab up`).

@@ -1,6 +1,7 @@
 """The host's Python services as hosts install them: a deterministic tarball of `auth/` (the token
 service), `gate/` (the signature gate), `signing/` (the cosign format and verifier the gate uses) and
-`retention/` (what the maintenance window runs before garbage collection), with the one hash-pinned lock (`auth/requirements.lock`) that installs all of them into one venv.
+`retention/` (what the maintenance window runs before garbage collection), with the one hash-pinned
+lock (`auth/requirements.lock`) that installs all of them into one venv.
 
 `build_artifact()` reads the repository's `auth/*.py` and `auth/requirements.lock`, and every `*.py`
 under `gate/`, `signing/` and `retention/` when those packages exist, and returns the same bytes for the same

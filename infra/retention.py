@@ -11,9 +11,8 @@ from retention.plan import Policy
 
 
 def retention_policies(settings: Settings) -> dict[str, Policy]:
-    return {
-        ns: Policy(p.keep_last, p.untagged_after_days, p.protect) for ns, p in sorted(settings.storage.retention.items())
-    }
+    items = sorted(settings.storage.retention.items())
+    return {ns: Policy(p.keep_last, p.untagged_after_days, p.protect) for ns, p in items}
 
 
 def retention_policy_json(settings: Settings) -> str | None:

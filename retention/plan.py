@@ -38,6 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+NAMESPACE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 ATTACHMENT_TAG = re.compile(r"^sha256-(?P<hex>[0-9a-f]{64})\.(?P<kind>sig|att|sbom)$")
 
 
@@ -91,7 +92,7 @@ def parse_policies(doc: object) -> dict[str, Policy]:
         raise PolicyError("retention policies: expected an object NAMESPACE -> policy")
     out = {}
     for ns, body in doc.items():
-        if not isinstance(ns, str) or not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", ns):
+        if not isinstance(ns, str) or not NAMESPACE.fullmatch(ns):
             raise PolicyError(f"retention.{ns}: not a namespace (a repository path like team-a or team-a/ci)")
         if not isinstance(body, dict) or set(body) - {"keepLast", "untaggedAfterDays", "protect"}:
             raise PolicyError(f"retention.{ns}: expected an object with keepLast, untaggedAfterDays, protect")

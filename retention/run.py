@@ -17,7 +17,16 @@ from datetime import datetime
 from typing import Any
 
 from retention import registry as api
-from retention.plan import Manifest, Policy, Repository, RepositoryPlan, Tag, attachment_subject, plan_repository, policy_for
+from retention.plan import (
+    Manifest,
+    Policy,
+    Repository,
+    RepositoryPlan,
+    Tag,
+    attachment_subject,
+    plan_repository,
+    policy_for,
+)
 from retention.storage import read_times
 from signing.registry import RegistryClient
 
