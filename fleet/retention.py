@@ -41,9 +41,16 @@ def retention_command(stack: str, settings: Settings, fleet: Fleet, dry_run: boo
 
 
 def lab_retention(
-    state_dir: Path, state: LabState, instance: str, policies_json: str, dry_run: bool, log: Callable[[str], None]
+    state_dir: Path,
+    state: LabState,
+    instance: str,
+    policies_json: str,
+    dry_run: bool,
+    log: Callable[[str], None],
+    now: datetime | None = None,
 ) -> None:
-    """Retention against one instance of a running lab, as a host runs it against its own registry."""
+    """Retention against one instance of a running lab, as a host runs it against its own registry (`now`:
+    the clock, for tests of untaggedAfterDays)."""
     import json
 
     from auth.tokens import SigningKeyError
@@ -68,6 +75,6 @@ def lab_retention(
         raise RetentionError(f"{err}; nothing was deleted") from None
     s3: Any = s3_client(state.s3_endpoint, state.ca_file, reg["region"])
     try:
-        run_retention(client, s3, state.bucket, policies, datetime.now(UTC), dry_run, log)
+        run_retention(client, s3, state.bucket, policies, now or datetime.now(UTC), dry_run, log)
     except RegistryError as err:
         raise RetentionError(f"{instance}: {err}; run it again to finish") from None
