@@ -4,7 +4,9 @@ the policies' JSON form and their settings (`storage.retention`). The real regis
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -171,3 +173,126 @@ def test_policies_json_round_trip_and_bad_input_names_the_key() -> None:
     ):
         with pytest.raises(PolicyError, match=key.replace(".", r"\.")):
             parse_policies(doc)
+
+
+def test_the_window_runs_retention_first_only_for_a_stack_with_policies(record_variant: Any) -> None:
+    import base64
+
+    from tests.helpers import recording
+
+    def tasks(resources: Any) -> dict[str, Any]:
+        return {r.name: r.inputs for r in resources if r.type == "aws:ssm/maintenanceWindowTask:MaintenanceWindowTask"}
+
+    plain = tasks(recording("dev").resources)
+    assert sorted(plain) == ["maintenance-gc-gc", "maintenance-gc-read-only", "maintenance-gc-read-write"]
+    policies = {"team-a": {"keepLast": 20, "protect": ["v*"]}}
+    with_retention = tasks(record_variant("dev", {"storage": {"retention": policies}}).resources)
+    task = with_retention["maintenance-gc-retention"]
+    assert task["priority"] == 0 and task["maxConcurrency"] == "1" and task["maxErrors"] == "0"
+    assert min(t["priority"] for name, t in with_retention.items() if name != "maintenance-gc-retention") == 1
+    commands = task["taskInvocationParameters"]["runCommandParameters"]["parameters"][0]["values"]
+    (line,) = [c for c in commands if c.startswith('bash "$script" retention ')]
+    sent = line.split()[3]
+    assert json.loads(base64.b64decode(sent)) == policies, "the host gets exactly the stack's policies"
+
+
+# --- the host side: the script's retention action (stand-ins), and SSM ------------------------------
+
+
+def host_script(tmp_path: Any) -> tuple[Any, Any, Any]:
+    """The rendered maintenance script with a stand-in release whose python records its arguments."""
+    import stat
+
+    from host.maintenance import render_maintenance_script
+
+    release = tmp_path / "release"
+    (release / "venv" / "bin").mkdir(parents=True)
+    python = release / "venv" / "bin" / "python"
+    calls = tmp_path / "calls"
+    python.write_text(f'#!/bin/bash\necho "PYTHONPATH=$PYTHONPATH $*" >>{calls}\ncat "${{4}}" >>{calls}\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    dropin = tmp_path / "unit.d" / "50-read-only.conf"
+    script = tmp_path / "registry-maintenance.sh"
+    script.write_text(render_maintenance_script(dropin_file=str(dropin), release_dir=str(release)))
+    return script, dropin, calls
+
+
+def test_the_host_script_runs_retention_only_on_a_writable_host(tmp_path: Any) -> None:
+    import base64
+    import subprocess
+
+    script, dropin, calls = host_script(tmp_path)
+    policies = '{"team-a":{"keepLast":3}}'
+    arg = base64.b64encode(policies.encode()).decode()
+
+    def run(*argv: str) -> Any:
+        return subprocess.run(["bash", str(script), *argv], capture_output=True, text=True, timeout=30,
+                              env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+
+    done = run("retention-dry-run", arg)
+    assert done.returncode == 0, done.stderr
+    first, policy = calls.read_text().splitlines()
+    assert first.startswith(f"PYTHONPATH={tmp_path}/release/app -m retention --policy-file ")
+    assert "--registry-url https://127.0.0.1:5000" in first and "--server-name registry.internal" in first
+    assert "--signing-key /etc/registry-token/signing.key" in first and first.endswith("--dry-run")
+    assert policy == policies
+    calls.unlink()
+    assert run("retention").returncode != 0, "no policies: refused"
+    dropin.parent.mkdir()
+    dropin.write_text("[Service]\n")
+    refused = run("retention", arg)
+    assert refused.returncode != 0 and "read-only" in refused.stderr and not calls.exists()
+
+
+def test_maintenance_commands_take_policies_for_retention_only() -> None:
+    from host.maintenance import maintenance_commands
+
+    with pytest.raises(ValueError, match="the retention actions, and only they"):
+        maintenance_commands("retention")
+    with pytest.raises(ValueError, match="the retention actions, and only they"):
+        maintenance_commands("gc", "{}")
+
+
+def test_aws_retention_runs_on_one_host_through_ssm() -> None:
+    import base64
+    import uuid
+
+    from fleet.maintenance import AwsFleet
+    from tests.helpers.aws_fake import FakeClient
+
+    group = {
+        "AutoScalingGroupName": "g",
+        "Instances": [{"InstanceId": "i-0aaaaaaaaaaaaaaaa", "LifecycleState": "InService"}],
+    }
+    autoscaling = FakeClient("autoscaling", {"describe_auto_scaling_groups": lambda p: {"AutoScalingGroups": [group]}})
+    ssm = FakeClient(
+        "ssm",
+        {
+            "send_command": lambda p: {"Command": {"CommandId": str(uuid.uuid4())}},
+            "get_command_invocation": lambda p: {"Status": "Success", "StandardOutputContent": "delete x\nkeep y\n"},
+        },
+    )
+    lines: list[str] = []
+    AwsFleet("dev", autoscaling, ssm, poll_seconds=0, sleep=lambda s: None).retention(
+        '{"team-a":{"keepLast":3}}', True, lines.append
+    )
+    (send,) = [p for name, p in ssm.calls if name == "send_command"]
+    action = send["Parameters"]["commands"][4].split()
+    assert action[2] == "retention-dry-run" and base64.b64decode(action[3]) == b'{"team-a":{"keepLast":3}}'
+    assert lines[-2:] == ["delete x", "keep y"]
+    assert "suspend_processes" not in autoscaling.names(), "retention needs a writable fleet: no window"
+
+
+def test_cli_retention_for_a_stack_without_policies_deletes_nothing() -> None:
+    from fleet.retention import retention_command
+    from tests.helpers import settings_with
+
+    class NoFleet:
+        description = "none"
+
+        def retention(self, *args: Any) -> None:
+            raise AssertionError("retention ran without policies")
+
+    lines: list[str] = []
+    retention_command("dev", settings_with("dev", {}), NoFleet(), False, lines.append)  # type: ignore[arg-type]
+    assert lines == ["stack dev sets no storage.retention: retention keeps everything; nothing was deleted"]

@@ -50,11 +50,9 @@ def settings_with(stack: str, overrides: dict[str, Any]) -> Settings:
 
 
 def htpasswd_settings(stack: str = "dev") -> Settings:
-    """A stack in htpasswd mode: one lab user who may push and delete (the whole access object replaced, and
-    `storage.retention` left out: its namespaces are teams', which htpasswd mode has not)."""
+    """A stack in htpasswd mode: one lab user who may push and delete (the whole access object replaced)."""
     config = stack_config(stack)
     config["access"] = {"mode": "htpasswd"}
-    config.get("storage", {}).pop("retention", None)
     return settings_from_config(stack, config)
 
 
