@@ -55,9 +55,8 @@ def lab_retention(
 
     from auth.tokens import SigningKeyError
     from lab.lab import s3_client
-    from retention.__main__ import registry_settings
     from retention.plan import PolicyError, parse_policies
-    from retention.registry import minting_client
+    from retention.registry import minting_client, registry_settings
     from retention.run import run_retention
     from signing.registry import RegistryError
 

@@ -15,27 +15,6 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import yaml
-
-
-def registry_settings(config_file: Path) -> dict[str, Any]:
-    """service, issuer, bucket, region (and regionendpoint when set) from the registry's config.yml."""
-    doc = yaml.safe_load(config_file.read_text())
-    token = (doc.get("auth") or {}).get("token")
-    if not token:
-        raise ValueError(f"{config_file}: no auth.token: retention mints tokens, it needs token mode")
-    s3 = (doc.get("storage") or {}).get("s3") or {}
-    if not (doc.get("storage") or {}).get("delete", {}).get("enabled"):
-        raise ValueError(f"{config_file}: storage.delete.enabled is not true: the registry would refuse deletes")
-    return {
-        "service": token["service"],
-        "issuer": token["issuer"],
-        "bucket": s3["bucket"],
-        "region": s3["region"],
-        "endpoint": s3.get("regionendpoint"),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from auth.tokens import SigningKeyError
     from retention.plan import PolicyError, parse_policies
-    from retention.registry import minting_client
+    from retention.registry import minting_client, registry_settings
     from retention.run import run_retention
     from signing.registry import RegistryError
 

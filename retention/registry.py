@@ -16,6 +16,9 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from auth.scopes import Scope
 from auth.tokens import TokenSigner
@@ -46,6 +49,24 @@ class MintingClient(RegistryClient):
             elif kind == "repository" and name:
                 access.append(Scope("repository", name, ("pull", "delete")))
         return self.signer.mint(SUBJECT, self.audience, access, time.time()).token
+
+
+def registry_settings(config_file: Path) -> dict[str, Any]:
+    """service, issuer, bucket, region (and regionendpoint when set) from the registry's config.yml."""
+    doc = yaml.safe_load(config_file.read_text())
+    token = (doc.get("auth") or {}).get("token")
+    if not token:
+        raise ValueError(f"{config_file}: no auth.token: retention mints tokens, it needs token mode")
+    s3 = (doc.get("storage") or {}).get("s3") or {}
+    if not (doc.get("storage") or {}).get("delete", {}).get("enabled"):
+        raise ValueError(f"{config_file}: storage.delete.enabled is not true: the registry would refuse deletes")
+    return {
+        "service": token["service"],
+        "issuer": token["issuer"],
+        "bucket": s3["bucket"],
+        "region": s3["region"],
+        "endpoint": s3.get("regionendpoint"),
+    }
 
 
 def minting_client(

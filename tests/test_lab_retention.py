@@ -216,8 +216,7 @@ def test_an_interrupted_run_is_finished_by_the_next(lab: LabState, stacks: Path,
     assert fleet(lab, stacks, "sign", "dev", f"{repo}@{old}", "--username", DEV)[0] == 0
     # What the run would have done first (the image), then "killed".
     url = f"/v2/{repo}/manifests/{old}"
-    from retention.__main__ import registry_settings
-    from retention.registry import delete, minting_client
+    from retention.registry import delete, minting_client, registry_settings
 
     reg = registry_settings(Path(lab.state_dir) / f"{INSTANCES[0]}.yml")
     client = minting_client(

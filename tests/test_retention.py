@@ -296,3 +296,25 @@ def test_cli_retention_for_a_stack_without_policies_deletes_nothing() -> None:
     lines: list[str] = []
     retention_command("dev", settings_with("dev", {}), NoFleet(), False, lines.append)  # type: ignore[arg-type]
     assert lines == ["stack dev sets no storage.retention: retention keeps everything; nothing was deleted"]
+
+
+def test_retention_imports_only_what_a_host_has() -> None:
+    """A host runs retention/ from the token service's release: the artifact's packages (host/artifact.py)
+    and the pinned lock's distributions, nothing of infra/, fleet/, host/ or lab/."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    from host.artifact import shipped_packages
+
+    shipped = set(shipped_packages())
+    assert "retention" in shipped
+    locked = {"yaml", "boto3", "botocore", "urllib3", "jwt", "cryptography"}
+    for path in sorted(Path("retention").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                assert top in shipped | locked | set(sys.stdlib_module_names) | {"__future__"}, f"{path}: {name}"
