@@ -318,3 +318,44 @@ def test_retention_imports_only_what_a_host_has() -> None:
             for name in names:
                 top = name.split(".")[0]
                 assert top in shipped | locked | set(sys.stdlib_module_names) | {"__future__"}, f"{path}: {name}"
+
+
+def test_the_host_command_refuses_bad_input_before_any_request(tmp_path: Any, capsys: Any) -> None:
+    """`python -m retention` on a host: a config without token auth or without deletes, bad policies, a
+    missing key: exit 2, the problem named, nothing asked of the registry (no URL answers here)."""
+    import yaml
+
+    from host.registry_config import RegistryConfig, TokenAuth, render_registry_config
+    from retention.__main__ import main
+
+    token = TokenAuth("https://r.example.com/auth", "r.example.com", "registry-fleet-dev", "/etc/t.crt")
+    config = RegistryConfig(environment="dev", public_url="https://r.example.com", bucket="b", region="eu-west-1")
+    files = {
+        "htpasswd.yml": render_registry_config(config),
+        "token.yml": render_registry_config(RegistryConfig(**{**config.__dict__, "token": token})),
+    }
+    no_delete = yaml.safe_load(files["token.yml"])
+    no_delete["storage"]["delete"] = {"enabled": False}
+    files["no-delete.yml"] = yaml.safe_dump(no_delete)
+    for name, text in {
+        **files,
+        "good.json": '{"team-a":{"keepLast":2}}',
+        "bad.json": '{"team-a":{"keepLast":0}}',
+    }.items():
+        (tmp_path / name).write_text(text)
+
+    def run(config: str, policy: str) -> tuple[int, str]:
+        none = str(tmp_path / "none")
+        code = main(["--policy-file", str(tmp_path / policy), "--registry-config", str(tmp_path / config),
+                     "--registry-url", "https://127.0.0.1:9", "--ca-file", none, "--signing-key", none,
+                     "--signing-cert", none])  # fmt: skip
+        return code, capsys.readouterr().err
+
+    for config, policy, says in (
+        ("htpasswd.yml", "good.json", "no auth.token: retention mints tokens, it needs token mode"),
+        ("no-delete.yml", "good.json", "storage.delete.enabled is not true"),
+        ("token.yml", "bad.json", "retention.team-a.keepLast: 0 is not a whole number of at least 1"),
+        ("token.yml", "good.json", "signing key"),
+    ):
+        code, err = run(config, policy)
+        assert code == 2 and says in err and "nothing was deleted" in err, err
