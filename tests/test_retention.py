@@ -344,18 +344,18 @@ def test_the_host_command_refuses_bad_input_before_any_request(tmp_path: Any, ca
     }.items():
         (tmp_path / name).write_text(text)
 
-    def run(config: str, policy: str) -> tuple[int, str]:
+    def run(config_file: str, policy: str) -> tuple[int, str]:
         none = str(tmp_path / "none")
-        code = main(["--policy-file", str(tmp_path / policy), "--registry-config", str(tmp_path / config),
+        code = main(["--policy-file", str(tmp_path / policy), "--registry-config", str(tmp_path / config_file),
                      "--registry-url", "https://127.0.0.1:9", "--ca-file", none, "--signing-key", none,
                      "--signing-cert", none])  # fmt: skip
         return code, capsys.readouterr().err
 
-    for config, policy, says in (
+    for config_file, policy, says in (
         ("htpasswd.yml", "good.json", "no auth.token: retention mints tokens, it needs token mode"),
         ("no-delete.yml", "good.json", "storage.delete.enabled is not true"),
         ("token.yml", "bad.json", "retention.team-a.keepLast: 0 is not a whole number of at least 1"),
         ("token.yml", "good.json", "signing key"),
     ):
-        code, err = run(config, policy)
+        code, err = run(config_file, policy)
         assert code == 2 and says in err and "nothing was deleted" in err, err
