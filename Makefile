@@ -58,9 +58,9 @@ docs: .venv/.installed
 	$(PY) -m infra.settings.reference
 
 lint: .venv/.installed
-	$(PY) -m ruff check infra components host fleet lab policy auth signing gate scanner tests
-	$(PY) -m ruff format --check infra components host fleet lab policy auth signing gate scanner tests
-	$(PY) -m mypy infra components host fleet lab policy auth signing gate scanner
+	$(PY) -m ruff check infra components host fleet lab policy auth signing gate scanner retention tests
+	$(PY) -m ruff format --check infra components host fleet lab policy auth signing gate scanner retention tests
+	$(PY) -m mypy infra components host fleet lab policy auth signing gate scanner retention
 
 unit: .venv/.installed test-packages
 	$(PY) -m pytest -q

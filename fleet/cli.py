@@ -23,7 +23,7 @@ EXIT_FAILED = 1  # the command ran and found a problem (an audit failure)
 EXIT_USER_ERROR = 2
 
 
-OPERATIONS = ("maintenance", "restore", "gc")  # storage operations: fleet/operations.py
+OPERATIONS = ("maintenance", "restore", "gc", "retention")  # storage operations: fleet/operations.py
 
 
 class UserError(Exception):

@@ -59,6 +59,9 @@ class Fleet(Protocol):
     def garbage_collect(self, dry_run: bool, log: Callable[[str], None]) -> str:
         """`garbage-collect` on one instance (never `--delete-untagged`); its output."""
 
+    def retention(self, policies_json: str, dry_run: bool, log: Callable[[str], None]) -> None:
+        """Retention (retention/run.py) against one writable instance; its plan lines go to `log`."""
+
 
 @contextmanager
 def read_only_window(fleet: Fleet, stack: str, log: Callable[[str], None]) -> Iterator[None]:
@@ -125,6 +128,11 @@ class LabFleet:
             raise MaintenanceError(f"{name}: garbage-collect failed ({result.returncode}): {result.stderr[-2000:]}")
         return result.stdout + result.stderr
 
+    def retention(self, policies_json: str, dry_run: bool, log: Callable[[str], None]) -> None:
+        from fleet.retention import lab_retention
+
+        lab_retention(self.state_dir, self.state, self.instances()[0], policies_json, dry_run, log)
+
 
 # --- AWS ----------------------------------------------------------------------------------------
 
@@ -175,7 +183,9 @@ class AwsFleet:
             if not str(i["LifecycleState"]).startswith(("Terminat", "Pending", "Detach"))
         )
 
-    def run(self, action: str, instance_ids: list[str], log: Callable[[str], None]) -> dict[str, str]:
+    def run(
+        self, action: str, instance_ids: list[str], log: Callable[[str], None], policies_json: str | None = None
+    ) -> dict[str, str]:
         """Run the host script with ACTION on each instance, one after another; their outputs."""
         outputs = {}
         for instance in instance_ids:
@@ -185,7 +195,7 @@ class AwsFleet:
                 Comment=f"registry-fleet {self.stack}: {action}",
                 TimeoutSeconds=SSM_TIMEOUT_SECONDS,
                 Parameters={
-                    "commands": maintenance_commands(action),
+                    "commands": maintenance_commands(action, policies_json),
                     "executionTimeout": [str(SSM_TIMEOUT_SECONDS)],
                 },
             )["Command"]
@@ -229,6 +239,15 @@ class AwsFleet:
         if not first:
             raise MaintenanceError(f"stack {self.stack}: its Auto Scaling group has no running instance")
         return self.run("gc-dry-run" if dry_run else "gc", first, log)[first[0]]
+
+    def retention(self, policies_json: str, dry_run: bool, log: Callable[[str], None]) -> None:
+        first = self.instances()[:1]
+        if not first:
+            raise MaintenanceError(f"stack {self.stack}: its Auto Scaling group has no running instance")
+        action = "retention-dry-run" if dry_run else "retention"
+        output = self.run(action, first, log, policies_json)[first[0]]
+        for line in output.splitlines():  # SSM keeps the first 24,000 characters; the host's log has all
+            log(line)
 
 
 def aws_fleet(stack: str, region: str) -> AwsFleet:

@@ -1,5 +1,6 @@
-"""The storage operations' commands: `maintenance`, `restore`, `gc` (their cores: fleet/maintenance.py,
-fleet/restore.py, fleet/gc.py). fleet/cli.py only adds these parsers and hands the parsed arguments here.
+"""The storage operations' commands: `maintenance`, `restore`, `gc`, `retention` (their cores:
+fleet/maintenance.py, fleet/restore.py, fleet/gc.py, fleet/retention.py). fleet/cli.py only adds these
+parsers and hands the parsed arguments here.
 
 Each acts on a deployed stack (AWS credentials from the environment, the stack's region from its settings),
 or with `--lab` on the running lab of that stack (`--state-dir` as for `lab up`).
@@ -60,6 +61,15 @@ def add_parsers(sub: Any, stacks: str) -> None:
     p.add_argument("--bucket", help="the registry bucket (default: the stack's output bucketName)")
     _target(p)
 
+    p = sub.add_parser(
+        "retention",
+        help="delete what the stack's storage.retention policies no longer keep, through the registry API "
+        "(before gc); prints the plan",
+    )
+    p.add_argument("stack", help=f"stack name ({stacks})")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; delete nothing")
+    _target(p)
+
 
 def run_operation(args: argparse.Namespace, out: TextIO, err: TextIO, stacks_dir: Path) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
@@ -68,6 +78,7 @@ def run_operation(args: argparse.Namespace, out: TextIO, err: TextIO, stacks_dir
     from fleet.cli import UserError
     from fleet.maintenance import MaintenanceError, fleet_for, switch
     from fleet.restore import RestoreError
+    from fleet.retention import RetentionError
     from lab.lab import LabError
 
     settings = load_stack_settings(args.stack, stacks_dir=stacks_dir)
@@ -94,7 +105,11 @@ def run_operation(args: argparse.Namespace, out: TextIO, err: TextIO, stacks_dir
                 noncurrent_days=settings.storage.noncurrent_version_days,
                 log=log,
             )
-    except (MaintenanceError, LabError, RestoreError, BackupRestoreError) as e:
+        elif args.command == "retention":
+            from fleet.retention import retention_command
+
+            retention_command(args.stack, settings, fleet, args.dry_run, log)
+    except (MaintenanceError, LabError, RestoreError, BackupRestoreError, RetentionError) as e:
         raise UserError(str(e)) from None
     except (BotoCoreError, ClientError) as e:  # no credentials, no permission, throttled: the operator's to fix
         raise UserError(f"AWS: {e}") from None

@@ -1,9 +1,10 @@
 """The host's Python services as hosts install them: a deterministic tarball of `auth/` (the token
-service), `gate/` (the signature gate) and `signing/` (the cosign format and verifier the gate uses),
-with the one hash-pinned lock (`auth/requirements.lock`) that installs all of them into one venv.
+service), `gate/` (the signature gate), `signing/` (the cosign format and verifier the gate uses) and
+`retention/` (what the maintenance window runs before garbage collection), with the one hash-pinned
+lock (`auth/requirements.lock`) that installs all of them into one venv.
 
 `build_artifact()` reads the repository's `auth/*.py` and `auth/requirements.lock`, and every `*.py`
-under `gate/` and `signing/` when those packages exist, and returns the same bytes for the same
+under `gate/`, `signing/` and `retention/` when those packages exist, and returns the same bytes for the same
 sources (sorted entries, fixed owners, modes and times, gzip
 without a timestamp), so the object key, named by the content's SHA-256, changes only when the
 code or a pin changes, and only then rolls the fleet. Hosts verify the SHA-256 (carried in
@@ -23,8 +24,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTH_DIR = REPO_ROOT / "auth"
 LOCK_NAME = "requirements.lock"
-# Packages shipped beside auth/ when present (whole trees of *.py): the gate and the code it verifies with.
-OPTIONAL_PACKAGES = ("gate", "signing")
+# Packages shipped beside auth/ when present (whole trees of *.py): the gate and the code it verifies with,
+# and retention (python -m retention, run by the maintenance window).
+OPTIONAL_PACKAGES = ("gate", "signing", "retention")
 KEY_PREFIX = "registry-fleet/token-service"  # in the registry bucket, outside the registry's docker/ root
 
 

@@ -451,7 +451,8 @@ def _token_install_script(region: str, token: TokenServiceBoot, gate: bool = Fal
         ARTIFACT_SHA256=shlex.quote(token.artifact_sha256),
         PIP_INDEX_URL=shlex.quote(token.pip_index_url),
         RELEASE_MARKER=TOKEN_RELEASE_MARKER,
-        IMPORT_CHECK="auth.serve, gate.config" if gate else "auth.serve",
+        # retention.run: what the maintenance window runs from this venv (its imports checked at install).
+        IMPORT_CHECK="auth.serve, retention.run, gate.config" if gate else "auth.serve, retention.run",
     )
 
 

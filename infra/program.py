@@ -40,6 +40,7 @@ from components.storage import (
 from components.waivers import PolicyWaivers, WaiverArgs
 from host.artifact import build_artifact
 from host.contract import HOST_INTERNAL_NAME
+from infra.retention import retention_policy_json
 from infra.secrets import AccessSecrets
 from infra.settings import Settings, protected_namespaces
 from infra.token_service import lockout_table_name, token_service_spec
@@ -353,6 +354,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
             name_prefix=prefix,
             host_tags={"stack": tags["stack"], "managed-by": tags["managed-by"]},
             tags=tags,
+            retention_policies=retention_policy_json(s),
         ),
         opts=in_primary,
     )

@@ -1260,3 +1260,34 @@ def test_waivers_are_read_from_the_waivers_component() -> None:
 def test_stack_passes_the_pack_with_its_own_waivers(stack: str) -> None:
     resources = stack_resources(stack)
     assert apply_waivers(evaluate(resources), waivers_in(resources), TODAY)[::2] == ([], [])
+
+
+# --- retention in the maintenance window (no stack file sets storage.retention: a recorded variant) -------
+
+RETENTION = {"storage": {"retention": {"team-a": {"keepLast": 20, "untaggedAfterDays": 14, "protect": ["v*"]}}}}
+
+
+@pytest.mark.parametrize(
+    ("change", "resource", "says"),
+    [
+        (
+            edit("maintenance-gc-retention", lambda p: p.update(priority=2.0)),
+            "maintenance-gc-window",
+            "retention must run before read-only and garbage-collect",
+        ),
+        (
+            edit("maintenance-gc-retention", lambda p: p.update(priority=1.0)),
+            "maintenance-gc-window",
+            "retention must run before read-only",
+        ),
+        (edit("maintenance-gc-retention", lambda p: p.update(maxErrors="1")), "maintenance-gc-retention", "maxErrors"),
+    ],
+    ids=["after-gc", "with-read-only", "max-errors"],
+)
+def test_gc_window_runs_retention_before_the_read_only_window(
+    record_variant: Callable[..., Any], change: Change, resource: str, says: str
+) -> None:
+    resources = list(record_variant("dev", RETENTION).in_urn_order())
+    assert not rule_by_id("gc-window").check(resources), "the fleet's own window with retention fails the rule"
+    found = rule_by_id("gc-window").check(change(resources))
+    assert any(v.resource == resource and says in v.message for v in found), found

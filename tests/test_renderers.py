@@ -1036,8 +1036,8 @@ def test_the_gate_reads_the_host_key_only_never_the_token_services_secrets() -> 
 
 
 def test_a_gated_host_checks_the_gates_imports_when_it_installs_the_release() -> None:
-    assert '-c "import auth.serve, gate.config"' in install_script(gated_boot())
-    assert '-c "import auth.serve"' in install_script(token_boot())
+    assert '-c "import auth.serve, retention.run, gate.config"' in install_script(gated_boot())
+    assert '-c "import auth.serve, retention.run"' in install_script(token_boot())
     # One release for two units: the install takes a lock, so they never install at once.
     assert install_script(token_boot()).splitlines()[10:12] == ['exec 9<"$P"', "flock 9"]
 

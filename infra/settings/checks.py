@@ -78,6 +78,7 @@ def cross_field_problems(s: Settings) -> list[Problem]:
             )
         )
     out += _signing_problems(s)
+    out += _retention_problems(s)
     match s.access:
         case HtpasswdAccess() if s.environment == "prod":
             out.append(Problem("access.mode", "htpasswd", "prod needs token: htpasswd lets every user push everywhere"))
@@ -114,6 +115,27 @@ def _signing_problems(s: Settings) -> list[Problem]:
                     )
                 )
     return out
+
+
+def _retention_problems(s: Settings) -> list[Problem]:
+    """Each storage.retention namespace is a team's or under one, which only token mode has (and the hosts
+    run retention with the token service's code and signing key)."""
+    if not s.storage.retention:
+        return []
+    if not isinstance(s.access, TokenAccess):
+        return [
+            Problem(
+                "storage.retention",
+                sorted(s.storage.retention),
+                "needs access.mode token: retention is per team namespace, and htpasswd mode has no teams",
+            )
+        ]
+    owned = [ns for team in s.access.teams.values() for ns in team.namespaces]
+    return [
+        Problem(f"storage.retention.{ns}", ns, "is not owned by any team (name a team namespace or one under it)")
+        for ns in s.storage.retention
+        if not any(ns == team_ns or covers(team_ns, ns) for team_ns in owned)
+    ]
 
 
 def _pull_policy_problems(a: TokenAccess) -> list[Problem]:

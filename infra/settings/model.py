@@ -268,6 +268,60 @@ class ObjectLockSettings(SettingsModel):
         return v
 
 
+_TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
+
+
+class RetentionPolicy(SettingsModel):
+    """What one namespace keeps (`storage.retention`); applied by `python -m fleet retention` and the weekly
+    maintenance window, before garbage collection (docs/backups.md)."""
+
+    keep_last: StrictInt | None = Field(
+        default=None,
+        description="Tags kept per repository, the most recently pushed first, 1..10000; unset: every tag. "
+        "Signature tags (`sha256-<hex>.sig`) and protected tags do not count.",
+    )
+    untagged_after_days: StrictInt | None = Field(
+        default=None,
+        description="Manifests no tag names, untagged for more than this many days (1..3650), are deleted; unset: "
+        "never. Platform manifests of a kept index stay.",
+    )
+    protect: tuple[str, ...] = Field(
+        default=(),
+        description="Tag patterns always kept (shell globs, e.g. `v*`, `release-*`); patterns of the namespaces "
+        "above add up.",
+    )
+
+    @field_validator("keep_last")
+    @classmethod
+    def _keep(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 10000:
+            raise _rule("is outside 1..10000: keep at least the newest tag (leave keepLast out to keep every tag)")
+        return v
+
+    @field_validator("untagged_after_days")
+    @classmethod
+    def _days(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 3650:
+            raise _rule("is outside 1..3650 days")
+        return v
+
+    @field_validator("protect")
+    @classmethod
+    def _protect(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in v if not _TAG_PATTERN.match(p)]
+        if bad:
+            raise _rule(f"not tag patterns: {bad} (tag characters and * ? [ ] !, at most 128)")
+        if len(set(v)) != len(v):
+            raise _rule("lists a pattern twice")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> RetentionPolicy:
+        if self.keep_last is None and self.untagged_after_days is None and not self.protect:
+            raise _rule("sets nothing: give keepLast, untaggedAfterDays or protect (or leave the namespace out)")
+        return self
+
+
 class StorageSettings(SettingsModel):
     noncurrent_version_days: int = Field(description="Noncurrent object versions expire after this many days, 1..3650.")
     abort_incomplete_upload_days: int = Field(description="Incomplete multipart uploads are aborted after 1..30 days.")
@@ -277,6 +331,13 @@ class StorageSettings(SettingsModel):
     object_lock: ObjectLockSettings = Field(description="Object Lock on the replica bucket.")
     chunk_size_mib: int = Field(
         alias="chunkSizeMiB", description="The registry S3 driver's `chunksize`, 5..512 MiB (S3 parts are >= 5 MiB)."
+    )
+    retention: dict[str, RetentionPolicy] = Field(
+        default_factory=dict,
+        description="`{NAMESPACE: {keepLast, untaggedAfterDays, protect}}`: what each team namespace keeps; the "
+        "weekly maintenance window deletes the rest through the registry API before garbage collection. A "
+        "namespace is a team's or under one (token mode) and covers what is under it; the nearest one applies. "
+        "Empty: nothing is ever deleted.",
     )
 
     @field_validator("noncurrent_version_days")

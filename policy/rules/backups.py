@@ -130,7 +130,7 @@ def find_restore_testing(resources: Sequence[Res]) -> Iterator[Finding]:
             yield selections[0].name, f"protectedResourceArns is {chosen!r}, without {bucket.name} ({arn})"
 
 
-_ACTION = re.compile(r'bash "\$script" (read-only|read-write|gc)\b')
+_ACTION = re.compile(r'bash "\$script" (read-only|read-write|gc|retention)(?![\w-])')
 
 
 def _window_actions(task: Res) -> list[str]:
@@ -147,7 +147,9 @@ def _window_actions(task: Res) -> list[str]:
     "gc-window",
     10,
     "A scheduled SSM maintenance window garbage-collects the registry: every host read-only first, then "
-    "garbage-collect (never --delete-untagged), then read-write, one host at a time, stopping at the first error.",
+    "garbage-collect (never --delete-untagged), then read-write, one host at a time, stopping at the first error; "
+    "a stack with retention policies runs retention before all of them (deletes need a writable registry, and GC "
+    "frees what retention deleted).",
 )
 def find_gc_window(resources: Sequence[Res]) -> Iterator[Finding]:
     windows = [w for w in of_type(resources, MAINTENANCE_WINDOW) if prop(w, "enabled") is not False]
@@ -165,7 +167,7 @@ def find_gc_window(resources: Sequence[Res]) -> Iterator[Finding]:
             )
         for action in actions:
             priority[action] = prop(task, "priority")
-        if "gc" in actions or "read-only" in actions:
+        if {"gc", "read-only", "retention"} & set(actions):
             for key, want in (("maxConcurrency", "1"), ("maxErrors", "0")):
                 if prop(task, key) != want and not is_unknown(prop(task, key)):
                     yield task.name, f"{key} is {prop(task, key)!r}, expected {want!r}"
@@ -176,4 +178,10 @@ def find_gc_window(resources: Sequence[Res]) -> Iterator[Finding]:
         yield (
             windows[0].name,
             (f"task priorities {priority}: garbage-collect must run after read-only and before read-write"),
+        )
+    if "retention" in priority and not priority["retention"] < min(priority.get("read-only", 1e9), priority["gc"]):
+        yield (
+            windows[0].name,
+            f"task priorities {priority}: retention must run before read-only and garbage-collect (a read-only "
+            "registry refuses its deletes; GC after it frees what it deleted)",
         )
