@@ -114,20 +114,17 @@ class TokenMetrics:
             multiprocess_mode="livemin",
             registry=r,
         )
-        for grant in GRANTS:
-            for outcome in OUTCOMES:
-                self._requests.labels(grant, outcome)
-        for outcome in OUTCOMES:
-            self._duration.labels(outcome)
-        for result in ("hit", "miss"):
-            self._cache.labels(result)
+        # Every child made once (labels() on each request costs more than the increment).
+        self._decisions = {(g, o): self._requests.labels(g, o) for g in GRANTS for o in OUTCOMES}
+        self._durations = {o: self._duration.labels(o) for o in OUTCOMES}
+        self._lookups = {hit: self._cache.labels("hit" if hit else "miss") for hit in (True, False)}
 
     def decided(self, grant: str, outcome: str, seconds: float) -> None:
-        self._requests.labels(grant if grant in GRANTS else "unknown", outcome).inc()
-        self._duration.labels(outcome).observe(seconds)
+        self._decisions[(grant if grant in GRANTS else "unknown", outcome)].inc()
+        self._durations[outcome].observe(seconds)
 
     def cache_lookup(self, hit: bool) -> None:
-        self._cache.labels("hit" if hit else "miss").inc()
+        self._lookups[hit].inc()
 
     def lockout_local(self) -> None:
         self._lockout_local.inc()

@@ -24,6 +24,7 @@ balancer's TargetResponseTime.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,7 +185,7 @@ def install_document(parameter_name: str, targets: list[ScrapeTarget]) -> dict[s
     }
 
 
-def scrape_config_from_document(document: dict[str, Any]) -> dict[str, Any]:
+def scrape_config_from_document(document: Mapping[str, Any]) -> dict[str, Any]:
     """The scrape config a document writes (the heredoc of its first step), parsed: for the rule and tests."""
     lines = document["mainSteps"][0]["inputs"]["runCommand"]
     start = next(i for i, line in enumerate(lines) if line.endswith("<<'REGISTRY_FLEET_EOF'"))

@@ -126,6 +126,72 @@ def run_path(
     return concurrent_gets(port, ca, path, basic, clients, per_client, warm_path="/healthz", started=started)
 
 
+def profile(work: Path, key: Path, cert: Path, requests: int = 2000) -> None:
+    """The robot path's own cost in this process, without gunicorn, TLS or sockets: the app (Flask, the
+    checks, the RS256 signature, the audit line) per request, the signature alone, and cProfile's top
+    functions. Everything else the service's CPU time per token holds is gunicorn's and TLS's."""
+    import cProfile
+    import io
+    import logging
+    import pstats
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from werkzeug.test import EnvironBuilder
+
+    from auth.config import parse_config
+    from auth.serve import authenticators
+    from auth.server import AUDIT_LOGGER, create_app
+    from auth.tokens import load_private_key
+
+    name, token = ROBOT
+    data = {
+        "issuer": "registry-fleet-bench", "service": SERVICE, "signing_key": str(key), "signing_cert": str(cert),
+        "policy": {
+            "teams": {"team-a": {"namespaces": ["team-a"]}},
+            "robots": {name: {"namespace": "team-a/ci", "actions": ["pull", "push"],
+                              "expires": "2099-01-01T00:00:00Z", "token_hash": robot_token_hash(token)}},
+        },
+    }  # fmt: skip
+    config = parse_config(data, work)
+    app = create_app(config, authenticators(config))
+    audit = logging.getLogger(AUDIT_LOGGER)
+    audit.handlers[:] = [logging.StreamHandler(open(os.devnull, "w"))]  # noqa: SIM115 (closed at exit)
+    audit.propagate = False
+    header = "Basic " + base64.b64encode(f"{name}:{token}".encode()).decode()
+    query = f"service={SERVICE}&scope=repository:team-a/ci/app:pull,push"
+    environ = EnvironBuilder(path="/auth", query_string=query, headers={"Authorization": header}).get_environ()
+
+    def call() -> None:
+        status: list[str] = []
+        b"".join(app(dict(environ), lambda s, h, e=None: status.append(s)))
+        assert status == ["200 OK"], status
+
+    for _ in range(200):
+        call()
+    t = time.perf_counter()
+    for _ in range(requests):
+        call()
+    per_request = (time.perf_counter() - t) / requests
+    signing = load_private_key(key)
+    t = time.perf_counter()
+    for _ in range(requests):
+        signing.sign(b"x" * 600, padding.PKCS1v15(), hashes.SHA256())
+    per_sign = (time.perf_counter() - t) / requests
+    print(
+        f"profile (robot path in this process, {requests} requests): app {per_request * 1000:.3f} ms a token, "
+        f"of which the RSA-2048 signature {per_sign * 1000:.3f} ms"
+    )
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(requests):
+        call()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:4000])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=50)
@@ -136,7 +202,12 @@ def main() -> None:
     parser.add_argument("--paths", default="robot,local,ldap,cold", help="which paths to measure (default all four)")
     parser.add_argument("--server-cpus", default="0", help="the service's cores (default 0; all: every core)")
     parser.add_argument("--client-cpus", default="", help="cores of the clients and slapd (default: the others)")
+    parser.add_argument("--profile", action="store_true", help="profile the robot path in process, then exit")
     args = parser.parse_args()
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="bench-auth-") as tmp:
+            profile(Path(tmp), *create_signing_pair(Path(tmp) / "signing"))
+        return
     server_cpus = cpu_set(args.server_cpus)
     client_cpus = cpu_set(args.client_cpus) if args.client_cpus else (os.sched_getaffinity(0) - server_cpus)
     if not client_cpus:

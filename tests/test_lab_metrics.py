@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import ssl
 import sys
 import urllib.error
@@ -20,11 +19,9 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from auth import metrics as token_metrics
 from host.cloudwatch_agent import (
@@ -40,6 +37,7 @@ from host.registry_config import RegistryConfig
 from lab import supervisor
 from lab.lab import STATE_FILE, Lab, LabState
 from tests.helpers import settings_with
+from tests.helpers.metrics import scrape
 
 pytestmark = pytest.mark.lab
 
@@ -64,27 +62,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
 
 def target(job: str) -> ScrapeTarget:
     return next(t for t in scrape_targets(token_service=True) if t.job == job)
-
-
-def scrape(t: ScrapeTarget, port: int, ca_file: str) -> dict[str, list[Any]]:
-    """GET the target's path on the lab's port, with the target's scheme and TLS name; samples by family name."""
-    url = f"{t.scheme}://127.0.0.1:{port}{t.path}"
-    context = None
-    if t.scheme == "https":
-        assert t.ca_file is not None and t.server_name is not None
-        context = ssl.create_default_context(cafile=ca_file)
-        sock = context.wrap_socket(
-            socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname=t.server_name
-        )
-        sock.close()  # the host certificate holds the name the agent checks (else the handshake above fails)
-    with urllib.request.urlopen(url, context=context, timeout=10) as resp:
-        assert resp.status == 200, url
-        text = resp.read().decode()
-    families: dict[str, list[Any]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            families.setdefault(sample.name, []).append(sample)
-    return families
 
 
 def test_the_rendered_scrape_and_agent_configs_name_the_same_jobs_and_loopback_only() -> None:
@@ -117,7 +94,7 @@ def test_the_registry_target_is_its_debug_listener(lab: LabState) -> None:
             urllib.request.urlopen(f"https://127.0.0.1:{https}/v2/team-a/app/manifests/1", context=context, timeout=10)
         except urllib.error.HTTPError as err:
             assert err.code == 401
-    families = scrape(t, port, lab.ca_file)
+    families = scrape(t, lab.ca_file, port)
     assert EXPECTED[REGISTRY_JOB] <= set(families), sorted(families)
     codes = {s.labels["code"] for s in families["registry_http_requests_total"]}
     assert "401" in codes, codes
@@ -127,7 +104,7 @@ def test_the_token_service_target_is_its_own_port_on_loopback(lab: LabState) -> 
     t = target(TOKEN_JOB)
     assert t.address == f"127.0.0.1:{TOKEN_SERVICE_PORT}", "hosts: the unit binds the service on TOKEN_SERVICE_PORT"
     port = lab.services["token"]["ports"]["https"]
-    before = scrape(t, port, lab.ca_file)
+    before = scrape(t, lab.ca_file, port)
     assert EXPECTED[TOKEN_JOB] <= set(before), sorted(before)
     assert f"{token_metrics.DURATION}_count" in before
     # Through the lab's load balancer (nginx, a loopback peer that forwards): /metrics is not the token service's.
@@ -177,7 +154,7 @@ def test_two_workers_counts_add_up_in_every_scrape(lab: LabState, tmp_path: Path
             assert set(pool.map(one, range(sent))) == {200}
         seen = []
         for _ in range(10):
-            families = scrape(target(TOKEN_JOB), port, lab.ca_file)
+            families = scrape(target(TOKEN_JOB), lab.ca_file, port)
             granted = [
                 s.value
                 for s in families[token_metrics.REQUESTS]
