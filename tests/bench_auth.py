@@ -9,6 +9,8 @@ in the figures) for:
 - local: one local bcrypt user, logging in again and again (the verified-credential cache);
 - ldap: one directory user, again and again (search-then-bind over StartTLS once, then the cache);
 - cold: a different local user for every request (every one a bcrypt check: the cache cannot help).
+- healthz: GET /healthz the same way, no credential and no token: the floor that gunicorn, TLS and Flask
+  cost alone, below which no token path can go.
 
 The repeated paths are warmed first (a few logins, not measured: each worker verifies once). The
 bcrypt time is measured in the same run (one check at the users' cost, in this process, while the
@@ -22,7 +24,10 @@ on `--client-cpus` (default: the other cores), set with sched_setaffinity and pr
 figures; `--server-cpus all` shares every core (the old way). For each path it also prints the
 service's own CPU time per token (user + system time of the gunicorn master and workers over the
 path, from /proc, divided by the tokens issued): the service time, and the throughput that cores'
-worth of it allows (1 / service time per core the service has).
+worth of it allows (1 / service time per core the service has), beside the queueing arithmetic (50
+clients in a closed loop: p50 ~ 50 / throughput, so p99 <= 20 ms needs about 2500 tokens/s). At the end,
+the robot path run in this process without gunicorn, TLS or sockets, and the RS256 signature alone: where
+a token's service time goes. `--profile` prints cProfile's top functions of that path and exits.
 """
 
 from __future__ import annotations
@@ -126,7 +131,14 @@ def run_path(
     return concurrent_gets(port, ca, path, basic, clients, per_client, warm_path="/healthz", started=started)
 
 
-def profile(work: Path, key: Path, cert: Path, requests: int = 2000) -> None:
+def run_floor(
+    port: int, ca: str, clients: int, per_client: int, started: Callable[[], None] | None = None
+) -> tuple[list[float], float]:
+    """GET /healthz the same way: no credential, no token, no signature; what gunicorn, TLS and Flask cost alone."""
+    return concurrent_gets(port, ca, "/healthz", {}, clients, per_client, warm_path="/healthz", started=started)
+
+
+def profile(work: Path, key: Path, cert: Path, requests: int = 2000, listing: bool = True) -> None:
     """The robot path's own cost in this process, without gunicorn, TLS or sockets: the app (Flask, the
     checks, the RS256 signature, the audit line) per request, the signature alone, and cProfile's top
     functions. Everything else the service's CPU time per token holds is gunicorn's and TLS's."""
@@ -169,19 +181,21 @@ def profile(work: Path, key: Path, cert: Path, requests: int = 2000) -> None:
 
     for _ in range(200):
         call()
-    t = time.perf_counter()
+    t = time.thread_time()
     for _ in range(requests):
         call()
-    per_request = (time.perf_counter() - t) / requests
+    per_request = (time.thread_time() - t) / requests
     signing = load_private_key(key)
-    t = time.perf_counter()
+    t = time.thread_time()
     for _ in range(requests):
         signing.sign(b"x" * 600, padding.PKCS1v15(), hashes.SHA256())
-    per_sign = (time.perf_counter() - t) / requests
+    per_sign = (time.thread_time() - t) / requests
     print(
-        f"profile (robot path in this process, {requests} requests): app {per_request * 1000:.3f} ms a token, "
+        f"robot path in this process ({requests} requests, CPU time): app {per_request * 1000:.3f} ms a token, "
         f"of which the RSA-2048 signature {per_sign * 1000:.3f} ms"
     )
+    if not listing:
+        return
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(requests):
@@ -199,7 +213,11 @@ def main() -> None:
     parser.add_argument("--bcrypt-cost", type=int, default=10)
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     parser.add_argument("--workers", type=int, default=0, help="gunicorn workers (default 0: one per server core)")
-    parser.add_argument("--paths", default="robot,local,ldap,cold", help="which paths to measure (default all four)")
+    parser.add_argument(
+        "--paths",
+        default="robot,local,ldap,cold,healthz",
+        help="which paths to measure (default all; healthz: the floor)",
+    )
     parser.add_argument("--server-cpus", default="0", help="the service's cores (default 0; all: every core)")
     parser.add_argument("--client-cpus", default="", help="cores of the clients and slapd (default: the others)")
     parser.add_argument("--profile", action="store_true", help="profile the robot path in process, then exit")
@@ -286,7 +304,13 @@ def main() -> None:
                 run_path(port, str(pki.ca_cert), lambda c, i, u=USERS[label]: u, 16, 4)
             paths: dict[str, Who] = {label: (lambda c, i, u=USERS[label]: u) for label in ("robot", "local", "ldap")}
             paths["cold"] = lambda c, i: cold_user(c, i, args.requests)
-            for label, who in paths.items():
+            target = args.clients / 0.020  # Little: clients = throughput x time in the system
+            print(
+                f"  queueing: {args.clients} clients in a closed loop wait on each other, p50 ~ {args.clients} / "
+                f"throughput; p99 <= 20 ms needs about {target:.0f} tokens/s: at most {cores / target * 1000:.2f} ms "
+                f"of service CPU a token on {cores} core(s)"
+            )
+            for label in [*paths, "healthz"]:
                 if label not in args.paths.split(","):
                     continue
                 cpu = [0.0]
@@ -294,11 +318,14 @@ def main() -> None:
                 def timed(cpu: list[float] = cpu, pid: int = service.pid) -> None:
                     cpu[0] = group_cpu_seconds(pid)
 
-                latencies, wall = run_path(port, str(pki.ca_cert), who, args.clients, args.requests, timed)
+                if label == "healthz":
+                    latencies, wall = run_floor(port, str(pki.ca_cert), args.clients, args.requests, timed)
+                else:
+                    latencies, wall = run_path(port, str(pki.ca_cert), paths[label], args.clients, args.requests, timed)
                 per_token = (group_cpu_seconds(service.pid) - cpu[0]) / len(latencies)
                 q = statistics.quantiles(latencies, n=100)
                 print(
-                    f"  {label:5}  p50 {q[49] * 1000:7.1f} ms   p99 {q[98] * 1000:7.1f} ms   "
+                    f"  {label:7}  p50 {q[49] * 1000:7.1f} ms   p99 {q[98] * 1000:7.1f} ms   "
                     f"{len(latencies) / wall:6.1f} tokens/s   ({len(latencies)} requests in {wall:.1f} s); "
                     f"service CPU {per_token * 1000:.2f} ms a token: at most {cores / per_token:.0f} tokens/s "
                     f"on {cores} core(s)"
@@ -315,6 +342,8 @@ def main() -> None:
             print(
                 f"  cold target: 0.9 x {cores} cores / {bcrypt_s * 1000:.1f} ms = {0.9 * cores / bcrypt_s:.1f} tokens/s"
             )
+            print("  where a token's service time goes (in this process, on the clients' core):", end=" ")
+            profile(work, key, cert, requests=1000, listing=False)
             print(f"  load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         finally:
             if service is not None:
