@@ -99,7 +99,8 @@ bench-gc: .venv/.installed lab-packages
 bench-sign: .venv/.installed lab-packages
 	$(PY) tests/bench_sign.py
 
-# Token issue latency and throughput, local users beside LDAP, 50 concurrent clients.
+# Token issue latency and throughput, local users beside LDAP, 50 concurrent clients; the service on core 0, the
+# clients on the other core, with its CPU time per token and the /healthz floor.
 bench-auth: .venv/.installed lab-packages
 	$(PY) tests/bench_auth.py
 

@@ -7,6 +7,8 @@ without one (the lab, tests) each worker counts on its own, so a guesser gets up
 tries per worker: run `--workers 1` there when that matters. SIGHUP re-reads the configuration
 file (an invalid file is refused and the running configuration kept) and starts new workers, so
 the verified-credential cache (auth/cache.py) starts empty.
+Metrics (auth/metrics.py): the workers count into one private directory (prometheus_client's multiprocess
+mode), made fresh at each start and removed at exit; `/metrics` answers the host's own agent on loopback.
 Request limits (auth/service.py): request line 8190 bytes (20 scopes fit), 32 header fields of at most 8190 bytes,
 no body (the app answers 413).
 """
@@ -24,6 +26,7 @@ from auth.config import ConfigError, ServiceConfig, load_config
 from auth.identity import Authenticator
 from auth.ldap import LdapDirectory
 from auth.local import LocalAuthenticator
+from auth.metrics import prepare_multiprocess, worker_exited
 from auth.server import AUDIT_LOGGER, create_app
 from auth.service import configure_logging, run_service, server_parser, tls_options
 from auth.tokens import SigningKeyError, TokenSigner
@@ -54,7 +57,8 @@ def usable_cores() -> int:
 
 def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
     # The audit log records every decision; an access log adds nothing.
-    return tls_options(args, workers=args.workers or usable_cores(), keepalive=5, proc_name="registry-fleet-auth")
+    options = tls_options(args, workers=args.workers or usable_cores(), keepalive=5, proc_name="registry-fleet-auth")
+    return {**options, "child_exit": worker_exited}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 0 or args.threads < 1:
         print("error: --workers must be 0 (one per core) or more, --threads 1 or more", file=sys.stderr)
         return 2
+    prepare_multiprocess()
     return run_service(
         args,
         checked_config,

@@ -43,7 +43,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -52,6 +52,7 @@ from auth.cache import CredentialCache
 from auth.config import MAX_ACCOUNT_CHARS, ServiceConfig
 from auth.identity import Authenticator, BackendUnavailable, Identity, account_key
 from auth.lockout import Attempt, Locked, Lockout
+from auth.metrics import TokenMetrics, scrape_allowed
 from auth.refresh import InvalidRefreshToken, RefreshTokens
 from auth.scopes import Scope, ScopeError, parse_scopes
 from auth.tokens import TokenSigner
@@ -99,8 +100,13 @@ class Decision:
     granted: list[str] = field(default_factory=list)
     jti: str | None = None
     refresh_id: str | None = None
+    metrics: TokenMetrics | None = field(default=None, repr=False, compare=False)
+    started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
     def audit(self, outcome: str, reason: str | None = None) -> None:
+        """The decision's audit line, and its count and time in the metrics."""
+        if self.metrics is not None:
+            self.metrics.decided(self.grant, outcome, time.perf_counter() - self.started)
         audit_log.info(
             json.dumps(
                 {
@@ -226,17 +232,20 @@ def create_app(
     signer = TokenSigner.load(
         config.signing_key, config.signing_cert, config.issuer, config.token_lifetime_seconds, now()
     )
-    lockout = make_lockout(config, signer, now)
+    metrics = TokenMetrics()
+    metrics.signing_cert_expires(signer.chain[0].not_valid_after_utc.timestamp())
+    lockout = make_lockout(config, signer, now, metrics)
     cached = config.credential_cache
     cache = CredentialCache(cached.ttl_seconds, cached.directory_ttl_seconds, cached.max_entries, now=now)
     refresh = RefreshTokens(signer.private_key, config.issuer, config.service, config.refresh_tokens)
-    endpoint = TokenEndpoint(config, authenticators, signer, lockout, refresh, now, cache)
+    endpoint = TokenEndpoint(config, authenticators, signer, lockout, refresh, now, cache, metrics)
 
     app = Flask("registry_fleet.auth")
     app.config["MAX_CONTENT_LENGTH"] = MAX_CONTENT_LENGTH
     app.extensions["registry_fleet.lockout"] = lockout
     app.extensions["registry_fleet.signer"] = signer
     app.extensions["registry_fleet.cache"] = cache
+    app.extensions["registry_fleet.metrics"] = metrics
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Response:
@@ -262,6 +271,14 @@ def create_app(
             },
         )
 
+    @app.get("/metrics")
+    def metrics_page() -> Response:
+        # For the host's own CloudWatch agent only (auth/metrics.py): a loopback peer no proxy forwarded.
+        if not scrape_allowed(request.remote_addr, "X-Forwarded-For" in request.headers):
+            return _error(404, "NOT_FOUND", "The requested URL was not found on the server.")
+        body, content_type = metrics.exposition()
+        return Response(body, status=200, content_type=content_type)
+
     @app.get("/auth")
     def token() -> Response:
         return endpoint.basic()
@@ -273,7 +290,9 @@ def create_app(
     return app
 
 
-def make_lockout(config: ServiceConfig, signer: TokenSigner, now: Callable[[], float]) -> Lockout:
+def make_lockout(
+    config: ServiceConfig, signer: TokenSigner, now: Callable[[], float], metrics: TokenMetrics | None = None
+) -> Lockout:
     """The lockout: shared by the fleet in DynamoDB when the config names a table, else this process's."""
     lock = config.lockout
     rules: dict[str, Any] = {
@@ -294,7 +313,7 @@ def make_lockout(config: ServiceConfig, signer: TokenSigner, now: Callable[[], f
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     store = DynamoStore(lock.table, lock.region, lock.endpoint_url)
-    return SharedLockout(store, derive_key(der), **rules)
+    return SharedLockout(store, derive_key(der), metrics=metrics, **rules)
 
 
 class TokenEndpoint:
@@ -309,8 +328,10 @@ class TokenEndpoint:
         refresh: RefreshTokens,
         now: Callable[[], float],
         cache: CredentialCache | None = None,
+        metrics: TokenMetrics | None = None,
     ) -> None:
         self.cache = cache if cache is not None else CredentialCache(ttl=0)
+        self.metrics = metrics
         self.config = config
         self.authenticators = authenticators
         self.signer = signer
@@ -324,7 +345,7 @@ class TokenEndpoint:
     # -- GET: the Basic flow ------------------------------------------------------------------------
 
     def basic(self) -> Response:
-        decision = Decision(client=self._client(), grant="basic")
+        decision = Decision(client=self._client(), grant="basic", metrics=self.metrics)
         try:
             raw_scopes = request.args.getlist("scope")
             self._note_requested(decision, raw_scopes)
@@ -345,7 +366,7 @@ class TokenEndpoint:
     # -- POST: OAuth2 ------------------------------------------------------------------------------
 
     def oauth(self) -> Response:
-        decision = Decision(client=self._client(), grant="unknown")
+        decision = Decision(client=self._client(), grant="unknown", metrics=self.metrics)
         try:
             form = self._form()
 
@@ -447,6 +468,8 @@ class TokenEndpoint:
                 identity = self.cache.get(key, user, password)
                 if identity is None:
                     identity = self._verify(key, user, password, attempt)
+                elif self.metrics is not None:
+                    self.metrics.cache_lookup(hit=True)
                 attempt.success()
         except Locked as locked:
             self.cache.forget(key)  # failures (perhaps on another host) locked it
@@ -465,13 +488,14 @@ class TokenEndpoint:
         waits for the first check and is then served from the cache); the identity, or Refused."""
         with self.cache.single_flight(key, user, password):
             identity = self.cache.get(key, user, password)
+            if self.metrics is not None:
+                self.metrics.cache_lookup(hit=identity is not None)
             if identity is not None:
                 return identity
             try:
                 identity = _authenticate(self.authenticators, user, password)
             except BackendUnavailable as err:
-                log.error("identity backend unavailable: %s", err)
-                raise Refused("unavailable", "the identity backend is unavailable; try again later") from None
+                self._backend_unavailable(err)
             if identity is not None and account_key(identity.name) != key:
                 # Backends refuse other spellings themselves; never let one through under another name.
                 log.error("backend returned %r for the login %r: refused", identity.name, user)
@@ -483,6 +507,13 @@ class TokenEndpoint:
                 raise Refused("unauthenticated", "authentication failed", reason=reason)
             self.cache.put(key, user, password, identity)
             return identity
+
+    def _backend_unavailable(self, err: BackendUnavailable) -> NoReturn:
+        """Only the directory raises it (local users and robots are in memory)."""
+        log.error("identity backend unavailable: %s", err)
+        if self.metrics is not None:
+            self.metrics.directory_error()
+        raise Refused("unavailable", "the identity backend is unavailable; try again later") from None
 
     def _refreshed(self, decision: Decision, token: str, client_id: str) -> Identity:
         """The account a refresh token stands for, as it is now; or Refused."""
@@ -498,8 +529,7 @@ class TokenEndpoint:
         try:
             identity = _lookup(self.authenticators, claims.subject, claims.kind)
         except BackendUnavailable as err:
-            log.error("identity backend unavailable: %s", err)
-            raise Refused("unavailable", "the identity backend is unavailable; try again later") from None
+            self._backend_unavailable(err)
         if identity is None:
             raise Refused("unauthenticated", "the account of this refresh token is gone or disabled; log in again")
         if identity.credential != claims.credential:

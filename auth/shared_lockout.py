@@ -41,9 +41,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auth.lockout import ClientState, Key, Lockout, PairState
+
+if TYPE_CHECKING:
+    from auth.metrics import TokenMetrics
 
 log = logging.getLogger("registry_fleet.auth.lockout")
 
@@ -194,9 +197,17 @@ def _version(item: dict[str, Any] | None) -> int:
 
 class SharedLockout(Lockout):
     def __init__(
-        self, store: DynamoStore, secret_key: bytes, clock: Callable[[], float] = time.monotonic, **kwargs: Any
+        self,
+        store: DynamoStore,
+        secret_key: bytes,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: TokenMetrics | None = None,
+        **kwargs: Any,
     ):
         super().__init__(secret_key=secret_key, **kwargs)
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.lockout_shared(True)
         self.store = store
         self._clock = clock
         self._state_lock = threading.Lock()
@@ -212,6 +223,9 @@ class SharedLockout(Lockout):
             return self._clock() >= self._down_until
 
     def _failed(self, err: Exception) -> None:
+        if self.metrics is not None:
+            self.metrics.lockout_store_error()
+            self.metrics.lockout_shared(False)
         with self._state_lock:
             self.errors += 1
             self.last_error = str(err)[:300]
@@ -233,6 +247,8 @@ class SharedLockout(Lockout):
             was_down = self._down_since is not None
             self._down_since = None
         if was_down:
+            if self.metrics is not None:
+                self.metrics.lockout_shared(True)
             log.warning("lockout: DynamoDB table %s answers again: failed logins count fleet-wide", self.store.table)
 
     def status(self) -> dict[str, Any]:
@@ -253,12 +269,14 @@ class SharedLockout(Lockout):
 
     def _shared_read(self, key: Key) -> SharedRead | None:
         if not self._usable():
+            self._decided_locally()
             return None
         pk, ck = pair_key(key), client_key(key[1])
         try:
             items = self.store.get_many([pk, ck])
         except StoreUnavailable as err:
             self._failed(err)
+            self._decided_locally()
             return None
         self._answered()
         pair, client = items.get(pk), items.get(ck)
@@ -268,6 +286,10 @@ class SharedLockout(Lockout):
             client=client_from_item(client) if client else None,
             client_version=_version(client),
         )
+
+    def _decided_locally(self) -> None:
+        if self.metrics is not None:
+            self.metrics.lockout_local()
 
     def _shared_check(self, shared: SharedRead, now: float) -> tuple[float, int, bool]:
         locked, left = shared.pair.check(self.rules, now) if shared.pair else (0.0, self.threshold)

@@ -10,10 +10,15 @@ and CloudWatch alarms that notify it when they fire and when they recover:
 - fewer healthy registry hosts than the Auto Scaling group's minimum;
 - S3 replication to the other region failing, or lagging more than 15 minutes;
 - AWS Backup backup, copy and restore jobs failing (vault notifications on the primary vault: copy
-  jobs to the replica vault are reported by their source).
+  jobs to the replica vault are reported by their source);
+- with the hosts' CloudWatch agent (components/host_metrics.py) in token mode: the token service deciding
+  logins with its own process's counters because its DynamoDB lockout table cannot be reached, and the
+  directory (LDAP/AD) not answering it.
 
 A missing data point counts as fine (`notBreaching`): the load balancer publishes nothing when there is
-no traffic. The dashboard shows the same signals, one widget each.
+no traffic. The dashboard shows the same signals, one widget each, then panels of what the agent collects:
+tokens by outcome, the credential cache, the lockout table's errors, the registry's requests by status code
+and in flight (summed over the hosts).
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
+from auth import metrics as token_metrics
 from components.iam import policy_document
+from host.cloudwatch_agent import REGISTRY_JOB, TOKEN_JOB
 
 ELB = "AWS/ApplicationELB"
 S3 = "AWS/S3"
@@ -56,6 +64,9 @@ class RegistryAlarmsArgs:
     backup_vault_name: pulumi.Input[str]
     emails: Sequence[str]
     tags: dict[str, str] = field(default_factory=dict)
+    # The namespace of the metrics the hosts' CloudWatch agent sends (components/host_metrics.py); None: none.
+    host_metrics_namespace: str | None = None
+    token_service: bool = False  # token mode: the token service's metrics are among them
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,77 @@ def signals(args: RegistryAlarmsArgs) -> list[Signal]:
     return out
 
 
+def host_metric_signals(namespace: str) -> list[Signal]:
+    """Alarms on what the hosts' agent collects from the token service (auth/metrics.py)."""
+    job = {"job": TOKEN_JOB}
+    return [
+        Signal(
+            "token-lockout-local",
+            "The token service decided logins with one process's counters only: its DynamoDB lockout table "
+            "cannot be reached, so a guesser's tries are not shared by the fleet.",
+            namespace,
+            token_metrics.LOCKOUT_LOCAL,
+            job,
+            0,
+            evaluation_periods=5,
+            datapoints=1,
+        ),
+        Signal(
+            "token-directory-errors",
+            "The directory (LDAP/AD) did not answer the token service: directory users get 503.",
+            namespace,
+            token_metrics.DIRECTORY_ERRORS,
+            job,
+            0,
+        ),
+    ]
+
+
+def host_metric_panels(region: str, namespace: str, token_service: bool) -> list[dict[str, Any]]:
+    """Dashboard panels (no alarm) of what the hosts' agent collects, summed over the hosts."""
+
+    def panel(title: str, metrics: list[Any]) -> dict[str, Any]:
+        props = {"title": title, "region": region, "metrics": metrics, "stat": "Sum", "period": PERIOD}
+        return {"type": "metric", "width": 12, "height": 6, "properties": props}
+
+    registry = [
+        panel(
+            "Registry requests by status code (all hosts)",
+            [
+                [
+                    {
+                        "expression": f'SEARCH(\'{{{namespace},job,code}} job="{REGISTRY_JOB}" '
+                        f"MetricName=\"registry_http_requests_total\"', 'Sum', {PERIOD})",
+                        "id": "codes",
+                        "label": "",
+                    }
+                ]
+            ],
+        ),
+        panel(
+            "Registry requests in flight (all hosts)",
+            [[namespace, "registry_http_in_flight_requests", "job", REGISTRY_JOB]],
+        ),
+    ]
+    if not token_service:
+        return registry
+    token = [
+        panel(
+            "Tokens by outcome (all hosts)",
+            [[namespace, token_metrics.REQUESTS, "job", TOKEN_JOB, "outcome", o] for o in token_metrics.OUTCOMES],
+        ),
+        panel(
+            "Token logins: credential cache hits and checks",
+            [[namespace, token_metrics.CACHE, "job", TOKEN_JOB, "result", r] for r in ("hit", "miss")],
+        ),
+        panel(
+            "Lockout table (DynamoDB) errors",
+            [[namespace, token_metrics.LOCKOUT_STORE_ERRORS, "job", TOKEN_JOB]],
+        ),
+    ]
+    return token + registry
+
+
 def _replication_dimensions(args: RegistryAlarmsArgs) -> dict[str, pulumi.Input[str]]:
     return {
         "SourceBucket": args.bucket,
@@ -210,9 +292,14 @@ def _replication_dimensions(args: RegistryAlarmsArgs) -> dict[str, pulumi.Input[
     }
 
 
-def dashboard_body(region: str, title: str, resolved: Sequence[tuple[Signal, Mapping[str, str]]]) -> str:
-    """One metric widget per signal, two per row, with the alarm threshold drawn."""
-    widgets = []
+def dashboard_body(
+    region: str,
+    title: str,
+    resolved: Sequence[tuple[Signal, Mapping[str, str]]],
+    panels: Sequence[dict[str, Any]] = (),
+) -> str:
+    """One metric widget per signal, two per row, with the alarm threshold drawn; then the extra panels."""
+    widgets: list[dict[str, Any]] = []
     for i, (signal, dims) in enumerate(resolved):
         stat = signal.extended_statistic or signal.statistic or "Sum"
         dimension_pairs = [part for pair in sorted(dims.items()) for part in pair]
@@ -233,6 +320,9 @@ def dashboard_body(region: str, title: str, resolved: Sequence[tuple[Signal, Map
                 },
             }
         )
+    for panel in panels:
+        i = len(widgets)
+        widgets.append({**panel, "x": (i % 2) * 12, "y": (i // 2) * 6})
     return json.dumps({"start": "-PT6H", "periodOverride": "inherit", "widgets": widgets, "title": title})
 
 
@@ -274,6 +364,11 @@ class RegistryAlarms(pulumi.ComponentResource):
             opts=child,
         )
         all_signals = signals(args)
+        panels: list[dict[str, Any]] = []
+        if args.host_metrics_namespace is not None:
+            if args.token_service:
+                all_signals += host_metric_signals(args.host_metrics_namespace)
+            panels = host_metric_panels(args.region, args.host_metrics_namespace, args.token_service)
         self.alarm_names = []
         for signal in all_signals:
             alarm = aws.cloudwatch.MetricAlarm(
@@ -303,7 +398,7 @@ class RegistryAlarms(pulumi.ComponentResource):
             dashboard_name=f"{args.prefix}-registry",
             dashboard_body=pulumi.Output.all(*dims).apply(
                 lambda resolved: dashboard_body(
-                    args.region, f"registry-fleet {args.prefix}", list(zip(all_signals, resolved, strict=True))
+                    args.region, f"registry-fleet {args.prefix}", list(zip(all_signals, resolved, strict=True)), panels
                 )
             ),
             opts=child,

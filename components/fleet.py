@@ -238,6 +238,7 @@ def instance_policy(
 class RegistryFleet(pulumi.ComponentResource):
     security_group_id: pulumi.Output[str]
     asg_name: pulumi.Output[str]
+    role_name: pulumi.Output[str]  # the hosts' instance role (components/host_metrics.py adds the agent's policy)
     user_data: pulumi.Output[str]
     # htpasswd mode only (a secret); None in token mode.
     admin_password: pulumi.Output[str] | None
@@ -484,6 +485,7 @@ class RegistryFleet(pulumi.ComponentResource):
 
         self.security_group_id = sg.id
         self.asg_name = group.name
+        self.role_name = role.name
         self.token_realm = token_realm(args.public_url) if token else None
         self.register_outputs({"asgName": group.name, "securityGroupId": sg.id})
 

@@ -267,6 +267,8 @@ class RecordingMocks(Mocks):
             }
         if typ == "aws:ec2/launchTemplate:LaunchTemplate":
             return {"__id__": f"lt-{_digest(name, n=17)}", "latestVersion": 1}
+        if typ == "aws:ssm/document:Document":
+            return {"latestVersion": "1"}
         if typ == "aws:cloudfront/distribution:Distribution":
             dist = f"E{_digest(name, n=13).upper()}"
             return {

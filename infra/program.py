@@ -24,6 +24,7 @@ from components.certificates import DnsValidatedCertificate, DnsValidatedCertifi
 from components.dns import RegistryDns, RegistryDnsArgs
 from components.firewall import EdgeFirewall, EdgeFirewallArgs
 from components.fleet import ADMIN_USER, FleetCdn, FleetGate, RegistryFleet, RegistryFleetArgs
+from components.host_metrics import HostMetrics, HostMetricsArgs
 from components.internal_tls import InternalTls, InternalTlsArgs
 from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
 from components.maintenance import RegistryMaintenance, RegistryMaintenanceArgs
@@ -316,6 +317,18 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         opts=in_primary,
     )
 
+    host_metrics = HostMetrics(
+        "host-metrics",
+        HostMetricsArgs(
+            prefix=prefix,
+            role_name=fleet.role_name,
+            asg_name=fleet.asg_name,
+            token_service=token is not None,
+            tags=tags,
+        ),
+        opts=in_primary,
+    )
+
     RegistryAlarms(
         "alarms",
         RegistryAlarmsArgs(
@@ -344,6 +357,8 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
             backup_vault_name=storage.vault.name,
             emails=s.alerts.emails,
             tags=tags,
+            host_metrics_namespace=host_metrics.namespace,
+            token_service=token is not None,
         ),
         opts=in_primary,
     )

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -180,7 +180,9 @@ def stop(service: Service, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def _group_alive(pgid: int) -> bool:
+def process_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) of every process: fields[0] is the state,
+    fields[2] the process group, fields[11] and fields[12] the user and system time in clock ticks."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -188,7 +190,11 @@ def _group_alive(pgid: int) -> bool:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(") ", 1)[1].split()
+        yield int(entry.name), stat.rsplit(") ", 1)[1].split()
+
+
+def _group_alive(pgid: int) -> bool:
+    for _, fields in process_stats():
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     with contextlib.suppress(ChildProcessError):

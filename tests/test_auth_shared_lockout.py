@@ -27,7 +27,9 @@ from typing import Any
 
 import boto3
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from auth import metrics
 from auth.local import hash_secret
 from auth.tokens import create_signing_pair
 from lab import supervisor
@@ -71,6 +73,13 @@ class TokenService:
 
     def log(self) -> str:
         return Path(self.service.log).read_text(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        """The unlabelled samples of /metrics (auth/metrics.py), read from loopback as the host's agent does."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/metrics", context=context, timeout=30) as resp:
+            text = resp.read().decode()
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
 
 
 def _open(req: urllib.request.Request, ca: Path) -> tuple[int, dict[str, Any]]:
@@ -188,6 +197,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def test_failures_against_one_service_count_on_the_other(fleet: Fleet) -> None:
     client = "192.0.2.10"
     assert fleet.a.health()["lockout"] == {"store": "dynamodb", "table": TABLE, "shared": True, "errors": 0}
+    assert fleet.a.metrics()[metrics.LOCKOUT_SHARED] == 1
     codes = [fleet.a.request("user0", f"guess-{i}", client)[0] for i in range(3)]
     codes += [fleet.b.request("user0", f"guess-{i + 3}", client)[0] for i in range(2)]
     assert codes == [401] * 5, "the 5th failure locks; it is still answered"
@@ -262,3 +272,6 @@ def test_with_dynamodb_stopped_good_logins_go_on_and_a_guesser_is_still_slowed(f
         lockout = service.health()["lockout"]
         assert lockout["shared"] is False and lockout["errors"] >= 1 and "local_since" in lockout, lockout
         assert "cannot be reached" in service.log() and "counting failed logins in this process only" in service.log()
+        seen = service.metrics()  # what the hosts' CloudWatch agent sends, and the stack's alarm watches
+        assert seen[metrics.LOCKOUT_SHARED] == 0, seen
+        assert seen[metrics.LOCKOUT_STORE_ERRORS] >= 1 and seen[metrics.LOCKOUT_LOCAL] >= 3, seen

@@ -35,7 +35,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from auth import metrics as token_metrics
 from fleet.signing import lab_target, sign
+from host.cloudwatch_agent import REGISTRY_JOB, scrape_targets
 from host.contract import (
     DEBUG_PORT,
     GATE_HEALTH_PATH,
@@ -59,6 +61,7 @@ from lab.host_root import SUITES
 from lab.image import build_image, layer_digests, skopeo_copy, skopeo_digest
 from lab.lab import https_get
 from signing.references import ImageRef
+from tests.helpers.metrics import scrape
 
 pytestmark = [pytest.mark.lab, pytest.mark.boot]
 
@@ -290,6 +293,19 @@ def test_the_registry_answers_v2_over_tls_with_the_internal_certificate(host: Bo
     assert answer.value.code == 401
     challenge = answer.value.headers["WWW-Authenticate"]
     assert challenge.startswith(f'Bearer realm="{host.host_lab.state.lb_url}/auth"'), challenge
+
+
+def test_the_cloudwatch_agents_targets_answer_on_the_host(host: Booted) -> None:
+    """What the agent scrapes (AWS installs it through SSM; not here): each target of host/cloudwatch_agent.py at
+    its own port, scheme, path and TLS name answers with the metrics the stack's agent config selects."""
+    for target in scrape_targets(token_service=True):
+        samples = scrape(target, host.ca_file)
+        wanted = (
+            {"registry_http_in_flight_requests"}
+            if target.job == REGISTRY_JOB
+            else set(token_metrics.METRIC_NAMES) - {token_metrics.DURATION}
+        )
+        assert wanted <= set(samples), (target.url, sorted(samples))
 
 
 def test_a_token_is_issued_and_an_image_pushed_and_pulled_through_the_host(host: Booted, tmp_path: Path) -> None:

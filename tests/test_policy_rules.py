@@ -212,6 +212,23 @@ def user_data(change: Callable[[dict[str, Any]], Any]) -> Change:
     return edit("fleet-lt", rewrite)
 
 
+def agent_document(change: Callable[[dict[str, Any]], Any]) -> Change:
+    """Change the CloudWatch agent's association document (components/host_metrics.py)."""
+
+    def rewrite(props: dict[str, Any]) -> None:
+        doc = json.loads(props["content"])
+        change(doc)
+        props["content"] = json.dumps(doc)
+
+    return edit("host-metrics-agent-document", rewrite)
+
+
+def rescrape(document: dict[str, Any], old: str, new: str) -> None:
+    """The scrape config the document writes, one target moved."""
+    commands = document["mainSteps"][0]["inputs"]["runCommand"]
+    document["mainSteps"][0]["inputs"]["runCommand"] = [c.replace(old, new) for c in commands]
+
+
 def registry_config(change: Callable[[dict[str, Any]], Any]) -> Change:
     """Change the registry config.yml inside the launch template's cloud-init."""
 
@@ -649,6 +666,41 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         edit("alarms-backup-notifications", lambda p: p.update(backupVaultEvents=["BACKUP_JOB_FAILED"])),
         STACK,
         "sends ['BACKUP_JOB_FAILED', 'COPY_JOB_FAILED'] to the stack's topic",
+    ),
+    (
+        "host-metrics-collected",
+        "dev",
+        drop("host-metrics-agent"),
+        "fleet-asg",
+        "no aws:ssm/association:Association targets its instances",
+    ),
+    (
+        "host-metrics-collected",
+        "prod",
+        agent_document(lambda d: d["mainSteps"].reverse()),
+        "host-metrics-agent",
+        "installs the agent (AWS-ConfigureAWSPackage) and then configures it",
+    ),
+    (
+        "host-metrics-collected",
+        "staging",
+        agent_document(lambda d: rescrape(d, "127.0.0.1:5002", "127.0.0.1:9102")),
+        "host-metrics-agent-document",
+        "reads 'token-service' at '127.0.0.1:9102', not the token service at 127.0.0.1:5002",
+    ),
+    (
+        "host-metrics-collected",
+        "payments-prod",
+        agent_document(lambda d: rescrape(d, "127.0.0.1:5001", "0.0.0.0:5000")),
+        "host-metrics-agent-document",
+        "not the registry's debug listener at 127.0.0.1:5001",
+    ),
+    (
+        "host-metrics-collected",
+        "dev",
+        drop("host-metrics-agent-policy"),
+        "host-metrics-agent-config",
+        "no role policy lets the hosts write the agent's log group '/registry-fleet/reg-dev/prometheus'",
     ),
     ("access-logs", "prod", drop("request-logs-registry-bucket"), "storage-primary", "no aws:s3/bucketLogging"),
     (

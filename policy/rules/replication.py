@@ -3,18 +3,26 @@ another region."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from host.contract import REGISTRY_HEALTH_CODES, REGISTRY_PORT
+from host.cloudwatch_agent import REGISTRY_JOB, scrape_config_from_document, scrape_targets
+from host.contract import REGISTRY_HEALTH_CODES, REGISTRY_PORT, TOKEN_SERVICE_PORT
 from policy.graph import (
     AUTOSCALING_GROUP,
     BACKUP_VAULT,
     BUCKET,
     LOAD_BALANCERS,
+    LOG_GROUP,
     METRIC_ALARM,
     REPLICATION,
+    ROLE_POLICY,
     SNS_TOPIC,
+    SSM_ASSOCIATION,
+    SSM_DOCUMENT,
+    SSM_PARAMETER,
     TARGET_GROUPS,
     VAULT_NOTIFICATIONS,
     Res,
@@ -27,6 +35,7 @@ from policy.graph import (
     of_type,
     prop,
     registry_configs,
+    statements,
     unwrap,
 )
 from policy.registry import STACK, Finding, rule
@@ -185,3 +194,123 @@ def find_alarms_notify(resources: Sequence[Res]) -> Iterator[Finding]:
     events = {e for n in notified for e in as_list(prop(n, "backupVaultEvents"))}
     if of_type(resources, BACKUP_VAULT) and not all(e in events for e in BACKUP_FAILURES):
         yield STACK, f"no {VAULT_NOTIFICATIONS} sends {list(BACKUP_FAILURES)} to the stack's topic"
+
+
+ASG_TAG = "tag:aws:autoscaling:groupName"
+
+
+def _agent_steps(document: Res) -> tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]] | None:
+    """The document's (scrape-config step, package install inputs, ManageAgent inputs), if it has them in order."""
+    try:
+        content = json.loads(str(unwrap(prop(document, "content"))))
+        steps = content["mainSteps"]
+        install = next(i for i, s in enumerate(steps) if s["inputs"].get("documentPath") == "AWS-ConfigureAWSPackage")
+        manage = next(
+            i for i, s in enumerate(steps) if s["inputs"].get("documentPath") == "AmazonCloudWatch-ManageAgent"
+        )
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return None
+    if not install < manage:
+        return None
+    return content, steps[install]["inputs"]["documentParameters"], steps[manage]["inputs"]["documentParameters"]
+
+
+@rule(
+    "host-metrics-collected",
+    8,
+    "Every registry host runs the CloudWatch agent (an SSM association on the fleet's Auto Scaling group installs "
+    "it with AWS-ConfigureAWSPackage, then configures it with AmazonCloudWatch-ManageAgent from an SSM parameter of "
+    "the stack) scraping the registry's Prometheus metrics and, in token mode, the token service's, into a log "
+    "group the hosts' role may write.",
+)
+def find_host_metrics_collected(resources: Sequence[Res]) -> Iterator[Finding]:
+    documents = {
+        known_str(d.outputs.get("name")) or known_str(prop(d, "name")): d for d in of_type(resources, SSM_DOCUMENT)
+    }
+    parameters = {known_str(prop(p, "name")): p for p in of_type(resources, SSM_PARAMETER)}
+    token_mode = any(prop(tg, "port") == TOKEN_SERVICE_PORT for tg in of_type(resources, *TARGET_GROUPS))
+    wanted = {t.job: t.address for t in scrape_targets(token_mode)}
+    parsed = [statements(unwrap(prop(p, "policy"))) for p in of_type(resources, ROLE_POLICY)]
+    grants = None if any(x is None for x in parsed) else [g for x in parsed for g in x or []]
+    group_arns = {known_str(prop(g, "name")): arn_of(g) for g in of_type(resources, LOG_GROUP)}
+    for group in of_type(resources, AUTOSCALING_GROUP):
+        name = known_str(unwrap(group.outputs.get("name")))  # None in a preview: any association on the tag counts
+        covering = [
+            a
+            for a in of_type(resources, SSM_ASSOCIATION)
+            if any(
+                t.get("key") == ASG_TAG and (name is None or name in as_list(t.get("values")))
+                for t in as_list(prop(a, "targets"))
+                if isinstance(t, Mapping)
+            )
+        ]
+        if not covering:
+            yield group.name, f"no {SSM_ASSOCIATION} targets its instances ({ASG_TAG}): its hosts run no metrics agent"
+            continue
+        for association in covering:
+            yield from _agent_findings(association, documents, parameters, wanted, grants, group_arns)
+
+
+def _agent_findings(
+    association: Res,
+    documents: Mapping[str | None, Res],
+    parameters: Mapping[str | None, Res],
+    wanted: Mapping[str, str],
+    grants: Sequence[Mapping[str, Any]] | None,
+    group_arns: Mapping[str | None, str | None],
+) -> Iterator[Finding]:
+    doc_name = prop(association, "name")
+    if is_unknown(doc_name):
+        return
+    document = documents.get(known_str(doc_name))
+    steps = _agent_steps(document) if document is not None else None
+    if document is None or steps is None:
+        yield (
+            association.name,
+            (
+                f"runs {doc_name!r}, not a document of the stack that installs the agent (AWS-ConfigureAWSPackage) "
+                "and then configures it (AmazonCloudWatch-ManageAgent)"
+            ),
+        )
+        return
+    content, install, manage = steps
+    if install.get("action") != "Install" or install.get("name") != "AmazonCloudWatchAgent":
+        yield document.name, f"AWS-ConfigureAWSPackage {dict(install)} does not install AmazonCloudWatchAgent"
+    if manage.get("action") != "configure" or manage.get("optionalConfigurationSource") != "ssm":
+        yield document.name, "AmazonCloudWatch-ManageAgent does not configure the agent from an SSM parameter"
+        return
+    parameter = parameters.get(known_str(manage.get("optionalConfigurationLocation")))
+    if parameter is None:
+        yield (
+            document.name,
+            f"the agent's config {manage.get('optionalConfigurationLocation')!r} is no parameter of the stack",
+        )
+        return
+    try:
+        config = json.loads(str(unwrap(prop(parameter, "value"))))
+        prometheus = config["logs"]["metrics_collected"]["prometheus"]
+        scraped = scrape_config_from_document(content)
+        jobs = {j["job_name"]: j["static_configs"][0]["targets"][0] for j in scraped["scrape_configs"]}
+    except (ValueError, KeyError, TypeError, IndexError, StopIteration):
+        yield parameter.name, "the agent's config collects no Prometheus metrics (logs.metrics_collected.prometheus)"
+        return
+    for job, address in wanted.items():
+        if jobs.get(job) != address:
+            what = "the registry's debug listener" if job == REGISTRY_JOB else "the token service"
+            yield document.name, f"the scrape config reads {job!r} at {jobs.get(job)!r}, not {what} at {address}"
+    group = str(prometheus.get("log_group_name"))
+    if grants is None:
+        return  # a preview: some role policy is not known yet
+    if not any(_allows_writing(g, group, group_arns.get(group)) for g in grants):
+        yield parameter.name, f"no role policy lets the hosts write the agent's log group {group!r}"
+
+
+def _allows_writing(grant: Mapping[str, Any], group: str, group_arn: str | None) -> bool:
+    """PutLogEvents on the group: its ARN as the stack records it, or any ARN naming it (`...:log-group:NAME:*`)."""
+    pattern = re.compile(f":log-group:{re.escape(group)}(:|$)")
+    resources = [str(r) for r in as_list(grant.get("Resource"))]
+    return (
+        grant.get("Effect") == "Allow"
+        and "logs:PutLogEvents" in as_list(grant.get("Action"))
+        and any(pattern.search(r) or (group_arn is not None and r in (group_arn, f"{group_arn}:*")) for r in resources)
+    )

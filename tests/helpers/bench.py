@@ -20,13 +20,15 @@ def concurrent_gets(
     per_client: int,
     connect_first: bool = False,
     warm_path: str | None = None,
+    started: Callable[[], None] | None = None,
 ) -> tuple[list[float], float]:
     """(each request's latency in s, wall time) of `clients` threads each sending `per_client` GETs of `path`
     to 127.0.0.1:`port` on one keep-alive connection. `headers`: the same for every request, or a function of
     (client, request number). `connect_first`: every connection's TLS handshake is made before the clock starts
     (else the first request of each client pays it); `warm_path`: one untimed GET of it first (gunicorn's
     threads handle a new connection's handshake together with its first request). Any answer but 200 ends
-    the run."""
+    the run. `started`: called when the clock starts, once every client has connected (and warmed), e.g. to
+    read the server's CPU time over the timed part only."""
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list[str] = []
@@ -60,6 +62,8 @@ def concurrent_gets(
         thread.start()
     ready.wait()
     start = time.perf_counter()
+    if started is not None:
+        started()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
