@@ -146,6 +146,7 @@ class Worker:
             config, sqs, sns, trivy, registry, log, now,
         )  # fmt: skip
         self.s3 = s3
+        config.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = ReportStore(s3, config.bucket)
         self.scanner = trivy.version()
         self.db: DbMetadata | None = trivy.db_metadata()
