@@ -7,7 +7,7 @@ STACK ?= dev
 # test-fast's pytest workers (pytest-xdist): one per core; JOBS=0 runs them in this process.
 JOBS ?= auto
 
-.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-restore bench-gc bench-auth bench-sign lock clean
+.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-restore bench-gc bench-auth bench-sign bench-scan lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
@@ -99,6 +99,10 @@ bench-gc: .venv/.installed lab-packages
 # protected (signed, cached) vs unprotected namespace; push and pull MB/s into and out of both.
 bench-sign: .venv/.installed lab-packages
 	$(PY) tests/bench_sign.py
+
+# The scanning pipeline in the lab, one worker: push-to-report latency (p50, max) and scans per minute.
+bench-scan: .venv/.installed lab-packages
+	$(PY) tests/bench_scan.py
 
 # Token issue latency and throughput, local users beside LDAP, 50 concurrent clients.
 bench-auth: .venv/.installed lab-packages

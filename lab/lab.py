@@ -489,7 +489,7 @@ class Lab:
                 "issuer": token_auth.issuer,
             }
 
-        scanning = self._start_scanning(pki, ports["https"], queues, access.accounts, launch)
+        scanning = self._start_scanning(pki, ports["https"], ports["a"], queues, access.accounts, launch)
         state = LabState(
             stack=s.stack,
             state_dir=str(d),
@@ -521,7 +521,13 @@ class Lab:
         return state
 
     def _start_scanning(
-        self, pki: LabPki, lb_port: int, queues: dict[str, str], accounts: list[dict[str, Any]], launch: Launcher
+        self,
+        pki: LabPki,
+        lb_port: int,
+        instance_port: int,
+        queues: dict[str, str],
+        accounts: list[dict[str, Any]],
+        launch: Launcher,
     ) -> dict[str, Any]:
         """The fixture database into the registry (scanner/mirror.py), then the worker (lab/scanning.py)."""
         s, d = self.settings, self.state_dir
@@ -530,7 +536,11 @@ class Lab:
         token_mode = isinstance(s.access, TokenAccess)
         mirror = by_name[MIRROR_ACCOUNT] if token_mode else accounts[0]
         scanner = by_name[SCANNER_ACCOUNT] if token_mode else accounts[0]
-        db_digest = publish_fixture_db(d, registry, str(pki.ca_cert), (mirror["name"], mirror["password"]))
+        # Pushed straight to one instance (they share the bucket): a lab whose instances have different http
+        # secrets (tests/test_lab.py) cannot upload through the load balancer. Read back through it.
+        db_digest = publish_fixture_db(
+            d, f"127.0.0.1:{instance_port}", str(pki.ca_cert), (mirror["name"], mirror["password"])
+        )
         password_file = d / SCANNER_PASSWORD
         password_file.write_text(scanner["password"])
         password_file.chmod(0o600)

@@ -163,7 +163,7 @@ def write_worker_config(
         "cache_dir": str(state_dir / "scanner-cache"),
         "retry_delay_seconds": options.retry_delay_seconds,
         "db_check_seconds": options.db_check_seconds,
-        "wait_seconds": 1,
+        "wait_seconds": 5,  # moto long-polls as SQS does (a condition wait, no busy loop)
     }
     _write_private(path, yaml.safe_dump(config, sort_keys=False))
     return path

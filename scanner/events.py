@@ -14,7 +14,7 @@
   SendMessageBatch; the answer is 200 only once SQS accepted every one of them, else 503, so the registry
   keeps the envelope and retries it (distribution retries an endpoint until it answers 2xx). A message sent
   twice is harmless: the worker is idempotent by (digest, database).
-- `GET /healthz`: 200 (liveness; nothing else is served).
+- `GET /healthz` (and `/`): 200 (liveness; nothing else is served).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def make_handler(
             self.wfile.write(body)
 
         def do_GET(self) -> None:
-            if self.path == HEALTH_PATH:
+            if self.path in (HEALTH_PATH, "/"):
                 self._answer(200, "ok\n")
             else:
                 self._answer(404, "not found\n")
@@ -158,7 +158,7 @@ def make_handler(
                 return
             try:
                 failed = send_scans(sqs, config.queue_url, selection.scans) if selection.scans else []
-            except Exception as err:
+            except Exception as err:  # any SQS failure: the registry keeps the envelope and retries
                 log(f"queue unavailable, answered 503: {type(err).__name__}: {str(err)[:300]}")
                 self._answer(503, "queue unavailable\n")
                 return

@@ -223,6 +223,9 @@ class Trivy:
             f"download of the vulnerability database from {db_repository}",
         )  # fmt: skip
         staged = read_db_metadata(staging)
+        # Trivy writes the database 0644: the worker's cache stays its own (0700 directories, 0600 files).
+        for path in (staging / DB_DIR).rglob("*"):
+            path.chmod(0o700 if path.is_dir() else 0o600)
         current = self.cache_dir / DB_DIR
         old = self.cache_dir / "db-old"
         shutil.rmtree(old, ignore_errors=True)

@@ -98,7 +98,7 @@ class Heartbeat:
                 self.sqs.change_message_visibility(
                     QueueUrl=self.queue_url, ReceiptHandle=self.receipt, VisibilityTimeout=self.seconds
                 )
-            except Exception as err:
+            except Exception as err:  # a missed beat: at worst the message is handled twice, harmlessly
                 self.log(f"heartbeat failed: {type(err).__name__}: {str(err)[:200]}")
 
     def __enter__(self) -> Heartbeat:
@@ -166,7 +166,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 self.poll_once()
-            except Exception as err:
+            except Exception as err:  # SQS unreachable, or a bug: log, wait, go on
                 self.log(f"poll failed: {type(err).__name__}: {str(err)[:300]}")
                 self.stopping.wait(5)
 
@@ -199,7 +199,7 @@ class Worker:
                     outcome = self.scan(parsed, redelivered=receives > 1)
         except ScanFailed as err:
             return self._retry(receipt, f"failed (receive {receives}): {err}")
-        except Exception as err:
+        except Exception as err:  # S3 or SNS failing, or a bug: the message is retried, the worker goes on
             detail = "".join(traceback.format_exception_only(type(err), err)).strip()[:500]
             return self._retry(receipt, f"failed (receive {receives}): {detail}")
         self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=receipt)
@@ -212,7 +212,7 @@ class Worker:
             self.sqs.change_message_visibility(
                 QueueUrl=self.config.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.config.retry_delay_seconds
             )
-        except Exception as err:
+        except Exception as err:  # it comes back after its visibility timeout instead
             self.log(f"could not shorten its visibility: {type(err).__name__}")
         return Outcome(False, detail)
 

@@ -490,3 +490,37 @@ def test_mirror_references_and_the_lambda_environment_are_checked(monkeypatch: p
     monkeypatch.setenv("MIRROR_SOURCE", "ghcr.io/aquasecurity/trivy-db:2")
     with pytest.raises(MirrorError, match="MIRROR_TARGET, MIRROR_CREDENTIALS_SECRET_ARN not set"):
         handler({}, None)
+
+
+# --- the registry client (signing/registry.py) against an htpasswd registry ------------------------------
+
+
+class BasicRegistry:
+    """Stands in for a Transport to a registry in htpasswd mode: 401 with a Basic challenge without credentials."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+
+    def request(
+        self, method: str, path: str, headers: Any, body: Any = None, max_bytes: int = 0, follow: bool = False
+    ) -> Any:
+        from signing.registry import Response
+
+        self.seen.append(headers.get("Authorization"))
+        if not headers.get("Authorization", "").startswith("Basic "):
+            return Response(401, {"WWW-Authenticate": 'Basic realm="registry"'}, b"")
+        return Response(200, {"Content-Type": OCI_MANIFEST}, b"{}")
+
+
+def test_a_basic_challenge_is_answered_with_the_account_and_kept() -> None:
+    from signing.registry import RegistryClient, Unauthorized
+
+    transport = BasicRegistry()
+    client = RegistryClient(transport, ("lab", "pw"))  # type: ignore[arg-type]
+    client.get_manifest("lab/app", "1")
+    client.get_manifest("lab/other", "1")
+    basic = "Basic bGFiOnB3"
+    assert transport.seen == [None, basic, basic], "asked once, then sent on every request"
+    anonymous = RegistryClient(BasicRegistry())  # type: ignore[arg-type]
+    with pytest.raises(Unauthorized, match="401 without a Bearer challenge"):
+        anonymous.get_manifest("lab/app", "1")
