@@ -524,3 +524,12 @@ def test_a_basic_challenge_is_answered_with_the_account_and_kept() -> None:
     anonymous = RegistryClient(BasicRegistry())  # type: ignore[arg-type]
     with pytest.raises(Unauthorized, match="401 without a Bearer challenge"):
         anonymous.get_manifest("lab/app", "1")
+
+
+def test_the_host_artifact_ships_the_scanner() -> None:
+    """Registry hosts run the events forwarder and scanner hosts the worker from the same artifact."""
+    from host.artifact import artifact_files, shipped_packages
+
+    assert "scanner" in shipped_packages()
+    names = {name for name, _ in artifact_files()}
+    assert {"scanner/events.py", "scanner/worker.py", "scanner/report.py", "signing/registry.py"} <= names
