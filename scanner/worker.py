@@ -10,7 +10,8 @@ at a time (the others stay on the queue for other workers) and:
      have is a failure: the message is retried, then dead-lettered);
   3. if the report of D for this database (same UpdatedAt) is already stored, uses it (idempotent: a message
      delivered twice, or a rescan with the same database, writes nothing); otherwise runs Trivy on R@D and
-     writes the dated report, then `latest.json` (scanner/report.py keys, in `bucket`);
+     writes the dated report, then `latest.json` (scanner/report.py keys, in `bucket`) unless latest.json
+     already holds a scan with a newer database;
   4. publishes a summary to `findings_topic_arn` when the report's highest severity is at least
      `findings_threshold` (again on a redelivered message: a notification may repeat, never be lost);
   5. deletes the message, last.
@@ -291,7 +292,7 @@ class Worker:
         if existing is not None and existing.database_updated_at == db.updated_at:
             latest = self.store.get(latest_key(digest))
             if latest is None or latest.database_updated_at < existing.database_updated_at:
-                self.store.put(latest_key(digest), existing)
+                self.store.put(latest_key(digest), existing)  # a worker stopped between the two writes
             return existing, 0
         if findings is None:
             image = f"{self.config.registry}/{repository}@{digest}"
@@ -303,7 +304,10 @@ class Worker:
                 self.current_trivy = None
         report = build_report(digest, repository, self.now(), db, self.scanner, findings)
         self.store.put(dated, report)
-        self.store.put(latest_key(digest), report)
+        latest = self.store.get(latest_key(digest))
+        # Never back: a worker that has not seen the newest database yet leaves a newer latest.json alone.
+        if latest is None or latest.database_updated_at <= report.database_updated_at:
+            self.store.put(latest_key(digest), report)
         return report, 1
 
     def _started(self, proc: Any) -> None:

@@ -33,6 +33,7 @@ from lab.overrides import S3_ACCESS_KEY, S3_SECRET_KEY
 from lab.scan_images import CLEAN, VULNERABLE, Package, debian_image
 from lab.scanning import MIRROR_ACCOUNT, ScanOptions, publish_fixture_db
 from lab.trivy_db import FIXTURE_CVES, ZLIB_CRITICAL
+from scanner.mirror import LayoutSource, Reference, copy_artifact
 from scanner.report import Report, latest_key, parse_report, report_key, scan_body
 from signing.registry import RegistryClient, Transport
 from tests.helpers import settings_with
@@ -132,6 +133,12 @@ def test_status_lists_the_queue_the_dead_letter_queue_and_the_reports(lab: LabSt
         redrive["deadLetterTargetArn"].endswith(":registry-fleet-lab-scan-dlq") and int(redrive["maxReceiveCount"]) == 3
     )
     assert attributes["KmsMasterKeyId"].startswith("arn:aws:kms:"), "the queue is encrypted with the lab's key"
+    # The database the lab mirrored (scanner/mirror.py): a second copy of the same artifact pushes nothing.
+    mirror = lab.account(MIRROR_ACCOUNT)
+    layout = LayoutSource(f"oci:{Path(lab.state_dir) / 'trivy-db-layout'}:2")
+    target = Reference(lab.registry_url.removeprefix("https://"), "mirror/trivy-db", "2")
+    copied = copy_artifact(layout, target, (mirror["name"], mirror["password"]), lab.ca_file, log=lambda _: None)
+    assert copied == (lab.scanning["db_digest"], False)
 
 
 def test_a_pushed_vulnerable_openssl_gets_a_report_naming_the_cve_in_bounded_time(

@@ -22,7 +22,7 @@ from scanner.__main__ import main as scanner_main
 from scanner.config import ConfigError, EventsConfig, parse_events_config, parse_worker_config
 from scanner.events import EnvelopeError, make_handler, select
 from scanner.mirror import MirrorError, handler, parse_reference
-from scanner.report import Finding, latest_key, parse_report, report_key, scan_body
+from scanner.report import Finding, Report, latest_key, parse_report, report_key, scan_body
 from scanner.trivy import DbMetadata, TrivyError, parse_findings, union
 from scanner.worker import Worker, platform_manifests, tagged_digests
 from signing.registry import Manifest, NotFound
@@ -533,3 +533,29 @@ def test_the_host_artifact_ships_the_scanner() -> None:
     assert "scanner" in shipped_packages()
     names = {name for name, _ in artifact_files()}
     assert {"scanner/events.py", "scanner/worker.py", "scanner/report.py", "signing/registry.py"} <= names
+
+
+def test_the_mirror_cli_names_what_is_wrong(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["mirror", "--source", "oci:/nonexistent:2", "--username", "registry-mirror"]
+    assert scanner_main([*base, "--target", "reg/mirror:2", "--password-file", str(files / "absent")]) == 2
+    assert "--password-file: " in capsys.readouterr().err
+    assert scanner_main([*base, "--target", "mirror/trivy-db", "--password-file", str(files / "robot.token")]) == 1
+    assert "--target 'mirror/trivy-db': must be HOST[:PORT]/REPOSITORY:TAG" in capsys.readouterr().err
+    target = "127.0.0.1:9/mirror/trivy-db:2"
+    assert scanner_main([*base, "--target", target, "--password-file", str(files / "robot.token")]) == 1
+    assert "source oci:/nonexistent:2: no readable index.json" in capsys.readouterr().err
+
+
+def test_a_worker_with_an_older_database_never_moves_latest_back(aws: dict[str, Any]) -> None:
+    worker, sqs, s3 = aws["worker"], aws["sqs"], aws["s3"]
+    newer = DbMetadata(2, datetime(2026, 12, 2, 6, 0, tzinfo=UTC), None)
+    when = newer.updated_at
+    report = Report(
+        digest=DIGEST, repository="team-a/app", scannedAt=when, databaseUpdatedAt=when, scanner="trivy 0.59.1"
+    )
+    s3.put_object(Bucket="registry-bucket", Key=latest_key(DIGEST), Body=report.to_json())
+    sqs.send_message(QueueUrl=aws["queue"], MessageBody=scan_body("team-a/app", DIGEST))
+    assert worker.poll_once().written == 1  # its own dated report (2026-12-01)
+    assert versions(s3, report_key(DIGEST, "2026-12-01")) == 1
+    kept = parse_report(s3.get_object(Bucket="registry-bucket", Key=latest_key(DIGEST))["Body"].read())
+    assert kept.database_updated_at == newer.updated_at
