@@ -1,9 +1,10 @@
 """A minimal BoltDB (bbolt) file writer: nested buckets of byte keys and values, written in one go.
 
 Trivy's vulnerability database is a bbolt file. The lab and the tests build a small one from fixture CVEs
-(lab/trivy_db.py). PyPI has no maintained writer: `boltdb` 0.0.2 (2020, a partial port with three tests,
-last released five years ago) and `bolt-python` (an unrelated array library). So this module writes the
-format itself; tests/test_trivy_db.py checks it by reading it back here and by Trivy reading it.
+(lab/trivy_db.py). PyPI has no usable writer: `bolt-python` is an unrelated array library, and `boltdb` 0.0.2
+(2020, unmaintained) writes meta pages whose checksum bbolt rejects (tried here: Trivy 0.59.1 fails with
+"failed to open db: checksum error"; the package's own close also fails with EBADF). So this module writes
+the format itself; tests/test_trivy_db.py checks it by reading it back here and by Trivy reading it.
 
 The file layout (bbolt's, page size 4096, little-endian):
   page 0 and 1   meta pages: magic 0xED0CDAED, version 2, page size, flags, the root bucket
