@@ -559,3 +559,18 @@ def test_a_worker_with_an_older_database_never_moves_latest_back(aws: dict[str, 
     assert versions(s3, report_key(DIGEST, "2026-12-01")) == 1
     kept = parse_report(s3.get_object(Bucket="registry-bucket", Key=latest_key(DIGEST))["Body"].read())
     assert kept.database_updated_at == newer.updated_at
+
+
+def test_the_mirror_imports_only_the_standard_library_urllib3_and_boto3() -> None:
+    """What lets it run as a Lambda function with nothing but boto3 (the runtime's) and urllib3 packaged."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, scanner.mirror; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True).stdout
+    # (`_distutils_hack` is setuptools' import hook in any venv's site-packages, not an import of the mirror.)
+    assert set(json.loads(out.replace("'", '"'))) <= {"__main__", "_distutils_hack", "scanner", "signing", "urllib3"}
