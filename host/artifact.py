@@ -1,11 +1,12 @@
 """The host's Python services as hosts install them: a deterministic tarball of `auth/` (the token
-service), `gate/` (the signature gate), `signing/` (the cosign format and verifier the gate uses) and
-`retention/` (what the maintenance window runs before garbage collection), with the one hash-pinned
-lock (`auth/requirements.lock`) that installs all of them into one venv.
+service), `gate/` (the signature gate), `signing/` (the cosign format and verifier the gate uses),
+`retention/` (what the maintenance window runs before garbage collection) and `scanner/` (the events
+forwarder and the scan worker), with the one hash-pinned lock (`auth/requirements.lock`) that installs all
+of them into one venv.
 
 `build_artifact()` reads the repository's `auth/*.py` and `auth/requirements.lock`, and every `*.py`
-under `gate/`, `signing/` and `retention/` when those packages exist, and returns the same bytes for the same
-sources (sorted entries, fixed owners, modes and times, gzip
+under `gate/`, `signing/`, `retention/` and `scanner/` when those packages exist, and returns the same
+bytes for the same sources (sorted entries, fixed owners, modes and times, gzip
 without a timestamp), so the object key, named by the content's SHA-256, changes only when the
 code or a pin changes, and only then rolls the fleet. Hosts verify the SHA-256 (carried in
 user-data) before unpacking, and pip installs the lock with `--require-hashes`.
@@ -25,8 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTH_DIR = REPO_ROOT / "auth"
 LOCK_NAME = "requirements.lock"
 # Packages shipped beside auth/ when present (whole trees of *.py): the gate and the code it verifies with,
-# and retention (python -m retention, run by the maintenance window).
-OPTIONAL_PACKAGES = ("gate", "signing", "retention")
+# retention (python -m retention, run by the maintenance window) and the scanner (its events forwarder runs on
+# registry hosts; scanner hosts run its worker).
+OPTIONAL_PACKAGES = ("gate", "signing", "retention", "scanner")
 KEY_PREFIX = "registry-fleet/token-service"  # in the registry bucket, outside the registry's docker/ root
 
 

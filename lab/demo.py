@@ -7,6 +7,10 @@ gets its token from the realm through nginx, as a client of the fleet does.
 On a stack that protects a namespace the demo account may push to (dev: `team-a/release`), `signed_pull`
 copies the sample there, shows skopeo's pull of it refused by the signature gate (DENIED, unsigned), signs
 it as `python -m fleet sign STACK IMAGE --lab` does (the lab's KMS key) and shows the same pull served.
+
+`scanned_push` pushes a sample whose package database holds a vulnerable openssl (lab/scan_images.py) to
+`<namespace>/vulnerable:1` and waits for the scanner's report (the registry's notification, the queue, the
+worker's Trivy and the fixture database): what `make lab` shows of practice 5.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.image import build_image, layer_digests, skopeo_copy, skopeo_digest
-from lab.lab import LabState
+from lab.lab import LabState, aws_client
+from lab.oci_layout import read_blob, read_tagged
+from lab.scan_images import VULNERABLE, debian_image
 
 
 @dataclass(frozen=True)
@@ -103,3 +109,66 @@ def signed_pull(state: LabState, repository: str, tag: str = "1") -> SignedPullR
         raise RuntimeError(f"signed {digest}, pulled {pulled}")
     refusal = refused[refused.lower().find("denied") :].strip().rstrip('"')
     return SignedPullResult(f"{host}/{repository}:{tag}", digest, refusal, out.getvalue().strip())
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    image: str  # HOST/REPO:TAG
+    digest: str
+    seconds: float  # from the push's last request to the report in the bucket
+    report_uri: str
+    highest: str
+    findings: list[str]  # "CVE-... SEVERITY package installed -> fixed"
+
+    def describe(self) -> str:
+        lines = [
+            f"  scanned    {self.image}  {self.digest}",
+            f"             report after {self.seconds:.1f}s: {self.report_uri}",
+            f"             highest severity {self.highest}:",
+            *(f"               {f}" for f in self.findings),
+        ]
+        return "\n".join(lines)
+
+
+def scanned_push(state: LabState, tag: str = "1", timeout: float = 120.0) -> ScanResult:
+    """Push the vulnerable sample as the demo account and wait for its report; RuntimeError without one."""
+    import time
+
+    from scanner.report import latest_key, parse_report
+    from signing.registry import RegistryClient, Transport
+
+    repository = f"{state.namespace}/vulnerable"
+    client = RegistryClient(Transport(state.registry_url, ca_file=state.ca_file), (state.username, state.password))
+    with tempfile.TemporaryDirectory(prefix="registry-lab-") as tmp:
+        layout = Path(tmp) / "vulnerable"
+        debian_image(layout, tag, VULNERABLE)
+        body, media_type = read_tagged(layout, tag)
+        doc = json.loads(body)
+        for descriptor in (doc["config"], *doc["layers"]):
+            client.push_blob(repository, read_blob(layout, descriptor["digest"]))
+        digest = client.put_manifest(repository, tag, body, media_type)
+    pushed = time.monotonic()
+    s3 = aws_client("s3", state.s3_endpoint, state.ca_file, "eu-west-1")
+    key = latest_key(digest)
+    while True:
+        try:
+            report = parse_report(s3.get_object(Bucket=state.bucket, Key=key)["Body"].read())
+            break
+        except s3.exceptions.NoSuchKey:
+            if time.monotonic() - pushed > timeout:
+                raise RuntimeError(
+                    f"no scan report of {repository}@{digest} after {timeout:.0f}s: see the lab's events.log and "
+                    "scanner.log"
+                ) from None
+            time.sleep(0.25)
+    host = state.registry_url.removeprefix("https://")
+    findings = [
+        f"{f.id} {f.severity} {f.package} {f.installed_version} -> {f.fixed_version or 'no fix'}"
+        for f in report.findings
+    ]
+    # Hook (issue 14, pull-time blocking): the lead adds here the refused pull of this digest from a namespace
+    # with `blockSeverity: HIGH` (the gate's DENIED naming the digest, HIGH and CVE-2099-1001).
+    return ScanResult(
+        f"{host}/{repository}:{tag}", digest, time.monotonic() - pushed, f"s3://{state.bucket}/{key}",
+        report.highest_severity, findings,
+    )  # fmt: skip

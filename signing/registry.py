@@ -7,7 +7,8 @@
   never reach the CDN), at most 5 hops. Bodies are read up to a limit: a larger one is an error.
 - `RegistryClient`: the registry API on top, authenticating like any client: a request answered 401
   with `WWW-Authenticate: Bearer realm=..,service=..,scope=..` gets a token from the realm (HTTP Basic
-  with the account's credentials, or anonymous) and is sent again; tokens are kept per repository. Or
+  with the account's credentials, or anonymous) and is sent again; tokens are kept per repository. A 401
+  with a `Basic` challenge (a registry in htpasswd mode) is answered with the account's credentials. Or
   it sends a fixed Authorization header and never asks for a token (the gate: the client's own).
 """
 
@@ -241,6 +242,7 @@ class RegistryClient:
         self.authorization = authorization
         self.user_agent = user_agent
         self._tokens: dict[str, str] = {}
+        self._basic = False  # the registry asked for HTTP Basic (htpasswd mode) instead of a token
         self._lock = threading.Lock()
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -253,7 +255,11 @@ class RegistryClient:
         else:
             with self._lock:
                 token = self._tokens.get(repository)
-            if token:
+                basic = self._basic
+            if basic and self.credentials is not None:
+                user, password = self.credentials
+                headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            elif token:
                 headers["Authorization"] = f"Bearer {token}"
         return headers
 
@@ -272,6 +278,13 @@ class RegistryClient:
         if resp.status != 401 or self.fixed:
             return resp
         scheme, params = parse_challenge(resp.headers.get("WWW-Authenticate"))
+        if scheme == "basic" and self.credentials is not None:
+            # A registry in htpasswd mode: HTTP Basic on every request from now on (HTTPS only: see Transport).
+            with self._lock:
+                self._basic = True
+            return self.transport.request(
+                method, path, self._headers(repository, headers or {}), body, max_bytes, follow
+            )
         if scheme != "bearer" or "realm" not in params:
             raise Unauthorized(f"{method} {path}: 401 without a Bearer challenge", 401)
         token = self._token(params)
