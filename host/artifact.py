@@ -1,5 +1,6 @@
 """The host's Python services as hosts install them: a deterministic tarball of `auth/` (the token
-service), `gate/` (the signature gate) and `signing/` (the cosign format and verifier the gate uses),
+service), `gate/` (the signature gate), `scanner/` (the scan events forwarder on registry hosts, the worker
+on scanner hosts) and `signing/` (the cosign format and verifier the gate uses),
 with the one hash-pinned lock (`auth/requirements.lock`) that installs all of them into one venv.
 
 `build_artifact()` reads the repository's `auth/*.py` and `auth/requirements.lock`, and every `*.py`
@@ -23,8 +24,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTH_DIR = REPO_ROOT / "auth"
 LOCK_NAME = "requirements.lock"
-# Packages shipped beside auth/ when present (whole trees of *.py): the gate and the code it verifies with.
-OPTIONAL_PACKAGES = ("gate", "signing")
+# Packages shipped beside auth/ when present (whole trees of *.py): the gate and the code it verifies with, the scanner.
+OPTIONAL_PACKAGES = ("gate", "scanner", "signing")
 KEY_PREFIX = "registry-fleet/token-service"  # in the registry bucket, outside the registry's docker/ root
 
 
