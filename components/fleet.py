@@ -73,6 +73,7 @@ from host.registry_config import (
     render_registry_config,
 )
 from host.scan_config import render_events_config
+from host.scanner_host import REGISTRY_HOST_ROLE, ROLE_TAG
 from host.user_data import encode_user_data
 
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -448,7 +449,11 @@ class RegistryFleet(pulumi.ComponentResource):
         ).apply(lambda v: self._render(args, v))
 
         image_id: pulumi.Input[str] = args.image_id or self._newest_debian(args.debian_release, args.architecture)
-        instance_tags: dict[str, pulumi.Input[str]] = {**tags, "Name": f"{args.name_prefix}-registry"}
+        instance_tags: dict[str, pulumi.Input[str]] = {
+            **tags,
+            "Name": f"{args.name_prefix}-registry",
+            ROLE_TAG: REGISTRY_HOST_ROLE,  # the GC window's target: registry hosts, not scanner workers
+        }
         # Hosts read their secrets at each registry start: a new version of any of them rolls the fleet.
         for label, version_id in secret_versions.items():
             instance_tags[HOST_SECRET_VERSION_TAG.format(label=label)] = version_id

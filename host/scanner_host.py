@@ -64,6 +64,8 @@ SCANNER_SERVICES = (SSM_AGENT_UNIT, SCANNER_UNIT)
 # template (policy/graph.py), and a template that writes the registry's config is a registry host whatever it says.
 ROLE_TAG = "registry-fleet:role"
 SCANNER_WORKER_ROLE = "scanner-worker"
+# The same tag on registry hosts' instances: the GC maintenance window targets it, so it never runs on a worker.
+REGISTRY_HOST_ROLE = "registry-host"
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

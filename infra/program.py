@@ -42,6 +42,7 @@ from components.waivers import PolicyWaivers, WaiverArgs
 from host.artifact import build_artifact
 from host.contract import HOST_INTERNAL_NAME
 from host.scan_config import MIRROR_ROBOT, SCAN_ROBOTS, SCANNER_ROBOT
+from host.scanner_host import REGISTRY_HOST_ROLE, ROLE_TAG
 from infra.secrets import AccessSecrets
 from infra.settings import Settings, protected_namespaces
 from infra.token_service import lockout_table_name, token_service_spec
@@ -388,7 +389,8 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         "maintenance",
         RegistryMaintenanceArgs(
             name_prefix=prefix,
-            host_tags={"stack": tags["stack"], "managed-by": tags["managed-by"]},
+            # The registry hosts' instances, not the scanner workers' (components/fleet.py tags them).
+            host_tags={"stack": tags["stack"], "managed-by": tags["managed-by"], ROLE_TAG: REGISTRY_HOST_ROLE},
             tags=tags,
         ),
         opts=in_primary,
@@ -430,7 +432,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
                 root_volume_gib=s.scanning.worker_root_volume_gib,
                 visibility_timeout_seconds=s.scanning.visibility_timeout_seconds,
                 trivy_version=s.scanning.trivy.version,
-                trivy_sha256=dict(s.scanning.trivy.sha256),
+                trivy_sha256=s.scanning.trivy.sha256.model_dump(),
                 tags=tags,
             ),
             opts=in_primary,

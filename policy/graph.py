@@ -323,7 +323,7 @@ def host_boot(
 def is_scanner_template(lt: Res) -> bool:
     """A launch template tagged as a scanner worker's (components/scanning.py). host_boot still counts it as a
     registry host when its user-data writes the registry's config."""
-    return prop(lt, "tags", ROLE_TAG) == SCANNER_WORKER_ROLE
+    return bool(prop(lt, "tags", ROLE_TAG) == SCANNER_WORKER_ROLE)
 
 
 def registry_groups(resources: Sequence[Res]) -> list[Res]:

@@ -208,7 +208,7 @@ def find_scan_workers(resources: Sequence[Res]) -> Iterator[Finding]:
         yield STACK, "no scanner workers' launch template and Auto Scaling group (scans would run nowhere)"
         return
     hosts = [lt for lt, _, _ in host_boot(resources)]
-    host_profiles = {known_str(prop(lt, "iamInstanceProfile", "arn")) for lt in hosts} - {None}
+    host_profiles = {p for lt in hosts if (p := known_str(prop(lt, "iamInstanceProfile", "arn")))}
     host_sgs = {
         sg
         for lt in hosts
@@ -246,8 +246,8 @@ def find_scan_workers(resources: Sequence[Res]) -> Iterator[Finding]:
             yield group.name, "the scanner workers share the registry hosts' Auto Scaling group"
         if as_list(prop(group, "targetGroupArns")):
             yield group.name, "targetGroupArns is set: scanner workers serve no traffic for the load balancer"
-    for lt, doc in cloud_inits(resources):
-        if isinstance(doc, dict) and SCANNER_UNIT in enabled_services(doc):
+    for lt, host_doc in cloud_inits(resources):
+        if isinstance(host_doc, dict) and SCANNER_UNIT in enabled_services(host_doc):
             yield lt.name, f"runcmd enables {SCANNER_UNIT} on a registry host: scans run off the registry hosts"
 
 
