@@ -81,8 +81,9 @@ MIRROR_MODULES = ("__init__.py", "mirror.py")
 SCANNER_DIR = Path(__file__).resolve().parent.parent / "scanner"
 
 
-def mirror_archive_files(scanner_dir: Path = SCANNER_DIR) -> dict[str, Path]:
+def mirror_archive_files(scanner_dir: Path | None = None) -> dict[str, Path]:
     """(name in the archive, file) of the scanner modules the mirror function ships, those that exist."""
+    scanner_dir = scanner_dir or SCANNER_DIR
     return {f"scanner/{name}": scanner_dir / name for name in MIRROR_MODULES if (scanner_dir / name).is_file()}
 
 
