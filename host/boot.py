@@ -637,8 +637,23 @@ def _scan_events_dropin() -> str:
     """The registry's second drop-in (host/files/docker-registry-scan-events.conf, at SCAN_EVENTS_DROPIN_PATH):
     its notifications go to the forwarder over TLS, whose certificate the internal CA signed. distribution 2.8's
     endpoints have no CA option; Go reads SSL_CERT_DIR's directories besides the system bundle, so the registry
-    trusts the system's CAs (S3) and, from REGISTRY_TRUST_DIR, the internal CA alone."""
-    return render_file("docker-registry-scan-events.conf", CERT_DIRS=f"{SYSTEM_CERT_DIR}:{REGISTRY_TRUST_DIR}")
+    trusts the system's CAs (S3) and, from REGISTRY_TRUST_DIR, the internal CA alone.
+
+    distribution logs every endpoint's headers at start (configureEvents, at info), the bearer among them:
+    LogFilterPatterns= (systemd 253+, Debian 13) keeps that line out of the journal. Debian 12's systemd 252
+    ignores the key (with a warning): there the line reaches the journal, readable by root and the adm group
+    only (docs/scanning.md).
+    """
+    return render_file(
+        "docker-registry-scan-events.conf",
+        CERT_DIRS=f"{SYSTEM_CERT_DIR}:{REGISTRY_TRUST_DIR}",
+        BEARER_LOG_PATTERN=BEARER_LOG_PATTERN,
+    )
+
+
+# A journal line holding the bearer, as distribution prints the header (`headers=map[Authorization:[Bearer T]]`);
+# no backslash or bracket, so the unit file reads it as it is.
+BEARER_LOG_PATTERN = "Authorization:.Bearer.[A-Za-z0-9]"
 
 
 def _scan_events_unit() -> str:
