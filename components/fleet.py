@@ -22,6 +22,10 @@ beside the token service (`host.boot.GateBoot`): the hosts admit the load balanc
 its target group, and get its public config (the stack's public signing key, the protected namespaces)
 in user-data. The instance role may read the signing key's public half, never sign.
 
+Vulnerability scans (practice 5, token mode): the registry notifies the scan events forwarder on each host's
+loopback (`host.boot.ScanEventsBoot`; its bearer from Secrets Manager into the registry's environment at each
+start, never in user-data), and the instance role may send to the scan queue (components/scanning.py).
+
 Secrets (the shared `http.secret`, the TLS host key, the htpasswd file, the CloudFront signing
 key; in token mode the service's config and signing key, made by `components.access`) are Pulumi
 secrets stored in Secrets Manager; hosts read them at boot. User-data holds only their ARNs, never
