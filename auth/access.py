@@ -10,6 +10,8 @@ The model (pydantic v2, frozen, unknown keys refused):
     robots:                       # CI accounts: one namespace, fixed actions, an expiry
       robot-ci-a: {namespace: team-a/ci, actions: [pull, push], expires: 2030-01-01T00:00:00Z,
                    token_hash: sha256:<hex>}   # or a bcrypt hash (before rotation)
+      scanner: {namespace: "*", actions: [pull], ...}               # every repository, pull only
+      mirror: {namespace: mirror/trivy-db, exact: true, actions: [pull, push], ...}  # that repository only
     admins: [root]                # everything, including registry:catalog:*
     rules:                        # extra grants, checked in order, all of them (they only add)
       - {accounts: ["*"], repositories: ["base/**"], actions: [pull]}
@@ -111,16 +113,38 @@ class Team(_Frozen):
         return value
 
 
+# A robot whose namespace is EVERY_REPOSITORY may pull every repository and do nothing else (the scanner's
+# read-only robot); one with `exact: true` works in the one repository its namespace names (the Trivy database
+# mirror's robot, `mirror/trivy-db`), not under it.
+EVERY_REPOSITORY = "*"
+# Repositories under this namespace belong to the platform (the Trivy database mirror): no team may own it, and
+# the scanner's events forwarder ignores pushes there, so a team's image there would go unscanned.
+PLATFORM_NAMESPACE = "mirror"
+
+
 class Robot(_Frozen):
     namespace: Namespace
     actions: tuple[Action, ...] = Field(min_length=1)
     expires: AwareDatetime
     token_hash: str
+    exact: bool = False
 
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        return _check_namespace(value)
+        return value if value == EVERY_REPOSITORY else _check_namespace(value)
+
+    @model_validator(mode="after")
+    def _every_repository_pulls_only(self) -> Robot:
+        if self.namespace == EVERY_REPOSITORY and (set(self.actions) != {"pull"} or self.exact):
+            raise ValueError(f"namespace {EVERY_REPOSITORY!r} (every repository) allows actions [pull] only, not exact")
+        return self
+
+    def covers(self, repository: str) -> bool:
+        """Whether the robot's grant applies to `repository`."""
+        if self.namespace == EVERY_REPOSITORY:
+            return True
+        return repository == self.namespace if self.exact else covers(self.namespace, repository)
 
     @field_validator("token_hash")
     @classmethod
@@ -269,7 +293,18 @@ def ownership_problems(teams: dict[str, Team], robot_namespaces: dict[str, str])
                         )
                     )
             owned.append((ns, team_name))
+    for ns, team_name in owned:
+        if _overlap(ns, PLATFORM_NAMESPACE):
+            problems.append(
+                (
+                    f"teams.{team_name}.namespaces[{teams[team_name].namespaces.index(ns)}]",
+                    f"{ns!r} overlaps the platform namespace {PLATFORM_NAMESPACE!r} (the scanner's database mirror, "
+                    "never scanned on push): no team may own it",
+                )
+            )
     for robot_name, namespace in robot_namespaces.items():
+        if namespace == EVERY_REPOSITORY or covers(PLATFORM_NAMESPACE, namespace):
+            continue  # every repository (pull only), or a platform repository: no team owns them
         if not any(namespace == ns or covers(ns, namespace) for ns, _ in owned):
             problems.append(
                 (
@@ -312,7 +347,7 @@ class AccessControl(_Frozen):
         actions: set[str] = set()
         if identity is not None and identity.kind == "robot":
             robot = self.robots.get(identity.name)
-            if robot is not None and covers(robot.namespace, repository):
+            if robot is not None and robot.covers(repository):
                 actions |= set(robot.actions)
         elif identity is not None:
             if identity.name in self.admins:

@@ -103,6 +103,7 @@ class RegistryAccess(pulumi.ComponentResource):
     # The current generation's secret version: the launch template waits for it (an instance tag).
     signing_key_version_id: pulumi.Output[str]
     robot_secret_arns: dict[str, pulumi.Output[str]]
+    robot_tokens: dict[str, pulumi.Output[str]]
     artifact_key: str
     artifact_sha256: str
 
@@ -233,6 +234,8 @@ class RegistryAccess(pulumi.ComponentResource):
         self.signing_key_secret_arns = [key_secrets[g][0].arn for g in spec.signing_generations]
         self.signing_key_version_id = signing_key_version.version_id
         self.robot_secret_arns = {robot: s.arn for robot, s in robot_secrets.items()}
+        # The tokens themselves (secrets), for what stores a robot's token in another shape (components/scanning.py).
+        self.robot_tokens = {robot: pulumi.Output.secret(p.result) for robot, p in robot_passwords.items()}
         self.artifact_key = args.artifact.key
         self.artifact_sha256 = args.artifact.sha256
         self.register_outputs(

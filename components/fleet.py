@@ -22,6 +22,10 @@ beside the token service (`host.boot.GateBoot`): the hosts admit the load balanc
 its target group, and get its public config (the stack's public signing key, the protected namespaces)
 in user-data. The instance role may read the signing key's public half, never sign.
 
+Vulnerability scans (practice 5, token mode): the registry notifies the scan events forwarder on each host's
+loopback (`host.boot.ScanEventsBoot`; its bearer from Secrets Manager into the registry's environment at each
+start, never in user-data), and the instance role may send to the scan queue (components/scanning.py).
+
 Secrets (the shared `http.secret`, the TLS host key, the htpasswd file, the CloudFront signing
 key; in token mode the service's config and signing key, made by `components.access`) are Pulumi
 secrets stored in Secrets Manager; hosts read them at boot. User-data holds only their ARNs, never
@@ -43,7 +47,7 @@ from auth.shared_lockout import TABLE_ACTIONS
 from components.errors import ComponentInputError
 from components.iam import assume_role_policy, policy_document
 from components.stored_secret import stored_secret
-from host.boot import GateBoot, HostBoot, SecretFile, TokenServiceBoot, render_host
+from host.boot import BEARER_MARK, GateBoot, HostBoot, ScanEventsBoot, SecretFile, TokenServiceBoot, render_host
 from host.contract import (
     CA_CERT_FILE,
     CLOUDFRONT_KEY_FILE,
@@ -55,12 +59,25 @@ from host.contract import (
     HOST_KEY_FILE,
     HTPASSWD_FILE,
     REGISTRY_PORT,
+    SCAN_EVENTS_IGNORED_ACTIONS,
+    SCAN_EVENTS_IGNORED_MEDIA_TYPES,
+    SCAN_EVENTS_PATH,
+    SCAN_EVENTS_PORT,
     TOKEN_PATH,
     TOKEN_SERVICE_PORT,
     TOKEN_TRUST_BUNDLE_FILE,
 )
 from host.gate_config import render_gate_config
-from host.registry_config import CloudFrontSettings, RegistryConfig, TokenAuth, render_registry_config
+from host.registry_config import (
+    CloudFrontSettings,
+    NotificationEndpoint,
+    RegistryConfig,
+    TokenAuth,
+    notification_endpoints_env,
+    render_registry_config,
+)
+from host.scan_config import render_events_config
+from host.scanner_host import REGISTRY_HOST_ROLE, ROLE_TAG
 from host.user_data import encode_user_data
 
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -130,6 +147,18 @@ class FleetGate:
 
 
 @dataclass
+class FleetScanEvents:
+    """Token mode: the scan events forwarder on every host (components.scanning.ScanQueue made the queue and
+    the bearer token); the registry notifies it of every push."""
+
+    queue_url: pulumi.Input[str]
+    queue_arn: pulumi.Input[str]
+    key_arn: pulumi.Input[str]  # the scanning key: sending to the encrypted queue needs GenerateDataKey
+    token_secret_arn: pulumi.Input[str]
+    token_version_id: pulumi.Input[str]
+
+
+@dataclass
 class RegistryFleetArgs:
     environment: str
     region: str
@@ -161,6 +190,8 @@ class RegistryFleetArgs:
     gate: FleetGate | None = None
     # The stack's signing key: the instance role may read its public key (never sign).
     signing_key_arn: pulumi.Input[str] | None = None
+    # Set (token mode only): the registry notifies the scan events forwarder, which sends to the scan queue.
+    scan_events: FleetScanEvents | None = None
     # A pinned AMI; None: the newest Debian image of `debian_release` for the architecture (looked up at each up).
     image_id: str | None = None
     # Bump it for a new http.secret (the generated value is replaced; the fleet rolls onto it).
@@ -173,6 +204,8 @@ def instance_policy(
     secret_arns: list[str],
     signing_key_arn: str | None = None,
     lockout_table_arn: str | None = None,
+    scan_queue_arn: str | None = None,
+    scan_key_arn: str | None = None,
 ) -> str:
     """Only what the registry does: its bucket, its key, its own secrets; the public half of the stack's
     signing key (the gate's key comes in its config; reading it from KMS is a check, not a need); in token
@@ -197,6 +230,19 @@ def instance_policy(
             }
         ]
         if lockout_table_arn
+        else []
+    )
+    scan: list[dict[str, Any]] = (
+        [
+            {"Sid": "ScanQueueSend", "Effect": "Allow", "Action": "sqs:SendMessage", "Resource": scan_queue_arn},
+            {
+                "Sid": "ScanQueueKey",
+                "Effect": "Allow",
+                "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+                "Resource": scan_key_arn,
+            },
+        ]
+        if scan_queue_arn and scan_key_arn
         else []
     )
     return policy_document(
@@ -232,11 +278,13 @@ def instance_policy(
         },
         *signing,
         *lockout,
+        *scan,
     )
 
 
 class RegistryFleet(pulumi.ComponentResource):
     security_group_id: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
     asg_name: pulumi.Output[str]
     role_name: pulumi.Output[str]  # the hosts' instance role (components/host_metrics.py adds the agent's policy)
     user_data: pulumi.Output[str]
@@ -252,6 +300,10 @@ class RegistryFleet(pulumi.ComponentResource):
             raise ComponentInputError("RegistryFleet: token.ldap_cidrs is set without token.ldap_port")
         if args.gate is not None and args.token is None:
             raise ComponentInputError("RegistryFleet: gate is set without token: the gate runs in token mode only")
+        if args.scan_events is not None and args.token is None:
+            raise ComponentInputError(
+                "RegistryFleet: scan_events is set without token: the forwarder runs in token mode only"
+            )
         if args.debian_release not in DEBIAN_SUITES:
             raise ComponentInputError(
                 f"RegistryFleet: debian_release is {args.debian_release!r}; hosts run one of "
@@ -362,6 +414,9 @@ class RegistryFleet(pulumi.ComponentResource):
         own_secrets: list[pulumi.Input[str]] = [s.arn for s in secrets.values()]
         if token is not None:
             own_secrets += [token.config_secret_arn, *token.signing_key_secret_arns]
+        events = args.scan_events
+        if events is not None:
+            own_secrets.append(events.token_secret_arn)
         aws.iam.RolePolicy(
             f"{name}-role-policy",
             role=role.id,
@@ -370,8 +425,10 @@ class RegistryFleet(pulumi.ComponentResource):
                 args.kms_key_arn,
                 args.signing_key_arn,
                 token.lockout_table_arn if token else None,
+                events.queue_arn if events else None,
+                events.key_arn if events else None,
                 *own_secrets,
-            ).apply(lambda a: instance_policy(a[0], a[1], list(a[4:]), a[2], a[3])),
+            ).apply(lambda a: instance_policy(a[0], a[1], list(a[6:]), a[2], a[3], a[4], a[5])),
             opts=child,
         )
         aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_CORE_POLICY, opts=child)
@@ -392,10 +449,16 @@ class RegistryFleet(pulumi.ComponentResource):
             token_signing_cert=token.signing_cert_pem if token else "",
             token_trust_bundle=token.trust_bundle_pem if token else "",
             gate_public_key=args.gate.public_key_pem if args.gate else "",
+            scan_queue_url=events.queue_url if events else "",
+            scan_token_arn=events.token_secret_arn if events else "",
         ).apply(lambda v: self._render(args, v))
 
         image_id: pulumi.Input[str] = args.image_id or self._newest_debian(args.debian_release, args.architecture)
-        instance_tags: dict[str, pulumi.Input[str]] = {**tags, "Name": f"{args.name_prefix}-registry"}
+        instance_tags: dict[str, pulumi.Input[str]] = {
+            **tags,
+            "Name": f"{args.name_prefix}-registry",
+            ROLE_TAG: REGISTRY_HOST_ROLE,  # the GC window's target: registry hosts, not scanner workers
+        }
         # Hosts read their secrets at each registry start: a new version of any of them rolls the fleet.
         for label, version_id in secret_versions.items():
             instance_tags[HOST_SECRET_VERSION_TAG.format(label=label)] = version_id
@@ -403,6 +466,9 @@ class RegistryFleet(pulumi.ComponentResource):
             # Hosts read the service's config at boot only: a new config version rolls the fleet.
             instance_tags[TOKEN_CONFIG_VERSION_TAG] = token.config_version_id
             instance_tags[TOKEN_SIGNING_KEY_VERSION_TAG] = token.signing_key_version_id
+        if events is not None:
+            # Hosts read the bearer at each start of the registry and the forwarder: a new one rolls the fleet.
+            instance_tags[HOST_SECRET_VERSION_TAG.format(label="scan-events-token")] = events.token_version_id
         template = aws.ec2.LaunchTemplate(
             f"{name}-lt",
             name_prefix=f"{args.name_prefix}-registry-",
@@ -484,6 +550,7 @@ class RegistryFleet(pulumi.ComponentResource):
         )
 
         self.security_group_id = sg.id
+        self.role_arn = role.arn
         self.asg_name = group.name
         self.role_name = role.name
         self.token_realm = token_realm(args.public_url) if token else None
@@ -537,6 +604,7 @@ class RegistryFleet(pulumi.ComponentResource):
                 else None
             ),
             cloudfront=cloudfront,
+            notifications=(scan_events_endpoint(),) if args.scan_events is not None else (),
         )
         secret_files = [SecretFile(arns["tls-key"], HOST_KEY_FILE, mode="0640")]
         if "htpasswd" in arns:
@@ -567,6 +635,17 @@ class RegistryFleet(pulumi.ComponentResource):
                 tls_key_secret_arn=arns["tls-key"],
                 tls_cert_file=HOST_CERT_FILE,
             )
+        scan_events = None
+        if args.scan_events is not None:
+            scan_events = ScanEventsBoot(
+                config_yaml=render_events_config(v["scan_queue_url"], args.region),
+                token_secret_arn=v["scan_token_arn"],
+                # The forwarder serves the registry's notifications over TLS with the host's certificate.
+                tls_key_secret_arn=arns["tls-key"],
+                tls_cert_file=HOST_CERT_FILE,
+                ca_cert_pem=v["ca"],
+                endpoints_template=notification_endpoints_env(config.notifications, BEARER_MARK),
+            )
         boot = HostBoot(
             region=args.region,
             registry_config_yaml=render_registry_config(config),
@@ -576,5 +655,18 @@ class RegistryFleet(pulumi.ComponentResource):
             architecture=args.architecture,
             token_service=token_service,
             gate=gate,
+            scan_events=scan_events,
         )
         return render_host(boot).user_data
+
+
+def scan_events_endpoint() -> NotificationEndpoint:
+    """The registry's one notification endpoint on a host: the forwarder on loopback, its bearer from the
+    registry's environment (host.registry_config.NotificationEndpoint), pulls, deletes and blobs not sent."""
+    return NotificationEndpoint(
+        name="scan-events",
+        url=f"https://127.0.0.1:{SCAN_EVENTS_PORT}{SCAN_EVENTS_PATH}",
+        bearer_token=None,
+        ignore_actions=SCAN_EVENTS_IGNORED_ACTIONS,
+        ignore_media_types=SCAN_EVENTS_IGNORED_MEDIA_TYPES,
+    )

@@ -8,7 +8,7 @@ hosts read the private key from Secrets Manager at boot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_tls as tls
@@ -24,6 +24,8 @@ class InternalTlsArgs:
     organization: str
     # Names the host certificate is valid for: the registry's public name and an internal one.
     dns_names: list[str]
+    # Addresses it is valid for too: 127.0.0.1 where the registry notifies the scan events forwarder on loopback.
+    ip_addresses: list[str] = field(default_factory=list)
 
 
 class InternalTls(pulumi.ComponentResource):
@@ -49,6 +51,7 @@ class InternalTls(pulumi.ComponentResource):
             f"{name}-host-csr",
             private_key_pem=host_key.private_key_pem,
             dns_names=args.dns_names,
+            ip_addresses=args.ip_addresses or None,
             subject={"common_name": args.dns_names[0], "organization": args.organization},
             opts=child,
         )

@@ -21,6 +21,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -230,6 +231,10 @@ class RecordingMocks(Mocks):
                 "bucketRegionalDomainName": f"{bucket}.s3.{region}.amazonaws.com",
                 "region": region,
             }
+        if typ == "aws:sqs/queue:Queue":
+            queue = inputs.get("name") or f"{inputs.get('namePrefix', name + '-')}{_digest(name, n=7)}"
+            url = f"https://sqs.{region}.amazonaws.com/{ACCOUNT_ID}/{queue}"
+            return {"__id__": url, "url": url, "arn": f"arn:aws:sqs:{region}:{ACCOUNT_ID}:{queue}"}
         if typ == "aws:kms/key:Key":
             key_id = f"{_digest(name, n=8)}-0000-4000-8000-{_digest(name, 'k', n=12)}"
             return {"__id__": key_id, "keyId": key_id, "arn": f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/{key_id}"}
@@ -319,7 +324,7 @@ class RecordingMonitor(MockMonitor):
         urn = response.urn
         registration = self.resources[urn]
         state = registration.state
-        inputs = pulumi.runtime.rpc.deserialize_properties(request.object)
+        inputs = plain_assets(pulumi.runtime.rpc.deserialize_properties(request.object))
         if request.type == "pulumi:providers:aws":
             self.recording_mocks.provider_regions[urn] = str(unwrap(inputs.get("region", "")))
         self.recorded.append(
@@ -332,12 +337,32 @@ class RecordingMonitor(MockMonitor):
                 parent=(request.parent or None) if "::pulumi:pulumi:Stack::" not in request.parent else None,
                 provider=request.provider.rsplit("::", 1)[0] if request.provider else None,
                 id=str(registration.id or ""),
-                outputs=dict(state),
+                outputs=plain_assets(dict(state)),
                 custom=bool(request.custom),
                 retain_on_delete=bool(request.retainOnDelete),
             )
         )
         return response
+
+
+def plain_assets(value: Any) -> Any:
+    """`value` with every Pulumi asset or archive (a Lambda function's code) as plain data: an archive's members
+    by name; a file asset as its path under the repository and its SHA-256 (what the engine would send a hash of),
+    so a plan is JSON and the same in every checkout."""
+    if isinstance(value, pulumi.AssetArchive):
+        return {"archive": {name: plain_assets(member) for name, member in sorted(value.assets.items())}}
+    if isinstance(value, pulumi.FileAsset):
+        path = Path(str(value.path)).resolve()
+        root = Path(__file__).resolve().parent.parent
+        shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        return {"file": shown, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if isinstance(value, pulumi.StringAsset):
+        return {"text": value.text}
+    if isinstance(value, dict):
+        return {k: plain_assets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_assets(v) for v in value]
+    return value
 
 
 def program_with_placeholders(settings: Settings) -> Mapping[str, Any]:

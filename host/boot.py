@@ -60,9 +60,20 @@ from host.contract import (
     GATE_USER,
     REGISTRY_GROUP,
     REGISTRY_PACKAGES,
+    REGISTRY_TRUST_CA_FILE,
+    REGISTRY_TRUST_DIR,
     REGISTRY_UNIT,
+    SCAN_EVENTS_CONFIG_FILE,
+    SCAN_EVENTS_DROPIN_PATH,
+    SCAN_EVENTS_SYSUSERS_PATH,
+    SCAN_EVENTS_TLS_KEY_FILE,
+    SCAN_EVENTS_TOKEN_FILE,
+    SCAN_EVENTS_UNIT,
+    SCAN_EVENTS_UNIT_PATH,
+    SCAN_EVENTS_USER,
     SSM_AGENT_UNIT,
     STATE_DIR,
+    SYSTEM_CERT_DIR,
     TOKEN_CONFIG_FILE,
     TOKEN_INSTALL_SCRIPT_PATH,
     TOKEN_LDAP_CA_FILE,
@@ -79,6 +90,7 @@ from host.contract import (
     TOKEN_UNIT_PATH,
     TOKEN_USER,
 )
+from host.registry_config import NOTIFICATION_ENDPOINTS_ENV
 from host.template import render_file
 from host.user_data import USER_DATA_LIMIT_BYTES, compress_user_data
 
@@ -139,6 +151,25 @@ class GateBoot:
 
 
 @dataclass(frozen=True)
+class ScanEventsBoot:
+    """The scan events forwarder beside the token service (token mode, issue 14). It runs from the token
+    service's release; its config is public text; its secrets are the bearer token the registry sends (an ARN,
+    also read into the registry's environment) and the host key (an ARN)."""
+
+    config_yaml: str  # host.scan_config.render_events_config -> SCAN_EVENTS_CONFIG_FILE (public: a queue URL)
+    token_secret_arn: str  # -> SCAN_EVENTS_TOKEN_FILE, and the registry's notification header
+    tls_key_secret_arn: str  # -> SCAN_EVENTS_TLS_KEY_FILE (the host key)
+    tls_cert_file: str  # the host certificate, already among HostBoot.public_files
+    ca_cert_pem: str  # the internal CA (public): the registry trusts the forwarder's certificate through it
+    # The registry's `notifications.endpoints` with the bearer as BEARER_MARK (host.registry_config
+    # .notification_endpoints_env): the fetch script puts the token in and writes it to the registry's environment.
+    endpoints_template: str = ""
+
+
+BEARER_MARK = "@BEARER@"  # where the fetch script puts the scan events token (host/files/fetch-secrets.sh)
+
+
+@dataclass(frozen=True)
 class HostBoot:
     """Everything a registry host needs at boot. Only ARNs and public text: no secret value fits in."""
 
@@ -150,6 +181,7 @@ class HostBoot:
     architecture: str = "arm64"  # "arm64" | "amd64" (Debian arch; for the SSM agent .deb)
     token_service: TokenServiceBoot | None = None  # token mode: the token service runs beside the registry
     gate: GateBoot | None = None  # token mode with a protected namespace: the gate runs from the same release
+    scan_events: ScanEventsBoot | None = None  # token mode: the scan events forwarder runs from the same release
 
 
 def token_secret_files(token: TokenServiceBoot) -> tuple[SecretFile, ...]:
@@ -165,6 +197,15 @@ def token_secret_files(token: TokenServiceBoot) -> tuple[SecretFile, ...]:
 def gate_secret_files(gate: GateBoot) -> tuple[SecretFile, ...]:
     """The gate's one secret, the host key for its TLS: readable by its group only, owned by root."""
     return (SecretFile(gate.tls_key_secret_arn, GATE_TLS_KEY_FILE, "0640", f"root:{GATE_USER}"),)
+
+
+def scan_events_secret_files(events: ScanEventsBoot) -> tuple[SecretFile, ...]:
+    """The forwarder's secrets, the bearer it checks and the host key for its TLS: its group only, root-owned."""
+    owner = f"root:{SCAN_EVENTS_USER}"
+    return (
+        SecretFile(events.token_secret_arn, SCAN_EVENTS_TOKEN_FILE, "0640", owner),
+        SecretFile(events.tls_key_secret_arn, SCAN_EVENTS_TLS_KEY_FILE, "0640", owner),
+    )
 
 
 def token_trust_bundle(token: TokenServiceBoot) -> str:
@@ -228,6 +269,16 @@ def validate_host_boot(boot: HostBoot) -> None:
         _validate_gate(boot.gate, [path for path, _ in boot.public_files])
         paths += [GATE_CONFIG_FILE, GATE_SYSUSERS_PATH, GATE_UNIT_PATH]
         paths += [f.path for f in gate_secret_files(boot.gate)]
+    if boot.scan_events is not None:
+        if boot.token_service is None:
+            raise ValueError(
+                "HostBoot.scan_events is set without HostBoot.token_service: the forwarder runs from the token "
+                "service's release (token mode only)."
+            )
+        _validate_scan_events(boot.scan_events, [path for path, _ in boot.public_files])
+        paths += [SCAN_EVENTS_CONFIG_FILE, SCAN_EVENTS_SYSUSERS_PATH, SCAN_EVENTS_UNIT_PATH]
+        paths += [SCAN_EVENTS_DROPIN_PATH, REGISTRY_TRUST_CA_FILE]
+        paths += [f.path for f in scan_events_secret_files(boot.scan_events)]
     duplicates = sorted({p for p in paths if paths.count(p) > 1})
     if duplicates:
         raise ValueError(
@@ -236,7 +287,10 @@ def validate_host_boot(boot: HostBoot) -> None:
 
 
 def _check_service(
-    field: str, service: TokenServiceBoot | GateBoot, arn_fields: Sequence[str], public_paths: list[str]
+    field: str,
+    service: TokenServiceBoot | GateBoot | ScanEventsBoot,
+    arn_fields: Sequence[str],
+    public_paths: list[str],
 ) -> None:
     """What every service on a host shares: its secrets' ARNs, its port, the host certificate's path."""
     for name in arn_fields:
@@ -246,8 +300,9 @@ def _check_service(
                 f"{field}.{name} must be a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:"
                 f"NAME); got a value of {len(arn)} characters that is not one. Pass the ARN, never the secret itself."
             )
-    if isinstance(service.port, bool) or not isinstance(service.port, int) or not 1 <= service.port <= 65535:
-        raise ValueError(f"{field}.port must be an integer in 1..65535; got {service.port!r}.")
+    port = getattr(service, "port", 1)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"{field}.port must be an integer in 1..65535; got {port!r}.")
     if not _PATH.match(service.tls_cert_file) or service.tls_cert_file not in public_paths:
         raise ValueError(
             f"{field}.tls_cert_file must be the absolute path of one of HostBoot.public_files (the host "
@@ -312,6 +367,28 @@ def _validate_gate(gate: GateBoot, public_paths: list[str]) -> None:
         raise ValueError(f"{field}.config_yaml must be the text host.gate_config.render_gate_config returns.")
 
 
+def _validate_scan_events(events: ScanEventsBoot, public_paths: list[str]) -> None:
+    """The forwarder's fields: ARNs, the host certificate's path, a public config, the endpoints' template."""
+    field = "HostBoot.scan_events"
+    _check_service(field, events, ("token_secret_arn", "tls_key_secret_arn"), public_paths)
+    loaded = yaml.safe_load(events.config_yaml)
+    if not isinstance(loaded, dict) or not loaded.get("queue_url") or "PRIVATE KEY" in events.config_yaml:
+        raise ValueError(f"{field}.config_yaml must be the text host.scan_config.render_events_config returns.")
+    if "PRIVATE KEY" in events.ca_cert_pem or not _PEM_CERTS.fullmatch(events.ca_cert_pem.strip() + "\n"):
+        raise ValueError(f"{field}.ca_cert_pem must hold only PEM certificates (the internal CA), never a key.")
+    template = events.endpoints_template
+    if (
+        template.count(BEARER_MARK) < 1
+        or "'" in template
+        or "\n" in template
+        or "Bearer " + BEARER_MARK not in template
+    ):
+        raise ValueError(
+            f"{field}.endpoints_template must be the registry's notification endpoints with the bearer as "
+            f"{BEARER_MARK} (host.registry_config.notification_endpoints_env), on one line without a single quote."
+        )
+
+
 def _pem_blocks(pem: str) -> list[str]:
     """The certificates of a PEM text, each with LF line ends, for comparison."""
     return [m.group(0).replace("\r\n", "\n") for m in _PEM_BLOCK.finditer(pem)]
@@ -347,6 +424,8 @@ class FetchSet:
     unit: str
     secret_files: tuple[SecretFile, ...]
     http_secret_arn: str | None = None  # -> REGISTRY_HTTP_SECRET in ENV_FILE
+    # (token ARN, endpoints template): the registry's notification endpoints in ENV_FILE, the token put in.
+    notifications: tuple[str, str] | None = None
 
 
 def render_fetch_script(region: str, sets: Sequence[FetchSet]) -> str:
@@ -378,6 +457,10 @@ def render_fetch_script(region: str, sets: Sequence[FetchSet]) -> str:
         lines.append(f"{fetch_set.unit})")
         if fetch_set.http_secret_arn is not None:
             lines.append(f"write_http_secret {shlex.quote(fetch_set.http_secret_arn)}")
+        if fetch_set.notifications is not None:
+            arn, template = fetch_set.notifications
+            notify = (arn, NOTIFICATION_ENDPOINTS_ENV, template)
+            lines.append("write_notifications " + " ".join(shlex.quote(a) for a in notify))
         for f in fetch_set.secret_files:
             user, group = f.owner.split(":")
             args = (f.secret_arn, f.path, f.mode, user, group)
@@ -422,7 +505,7 @@ def _registry_dropin() -> str:
     )
 
 
-def _token_install_script(region: str, token: TokenServiceBoot, gate: bool = False) -> str:
+def _token_install_script(region: str, token: TokenServiceBoot, gate: bool = False, scan_events: bool = False) -> str:
     """The token service's install script (host/files/install-token-service.sh, at TOKEN_INSTALL_SCRIPT_PATH).
 
     Compact (user-data holds at most 16 KB). Its design:
@@ -441,18 +524,35 @@ def _token_install_script(region: str, token: TokenServiceBoot, gate: bool = Fal
     Hosts are replaced when the artifact changes (its SHA-256 is in user-data), so nothing prunes old
     releases.
     """
+    # retention.run: what the maintenance window runs from this venv (its imports checked at install).
+    modules = [
+        "auth.serve",
+        "retention.run",
+        *(["gate.config"] if gate else []),
+        *(["scanner.events"] if scan_events else []),
+    ]
+    return render_install_script(
+        region, token.artifact_bucket, token.artifact_key, token.artifact_sha256, token.pip_index_url, modules
+    )
+
+
+def render_install_script(
+    region: str, bucket: str, key: str, sha256: str, pip_index_url: str, import_check: Sequence[str]
+) -> str:
+    """The artifact's install script (host/files/install-token-service.sh) for any host that runs the release:
+    registry hosts (_token_install_script) and scanner workers (host/scanner_host.py). `import_check`: the
+    modules the new release must import before it counts as installed. Values must already be validated."""
     return render_file(
         "install-token-service.sh",
         SCRIPT_NAME=_name(TOKEN_INSTALL_SCRIPT_PATH),
         INSTALL_DIR=shlex.quote(TOKEN_SERVICE_DIR),
         REGION_NAME=shlex.quote(region),
-        ARTIFACT_BUCKET=shlex.quote(token.artifact_bucket),
-        ARTIFACT_KEY=shlex.quote(token.artifact_key),
-        ARTIFACT_SHA256=shlex.quote(token.artifact_sha256),
-        PIP_INDEX_URL=shlex.quote(token.pip_index_url),
+        ARTIFACT_BUCKET=shlex.quote(bucket),
+        ARTIFACT_KEY=shlex.quote(key),
+        ARTIFACT_SHA256=shlex.quote(sha256),
+        PIP_INDEX_URL=shlex.quote(pip_index_url),
         RELEASE_MARKER=TOKEN_RELEASE_MARKER,
-        # retention.run: what the maintenance window runs from this venv (its imports checked at install).
-        IMPORT_CHECK="auth.serve, retention.run, gate.config" if gate else "auth.serve, retention.run",
+        IMPORT_CHECK=", ".join(import_check),
     )
 
 
@@ -532,6 +632,58 @@ def _gate_unit(gate: GateBoot) -> str:
     )
 
 
+def _scan_events_sysusers() -> str:
+    """The forwarder's account (host/files/registry-scan-events.sysusers.conf, at SCAN_EVENTS_SYSUSERS_PATH),
+    created before the unit starts for the reasons _token_sysusers gives. Its own account: it reads the bearer
+    token and its copy of the host key, never the token service's secrets."""
+    return render_file("registry-scan-events.sysusers.conf", SCAN_EVENTS_USER=SCAN_EVENTS_USER)
+
+
+def _scan_events_dropin() -> str:
+    """The registry's second drop-in (host/files/docker-registry-scan-events.conf, at SCAN_EVENTS_DROPIN_PATH):
+    its notifications go to the forwarder over TLS, whose certificate the internal CA signed. distribution 2.8's
+    endpoints have no CA option; Go reads SSL_CERT_DIR's directories besides the system bundle, so the registry
+    trusts the system's CAs (S3) and, from REGISTRY_TRUST_DIR, the internal CA alone.
+
+    distribution logs every endpoint's headers at start (configureEvents, at info), the bearer among them:
+    LogFilterPatterns= (systemd 253+, Debian 13) keeps that line out of the journal. Debian 12's systemd 252
+    ignores the key (with a warning): there the line reaches the journal, readable by root and the adm group
+    only (docs/scanning.md).
+    """
+    return render_file(
+        "docker-registry-scan-events.conf",
+        CERT_DIRS=f"{SYSTEM_CERT_DIR}:{REGISTRY_TRUST_DIR}",
+        BEARER_LOG_PATTERN=BEARER_LOG_PATTERN,
+    )
+
+
+# A journal line holding the bearer, as distribution prints the header (`headers=map[Authorization:[Bearer T]]`);
+# no backslash or bracket, so the unit file reads it as it is.
+BEARER_LOG_PATTERN = "Authorization:.Bearer.[A-Za-z0-9]"
+
+
+def _scan_events_unit() -> str:
+    """The forwarder's systemd unit (host/files/registry-scan-events.service, at SCAN_EVENTS_UNIT_PATH).
+
+    The gate's unit, for the forwarder: the same retries, install step (the release all three run from),
+    sandbox. Its fetch step writes its set: the bearer token and its copy of the host key. It listens on
+    loopback only (its config), needs the queue only when events arrive (it starts without reaching SQS),
+    and has no ExecReload: a new config comes with a new host. No MemoryDenyWriteExecute, like the other
+    Python units (a dependency loading cffi would be killed with SIGSYS at run time, not at start).
+    """
+    return render_file(
+        "registry-scan-events.service",
+        TOKEN_UNIT=TOKEN_UNIT,
+        SCAN_EVENTS_USER=SCAN_EVENTS_USER,
+        SCAN_EVENTS_UNIT=SCAN_EVENTS_UNIT,
+        INSTALL_SCRIPT=TOKEN_INSTALL_SCRIPT_PATH,
+        FETCH_SCRIPT=FETCH_SCRIPT_PATH,
+        SERVICE_DIR=TOKEN_SERVICE_DIR,
+        CONFIG_FILE=SCAN_EVENTS_CONFIG_FILE,
+        SANDBOX=_sandbox(),
+    )
+
+
 @dataclass(frozen=True)
 class HostFile:
     """A file user-data writes: root-owned, in cloud-init's final stage (see the module docstring)."""
@@ -574,14 +726,17 @@ def render_host(boot: HostBoot) -> RenderedHost:
     (validate_host_boot); raises ValueError when it breaks a rule or when the user-data's gzip (what
     EC2 receives, see host.user_data) exceeds EC2's 16 KB user-data limit."""
     validate_host_boot(boot)
-    token, gate = boot.token_service, boot.gate
+    token, gate, events = boot.token_service, boot.gate, boot.scan_events
     files = [HostFile(CONFIG_PATH, boot.registry_config_yaml, "0644")]  # the config holds no secret
     files += [HostFile(path, content, "0644") for path, content in boot.public_files]
-    sets = [FetchSet(REGISTRY_UNIT, boot.secret_files, boot.http_secret_arn)]
+    notifications = (events.token_secret_arn, events.endpoints_template) if events is not None else None
+    sets = [FetchSet(REGISTRY_UNIT, boot.secret_files, boot.http_secret_arn, notifications)]
     if token is not None:
         sets.append(FetchSet(TOKEN_UNIT, token_secret_files(token)))
     if gate is not None:
         sets.append(FetchSet(GATE_UNIT, gate_secret_files(gate)))
+    if events is not None:
+        sets.append(FetchSet(SCAN_EVENTS_UNIT, scan_events_secret_files(events)))
     files += [
         HostFile(FETCH_SCRIPT_PATH, render_fetch_script(boot.region, sets), "0700"),
         HostFile(DROPIN_PATH, _registry_dropin(), "0644"),
@@ -592,7 +747,11 @@ def render_host(boot: HostBoot) -> RenderedHost:
         # The signing certificate (the service's) and the trust bundle (the registry's rootcertbundle).
         files += [HostFile(path, content, "0644") for path, content in token_public_files(token)]
         files += [
-            HostFile(TOKEN_INSTALL_SCRIPT_PATH, _token_install_script(boot.region, token, gate is not None), "0700"),
+            HostFile(
+                TOKEN_INSTALL_SCRIPT_PATH,
+                _token_install_script(boot.region, token, gate is not None, events is not None),
+                "0700",
+            ),
             HostFile(TOKEN_SYSUSERS_PATH, _token_sysusers(), "0644"),
             HostFile(TOKEN_UNIT_PATH, _token_unit(token), "0644"),
         ]
@@ -612,6 +771,19 @@ def render_host(boot: HostBoot) -> RenderedHost:
             ["systemd-sysusers", GATE_SYSUSERS_PATH],  # like the token service's account (_gate_sysusers)
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", GATE_UNIT],
+        ]
+    if events is not None:
+        files += [
+            HostFile(REGISTRY_TRUST_CA_FILE, events.ca_cert_pem, "0644"),
+            HostFile(SCAN_EVENTS_DROPIN_PATH, _scan_events_dropin(), "0644"),
+            HostFile(SCAN_EVENTS_CONFIG_FILE, events.config_yaml, "0644"),  # public: the queue's URL, the listener
+            HostFile(SCAN_EVENTS_SYSUSERS_PATH, _scan_events_sysusers(), "0644"),
+            HostFile(SCAN_EVENTS_UNIT_PATH, _scan_events_unit(), "0644"),
+        ]
+        token_steps += [
+            ["systemd-sysusers", SCAN_EVENTS_SYSUSERS_PATH],  # like the token service's account
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", "--now", SCAN_EVENTS_UNIT],
         ]
     ssm_install = (
         'set -eu; deb=$(mktemp --suffix=.deb); curl -fsSL --proto =https -o "$deb" '

@@ -23,6 +23,9 @@ TOKEN_HEALTH_PATH = "/healthz"  # the token service's health check (the ALB's to
 REGISTRY_HEALTH_CODES = "200,503"
 GATE_PORT = 5003  # HTTPS; the ALB's gate target group (manifest GET/HEAD in protected namespaces)
 GATE_HEALTH_PATH = "/healthz"  # the gate's health check (the ALB's gate target group)
+# HTTPS on loopback only: the registry's notifications reach the scan events forwarder here (python -m scanner events).
+SCAN_EVENTS_PORT = 5004
+SCAN_EVENTS_PATH = "/events"
 
 # --- the operating system --------------------------------------------------------------------------
 # The Debian releases a host may boot (`fleet.debianRelease`), newest first, with their suites. Debian's
@@ -35,13 +38,16 @@ DEBIAN_AMI_NAME = "debian-{release}-{architecture}-*"  # the image lookup's name
 REGISTRY_UNIT = "docker-registry"  # the Debian package's unit; the fetch script's default
 TOKEN_UNIT = "registry-token"
 GATE_UNIT = "registry-gate"  # token mode, and only on a stack that protects a namespace
+SCAN_EVENTS_UNIT = "registry-scan-events"  # token mode: forwards the registry's push events to the scan queue
 SSM_AGENT_UNIT = "amazon-ssm-agent"  # operators use Session Manager, not SSH
 # The registry, what boots it (the AWS CLI reads its secrets, curl fetches the SSM agent) and, in token
 # mode, the token service's venv (python3-venv holds its hash-pinned wheels). In install order.
 REGISTRY_PACKAGES = ("docker-registry", "awscli", "ca-certificates", "curl")
 TOKEN_SERVICE_PACKAGES = ("python3-venv",)
 HOST_PACKAGES = frozenset(REGISTRY_PACKAGES + TOKEN_SERVICE_PACKAGES)  # all a registry host may install
-HOST_SERVICES = frozenset({REGISTRY_UNIT, TOKEN_UNIT, GATE_UNIT, SSM_AGENT_UNIT})  # all a registry host may enable
+HOST_SERVICES = frozenset(
+    {REGISTRY_UNIT, TOKEN_UNIT, GATE_UNIT, SCAN_EVENTS_UNIT, SSM_AGENT_UNIT}
+)  # all a registry host may enable
 ARCHITECTURES = ("arm64", "amd64")  # Debian architecture names, as in the SSM agent's download path
 
 # --- the registry's files ---------------------------------------------------------------------------
@@ -95,3 +101,31 @@ GATE_CONFIG_FILE = "/etc/registry-fleet/gate.yml"  # public: the signing key's p
 GATE_TLS_KEY_FILE = "/etc/registry-gate/tls.key"  # secret: the host key, the gate's own copy
 GATE_UNIT_PATH = f"/etc/systemd/system/{GATE_UNIT}.service"
 GATE_CACHE_SECONDS = 300  # positive verification results, per (repository, digest)
+
+# --- the scan events forwarder's files (token mode; issue 14) ----------------------------------------
+# The forwarder (scanner/, `python -m scanner events`) runs from the token service's release as its own
+# account: it reads the host key (its TLS on loopback) and the bearer token the registry sends, nothing else.
+SCAN_EVENTS_USER = "registry-scan-events"  # and its group: created by systemd-sysusers before the unit starts
+SCAN_EVENTS_SYSUSERS_PATH = f"/etc/sysusers.d/{SCAN_EVENTS_USER}.conf"
+SCAN_EVENTS_CONFIG_FILE = "/etc/registry-fleet/scan-events.yml"  # public: the queue's URL, the listener
+SCAN_EVENTS_TOKEN_FILE = "/etc/registry-fleet/scan-events.token"  # secret: the bearer the registry sends
+SCAN_EVENTS_TLS_KEY_FILE = "/etc/registry-scan-events/tls.key"  # secret: the host key, the forwarder's own copy
+SCAN_EVENTS_UNIT_PATH = f"/etc/systemd/system/{SCAN_EVENTS_UNIT}.service"
+# Events the registry does not send to the forwarder: pulls and deletes, and blob (layer) pushes; the forwarder
+# keeps image manifest and index pushes only.
+SCAN_EVENTS_IGNORED_ACTIONS = ("pull", "delete")
+SCAN_EVENTS_IGNORED_MEDIA_TYPES = (
+    "application/octet-stream",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+)
+SCAN_IGNORED_PREFIXES = ("mirror/",)  # platform repositories the scanner does not scan (the Trivy database)
+# The registry's notifications reach the forwarder over TLS with the host certificate (internal CA, IP SAN
+# 127.0.0.1): a drop-in adds a directory holding only the internal CA to the registry's trusted roots (Go reads
+# SSL_CERT_DIR besides the system bundle), so the rest of the host's trust is unchanged.
+SCAN_EVENTS_DROPIN_PATH = f"/etc/systemd/system/{REGISTRY_UNIT}.service.d/20-scan-events.conf"
+REGISTRY_TRUST_DIR = "/etc/registry-fleet/registry-trust"
+REGISTRY_TRUST_CA_FILE = f"{REGISTRY_TRUST_DIR}/internal-ca.crt"
+SYSTEM_CERT_DIR = "/etc/ssl/certs"

@@ -19,6 +19,7 @@ Option names were checked against the distribution 2.8 configuration reference
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -61,18 +62,45 @@ class TokenAuth:
 
 @dataclass(frozen=True)
 class NotificationEndpoint:
-    """A receiver of push/pull/delete events (the scanner's bridge).
+    """A receiver of the registry's events (the scan events forwarder).
 
-    distribution reads endpoint headers only from config.yml, so a config with an endpoint
-    holds its bearer token: such a file must stay readable by the registry alone (0600).
+    distribution reads endpoint headers only from its configuration. With `bearer_token` the header is in
+    config.yml, which must then stay readable by the registry alone (0600: the lab). With `bearer_token=None`
+    (registry hosts, whose config.yml is public user-data) config.yml holds the endpoint without its header
+    and the registry's environment replaces the whole list (`notification_endpoints_env`), written from
+    Secrets Manager at each start on tmpfs, so the token never reaches user-data or a disk.
+    `ignore_actions` and `ignore_media_types` are distribution's `ignore` (events it never sends).
     """
 
     name: str
     url: str
-    bearer_token: str
+    bearer_token: str | None
     timeout: str = "5s"
     threshold: int = 5
     backoff: str = "1s"
+    ignore_actions: tuple[str, ...] = ()
+    ignore_media_types: tuple[str, ...] = ()
+
+
+# The environment variable that replaces `notifications.endpoints` (distribution reads a YAML value for it).
+NOTIFICATION_ENDPOINTS_ENV = "REGISTRY_NOTIFICATIONS_ENDPOINTS"
+
+
+def notification_endpoint_dict(e: NotificationEndpoint, bearer_token: str | None = None) -> dict[str, Any]:
+    """One `notifications.endpoints` entry; the Authorization header with `bearer_token` (or the endpoint's)."""
+    token = bearer_token if bearer_token is not None else e.bearer_token
+    entry: dict[str, Any] = {"name": e.name, "url": e.url}
+    if token is not None:
+        entry["headers"] = {"Authorization": [f"Bearer {token}"]}
+    entry |= {"timeout": e.timeout, "threshold": e.threshold, "backoff": e.backoff}
+    if e.ignore_actions or e.ignore_media_types:
+        entry["ignore"] = {"mediatypes": list(e.ignore_media_types), "actions": list(e.ignore_actions)}
+    return entry
+
+
+def notification_endpoints_env(endpoints: tuple[NotificationEndpoint, ...], bearer_token: str) -> str:
+    """The value of NOTIFICATION_ENDPOINTS_ENV: every endpoint, with `bearer_token` (JSON, which YAML reads)."""
+    return json.dumps([notification_endpoint_dict(e, bearer_token) for e in endpoints], separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -121,10 +149,10 @@ def validate_registry_config(cfg: RegistryConfig) -> None:
             f"minimum); got {cfg.chunk_size_bytes}."
         )
     for endpoint in cfg.notifications:
-        if urlparse(endpoint.url).scheme != "https" or not endpoint.bearer_token:
+        if urlparse(endpoint.url).scheme != "https" or endpoint.bearer_token == "":
             raise ValueError(
-                f"RegistryConfig.notifications[{endpoint.name}] needs an https:// url and a bearer token: "
-                "events name every repository and user"
+                f"RegistryConfig.notifications[{endpoint.name}] needs an https:// url and a bearer token (or None: "
+                "from the registry's environment): events name every repository and user"
             )
     if cfg.token is not None:
         realm = urlparse(cfg.token.realm)
@@ -244,17 +272,7 @@ def registry_config_dict(cfg: RegistryConfig) -> dict[str, Any]:
     if cfg.notifications:
         config["notifications"] = {
             "events": {"includereferences": True},
-            "endpoints": [
-                {
-                    "name": e.name,
-                    "url": e.url,
-                    "headers": {"Authorization": [f"Bearer {e.bearer_token}"]},
-                    "timeout": e.timeout,
-                    "threshold": e.threshold,
-                    "backoff": e.backoff,
-                }
-                for e in cfg.notifications
-            ],
+            "endpoints": [notification_endpoint_dict(e) for e in cfg.notifications],
         }
     # The storage check: `Stat("/")` on the driver every 5 s; after 3 failures in a row every path answers
     # `503 UNAVAILABLE` ("health check failed") instead of each request failing with `500 UNKNOWN`, and the

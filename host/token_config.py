@@ -37,6 +37,7 @@ class TokenRobot:
     actions: tuple[Action, ...]
     expires_at: datetime.datetime
     rotation: int
+    exact: bool = False  # the one repository `namespace` names, not the namespace under it (auth/access.py)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def token_service_config(
             "actions": list(robot.actions),
             "expires": robot.expires_at.isoformat().replace("+00:00", "Z"),
             "token_hash": robot_token_hashes[name],
+            **({"exact": True} if robot.exact else {}),
         }
         for name, robot in spec.robots.items()
     }

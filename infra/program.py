@@ -23,12 +23,13 @@ from components.cdn import BlobCdn, BlobCdnArgs
 from components.certificates import DnsValidatedCertificate, DnsValidatedCertificateArgs
 from components.dns import RegistryDns, RegistryDnsArgs
 from components.firewall import EdgeFirewall, EdgeFirewallArgs
-from components.fleet import ADMIN_USER, FleetCdn, FleetGate, RegistryFleet, RegistryFleetArgs
+from components.fleet import ADMIN_USER, FleetCdn, FleetGate, FleetScanEvents, RegistryFleet, RegistryFleetArgs
 from components.host_metrics import HostMetrics, HostMetricsArgs
 from components.internal_tls import InternalTls, InternalTlsArgs
 from components.loadbalancer import RegistryLoadBalancer, RegistryLoadBalancerArgs
 from components.maintenance import RegistryMaintenance, RegistryMaintenanceArgs
 from components.network import RegistryNetwork, RegistryNetworkArgs, subnet_plan
+from components.scanning import RegistryScanning, RegistryScanningArgs, ScanQueue, ScanQueueArgs
 from components.signing import ImageSigningKey, ImageSigningKeyArgs
 from components.storage import (
     REPLICATION_RULE_ID,
@@ -41,6 +42,8 @@ from components.storage import (
 from components.waivers import PolicyWaivers, WaiverArgs
 from host.artifact import build_artifact
 from host.contract import HOST_INTERNAL_NAME
+from host.scan_config import MIRROR_ROBOT, SCAN_ROBOTS, SCANNER_ROBOT
+from host.scanner_host import REGISTRY_HOST_ROLE, ROLE_TAG
 from infra.retention import retention_policy_json
 from infra.secrets import AccessSecrets
 from infra.settings import Settings, protected_namespaces
@@ -139,7 +142,12 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
 
     internal_tls = InternalTls(
         "internal-tls",
-        InternalTlsArgs(organization=f"registry-fleet {s.stack}", dns_names=[s.registry_host, HOST_INTERNAL_NAME]),
+        InternalTlsArgs(
+            organization=f"registry-fleet {s.stack}",
+            dns_names=[s.registry_host, HOST_INTERNAL_NAME],
+            # Token mode: the registry notifies the scan events forwarder at https://127.0.0.1 (components/scanning.py).
+            ip_addresses=["127.0.0.1"] if token_mode else [],
+        ),
     )
 
     certificate = DnsValidatedCertificate(
@@ -250,6 +258,25 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         assert lb.token_target_group_arn is not None  # token mode: the load balancer made it
         token = access.fleet_token_service(lb.token_target_group_arn)
 
+    # Token mode: the scan queue exists before the hosts that send to it (components/scanning.py).
+    scan_queue = (
+        ScanQueue(
+            "scan-queue",
+            ScanQueueArgs(
+                name_prefix=prefix,
+                region=s.region,
+                account_id=identity.account_id,
+                visibility_timeout_seconds=s.scanning.visibility_timeout_seconds,
+                max_receive_count=s.scanning.max_receive_count,
+                registry_kms_key_arn=storage.key.arn,
+                tags=tags,
+            ),
+            opts=in_primary,
+        )
+        if token_mode
+        else None
+    )
+
     fleet = RegistryFleet(
         "fleet",
         RegistryFleetArgs(
@@ -298,6 +325,17 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
                 else None
             ),
             signing_key_arn=signing.key_arn,
+            scan_events=(
+                FleetScanEvents(
+                    queue_url=scan_queue.queue_url,
+                    queue_arn=scan_queue.queue_arn,
+                    key_arn=scan_queue.key_arn,
+                    token_secret_arn=scan_queue.events_token_secret_arn,
+                    token_version_id=scan_queue.events_token_version_id,
+                )
+                if scan_queue is not None
+                else None
+            ),
             tags=tags,
         ),
         opts=in_primary,
@@ -329,7 +367,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         opts=in_primary,
     )
 
-    RegistryAlarms(
+    alarms = RegistryAlarms(
         "alarms",
         RegistryAlarmsArgs(
             prefix=prefix,
@@ -367,12 +405,55 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         "maintenance",
         RegistryMaintenanceArgs(
             name_prefix=prefix,
-            host_tags={"stack": tags["stack"], "managed-by": tags["managed-by"]},
+            # The registry hosts' instances, not the scanner workers' (components/fleet.py tags them).
+            host_tags={"stack": tags["stack"], "managed-by": tags["managed-by"], ROLE_TAG: REGISTRY_HOST_ROLE},
             tags=tags,
             retention_policies=retention_policy_json(s),
         ),
         opts=in_primary,
     )
+
+    scanning = None
+    if scan_queue is not None and access is not None and artifact is not None:
+        scanning = RegistryScanning(
+            "scanning",
+            RegistryScanningArgs(
+                name_prefix=prefix,
+                region=s.region,
+                account_id=identity.account_id,
+                queue=scan_queue,
+                registry_host=s.registry_host,
+                host_role_arn=fleet.role_arn,
+                alarm_topic_arn=alarms.topic_arn,
+                vpc_id=network.vpc_id,
+                private_subnet_ids=network.private_subnet_ids,
+                lb_security_group_id=lb.security_group_id,
+                bucket_name=storage.bucket.bucket,
+                bucket_arn=storage.bucket.arn,
+                registry_kms_key_arn=storage.key.arn,
+                artifact_key=artifact.key,
+                artifact_sha256=artifact.sha256,
+                pip_index_url=token_spec.pip_index_url if token_spec else "",
+                scanner_robot=SCANNER_ROBOT,
+                scanner_robot_secret_arn=access.robot_secret_arns[SCANNER_ROBOT],
+                mirror_robot=MIRROR_ROBOT,
+                mirror_robot_token=access.robot_tokens[MIRROR_ROBOT],
+                findings_threshold=s.scanning.findings_threshold,
+                findings_emails=s.scanning.findings_emails,
+                rescan_schedule=s.scanning.schedule,
+                mirror_schedule=s.scanning.mirror_schedule,
+                instance_type=s.scanning.worker_instance_type,
+                architecture=s.scanning.worker_architecture,
+                debian_release=s.fleet.debian_release,
+                max_size=s.scanning.worker_max_size,
+                root_volume_gib=s.scanning.worker_root_volume_gib,
+                visibility_timeout_seconds=s.scanning.visibility_timeout_seconds,
+                trivy_version=s.scanning.trivy.version,
+                trivy_sha256=s.scanning.trivy.sha256.model_dump(),
+                tags=tags,
+            ),
+            opts=in_primary,
+        )
 
     PolicyWaivers("policy-waivers", [WaiverArgs(w.rule, w.reason, w.expires) for w in s.waivers])
 
@@ -407,13 +488,20 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
         "signingKeyAlias": signing.alias_name,
         "protectedNamespaces": list(gated),
     }
+    if scanning is not None and scan_queue is not None:
+        # Where scans go and come from (python -m fleet scan-report reads the reports in bucketName).
+        outputs |= {
+            "scanQueueUrl": scan_queue.queue_url,
+            "scanFindingsTopicArn": scanning.findings_topic_arn,
+            "scanWorkerAutoScalingGroup": scanning.worker_asg_name,
+        }
     if access is not None:
         outputs |= {
             "tokenRealm": fleet.token_realm,
             "tokenService": s.registry_host,
             "tokenIssuer": s.token_issuer,
             # CI reads its robot's token from its secret (user name: the robot's name).
-            "robotTokenSecretArns": access.robot_secret_arns,
+            "robotTokenSecretArns": {r: a for r, a in access.robot_secret_arns.items() if r not in SCAN_ROBOTS},
         }
     else:
         outputs |= {"adminUser": ADMIN_USER, "adminPassword": fleet.admin_password}

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from auth.access import EVERY_REPOSITORY
 from auth.local import robot_token_hash
 from components.errors import ComponentInputError
 from host.contract import SYSTEM_CA_BUNDLE, TOKEN_LDAP_CA_FILE, TOKEN_SIGNING_CERT_FILE, TOKEN_SIGNING_KEY_FILE
+from host.scan_config import MIRROR_ROBOT, SCANNER_ROBOT, TRIVY_DB_REPOSITORY
 from host.token_config import TokenRobot, TokenServiceSpec, token_service_config
 from infra.secrets import AccessSecrets
 from infra.settings import Settings, TokenAccess
@@ -22,6 +24,18 @@ from infra.settings import Settings, TokenAccess
 def lockout_table_name(name_prefix: str) -> str:
     """The stack's lockout table (a fixed physical name: the service's config names it)."""
     return f"{name_prefix}-token-lockout"
+
+
+def scan_robots(settings: Settings) -> dict[str, TokenRobot]:
+    """The scanner's robots (issue 14): the workers pull every repository and do nothing else; the database
+    mirror pushes its one repository. Their tokens are generated and stored like every robot's
+    (components/access.py)."""
+    scanning = settings.scanning
+    expires, rotation = scanning.robots_expire_at, scanning.robots_rotation
+    return {
+        SCANNER_ROBOT: TokenRobot(EVERY_REPOSITORY, ("pull",), expires, rotation),
+        MIRROR_ROBOT: TokenRobot(TRIVY_DB_REPOSITORY, ("pull", "push"), expires, rotation, exact=True),
+    }
 
 
 def token_service_spec(
@@ -59,8 +73,11 @@ def token_service_spec(
         admins=access.admins,
         rules=access.rules,
         robots={
-            name: TokenRobot(robot.namespace, robot.actions, robot.expires_at, robot.rotation)
-            for name, robot in access.robots.items()
+            **{
+                name: TokenRobot(robot.namespace, robot.actions, robot.expires_at, robot.rotation)
+                for name, robot in access.robots.items()
+            },
+            **scan_robots(settings),
         },
         refresh_tokens=access.refresh_tokens,
         trusted_proxies=tuple(trusted_proxies),

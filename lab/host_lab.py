@@ -43,7 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.fleet import FleetCdn, FleetGate, FleetTokenService, RegistryFleet, RegistryFleetArgs
+from components.fleet import (
+    FleetCdn,
+    FleetGate,
+    FleetScanEvents,
+    FleetTokenService,
+    RegistryFleet,
+    RegistryFleetArgs,
+)
 from host.artifact import build_artifact
 from host.boot import ssm_agent_url
 from host.contract import (
@@ -153,6 +160,9 @@ class HostLab:
         token = None
         secret_values = dict(values)  # label -> value; the config's own secrets are listed one by one
         if isinstance(s.access, TokenAccess):
+            # The bearer the registry sends to the scan events forwarder (components/scanning.py makes one per stack).
+            values["scan-events-token"] = secrets.token_hex(24)
+            secret_values["scan-events token"] = values["scan-events-token"]
             accounts = [LabAccount(e["name"], e["kind"], e["password"], tuple(e["groups"])) for e in lab.accounts]
             slapd = lab.slapd() if lab.directory else None
             user_hashes = secret_hashes(accounts, "local")
@@ -208,6 +218,17 @@ class HostLab:
         if lab.signing:  # the lab made the stack's signing key: the stack protects namespaces
             public_key = Path(lab.signing["public_key_file"]).read_text()
             gate = FleetGate(tuple(lab.signing["namespaces"]), public_key, target_group_arn="lab")
+        scan_events = None
+        if token is not None:
+            # The forwarder needs the queue only when events arrive: a queue URL of the stack's shape is enough to
+            # boot (the boot test checks the unit, its files and its TLS; the scan pipeline is the lab's).
+            scan_events = FleetScanEvents(
+                queue_url=f"https://sqs.{s.region}.amazonaws.com/{LAB_ACCOUNT}/reg-{s.stack}-scan",
+                queue_arn=f"arn:aws:sqs:{s.region}:{LAB_ACCOUNT}:reg-{s.stack}-scan",
+                key_arn=kms_key_arn,
+                token_secret_arn=arns["scan-events-token"],
+                token_version_id="lab",
+            )
         args = RegistryFleetArgs(
             environment=s.environment,
             region=s.region,
@@ -239,6 +260,7 @@ class HostLab:
             ),
             token=token,
             gate=gate,
+            scan_events=scan_events,
         )
         user_data = RegistryFleet._render(
             args,
@@ -247,7 +269,7 @@ class HostLab:
                 "key": kms_key_arn,
                 "ca": ca_pem,
                 "cert": cert_pem,
-                "arns": {k: v for k, v in arns.items() if not k.startswith("token-")},
+                "arns": {k: v for k, v in arns.items() if not k.startswith(("token-", "scan-events-"))},
                 "cdn_url": lab.edge_url if s.cdn.enabled else "",
                 "cdn_key_id": lab.key_pair_id if s.cdn.enabled else "",
                 "token_config_arn": arns.get("token-config", ""),
@@ -255,6 +277,8 @@ class HostLab:
                 "token_signing_cert": token.signing_cert_pem if token else "",
                 "token_trust_bundle": token.trust_bundle_pem if token else "",
                 "gate_public_key": gate.public_key_pem if gate else "",
+                "scan_queue_url": scan_events.queue_url if scan_events else "",
+                "scan_token_arn": scan_events.token_secret_arn if scan_events else "",
             },
         )
         self._start_download_server(lab, services)
@@ -343,6 +367,9 @@ class HostLab:
         )
         files = {path: nspawn.FileSpec(content.encode(), mode) for path, (content, mode) in overrides.items()}
         return {**files, **self.state.files}
+
+
+LAB_ACCOUNT = "123456789012"  # moto's account: the ARNs of the lab's secrets name it
 
 
 def build_stand_in_ssm_agent(target: Path, architecture: str) -> None:

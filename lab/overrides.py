@@ -134,6 +134,9 @@ def lab_token_service_config(
     secrets = AccessSecrets(user_hashes=user_hashes, ldap_bind_password=slapd.bind_password if slapd else None)
     spec = token_service_spec(settings, secrets, LAB_TRUSTED_PROXIES)
     assert spec is not None  # token mode
+    # The scanner's robots (infra.token_service.scan_robots) are the lab's only when it seeds them a token.
+    robots = {n: r for n, r in spec.robots.items() if n in access.robots or n in robot_token_hashes}
+    spec = dataclasses.replace(spec, robots=robots)
     if access.ldap is not None and slapd is not None:
         spec = dataclasses.replace(spec, ldap=lab_ldap_settings(access.ldap, slapd, ldap_ca_file))
     return render_token_service_config(

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from host.contract import CONFIG_PATH
+from host.scanner_host import ROLE_TAG, SCANNER_WORKER_ROLE
 from host.user_data import decode_user_data
 
 # --- values as the engines send them ----------------------------------------------------------
@@ -121,6 +122,7 @@ LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
 REPLICATION = "aws:s3/bucketReplicationConfig:BucketReplicationConfig"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 AUTOSCALING_GROUP = "aws:autoscaling/group:Group"
+SCALING_POLICY = "aws:autoscaling/policy:Policy"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
@@ -302,19 +304,62 @@ def _parse_user_data(raw: str) -> tuple[dict[str, Any] | str, dict[str, Any] | s
 def host_boot(
     resources: Sequence[Res],
 ) -> Iterator[tuple[Res, dict[str, Any] | str | None, dict[str, Any] | str | None]]:
-    """Each launch template with its cloud-init and its registry config: a dict, a str saying why it is
-    unreadable, or None when userData is not known yet (preview).
+    """Each registry host's launch template (every template but the scanner workers', is_scanner_template) with
+    its cloud-init and its registry config: a dict, a str saying why it is unreadable, or None when userData is
+    not known yet (preview).
 
     The parsed documents are shared between rules: read them, never change them.
     """
     for lt in of_type(resources, LAUNCH_TEMPLATE):
         raw = prop(lt, "userData")
+        scanner = is_scanner_template(lt)
         if is_unknown(raw):
-            yield lt, None, None
+            if not scanner:
+                yield lt, None, None
         elif not isinstance(raw, str) or not raw:
             yield lt, "userData is not set", "userData is not set"
         else:
-            yield lt, *_parse_user_data(raw)
+            doc, config = _parse_user_data(raw)
+            if scanner and not isinstance(config, dict):
+                continue  # a scanner worker (no registry config): not a registry host
+            yield lt, doc, config
+
+
+def is_scanner_template(lt: Res) -> bool:
+    """A launch template tagged as a scanner worker's (components/scanning.py). host_boot still counts it as a
+    registry host when its user-data writes the registry's config."""
+    return bool(prop(lt, "tags", ROLE_TAG) == SCANNER_WORKER_ROLE)
+
+
+def registry_groups(resources: Sequence[Res]) -> list[Res]:
+    """The registry hosts' Auto Scaling groups: every group but the scanner workers' (whose launch template is a
+    scanner template or, where templates' ids are not known (CrossGuard), whose tags say so; a group whose
+    template is known to be a registry host's counts as a registry group whatever its tags say)."""
+    scanner_ids = {i for lt in scanner_templates(resources) if (i := physical_id(lt))}
+    host_ids = {i for lt, _, _ in host_boot(resources) if (i := physical_id(lt))}
+    out = []
+    for group in of_type(resources, AUTOSCALING_GROUP):
+        template = known_str(prop(group, "launchTemplate", "id"))
+        tagged = any(
+            mapping(t).get("key") == ROLE_TAG and mapping(t).get("value") == SCANNER_WORKER_ROLE
+            for t in as_list(prop(group, "tags"))
+        )
+        if template in scanner_ids or (tagged and template not in host_ids):
+            continue
+        out.append(group)
+    return out
+
+
+def scanner_groups(resources: Sequence[Res]) -> list[Res]:
+    """The scanner workers' Auto Scaling groups (every group registry_groups leaves out)."""
+    registry = {g.urn for g in registry_groups(resources)}
+    return [g for g in of_type(resources, AUTOSCALING_GROUP) if g.urn not in registry]
+
+
+def scanner_templates(resources: Sequence[Res]) -> list[Res]:
+    """The scanner workers' launch templates: tagged as such, and not registry hosts."""
+    hosts = {lt.urn for lt, _, _ in host_boot(resources)}
+    return [lt for lt in of_type(resources, LAUNCH_TEMPLATE) if is_scanner_template(lt) and lt.urn not in hosts]
 
 
 def cloud_inits(resources: Sequence[Res]) -> Iterator[tuple[Res, dict[str, Any] | str]]:

@@ -50,6 +50,7 @@ from host.contract import (
     TOKEN_SIGNING_KEY_FILE,
     TOKEN_TRUST_BUNDLE_FILE,
 )
+from host.scan_config import SCAN_ROBOTS
 from infra.program import build, name_prefix
 from infra.secrets import (
     LDAP_PASSWORD_KEY,
@@ -71,6 +72,7 @@ from infra.settings import (
 )
 from infra.token_service import token_service_spec
 from policy.graph import Res, as_list, is_secret, unwrap, user_data_text
+from policy.rules import RULES
 from tests.helpers import STACKS, recording, stack_config
 
 SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
@@ -348,7 +350,8 @@ def test_each_robot_has_a_generated_token_in_its_own_secret(stack: str) -> None:
         assert is_secret(value) and unwrap(value) == rec.named(f"access-robot-{robot}-random").outputs["result"]
         assert str(unwrap(value)).startswith(fake_secret(f"access-robot-{robot}-random"))
     robots = [r for r in rec.of_type(RANDOM_PASSWORD) if r.name.startswith("access-robot-")]
-    assert len(robots) == len(s.access.robots)
+    # The stack's robots, and the scanner's two (not an output: no CI reads their tokens).
+    assert len(robots) == len(s.access.robots) + len(SCAN_ROBOTS)
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -663,12 +666,21 @@ def test_htpasswd_fails_practice_4_unless_waived() -> None:
             **stack_config("dev"),
             "access": HTPASSWD_ACCESS,
             "waivers": [
-                *stack_config("dev")["waivers"],
                 {
                     "rule": "registry-auth-trusted",
                     "reason": "two-person sandbox; token mode once it has teams",
                     "expires": "2027-01-31",
                 },
+                # Scanning needs token mode (the workers pull with a read-only robot of the token service).
+                *[
+                    {
+                        "rule": r.id,
+                        "reason": "htpasswd mode runs no scanner; token mode once it has teams",
+                        "expires": "2027-01-31",
+                    }
+                    for r in RULES
+                    if r.practice == 5
+                ],
             ],
         },
     )
@@ -687,7 +699,7 @@ def test_the_token_service_spec_is_built_from_the_settings_and_the_secret_inputs
     spec = token_service_spec(s, secrets, ["10.40.8.0/24"])
     assert spec is not None
     assert (spec.issuer, spec.service, spec.trusted_proxies) == (s.token_issuer, s.registry_host, ("10.40.8.0/24",))
-    assert spec.user_hashes == secrets.user_hashes and set(spec.robots) == set(access.robots)
+    assert spec.user_hashes == secrets.user_hashes and set(spec.robots) == {*access.robots, *SCAN_ROBOTS}
     assert (spec.signing_generations, spec.signing_generation) == (
         access.token_signing.generations,
         access.token_signing.current,

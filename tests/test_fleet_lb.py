@@ -36,7 +36,12 @@ from tests.helpers import STACKS, recording
 REQUIRED_TAGS = {"environment", "team", "owner", "stack", "managed-by"}
 
 
+# The registry hosts' launch template and group (the scanner workers have their own: tests/test_scanning_graph.py).
+FLEET_DEFAULTS = {"aws:ec2/launchTemplate:LaunchTemplate": "fleet-lt", "aws:autoscaling/group:Group": "fleet-asg"}
+
+
 def one(rec: Recording, type_: str, name: str | None = None) -> Res:
+    name = name or FLEET_DEFAULTS.get(type_)
     found = [r for r in rec.of_type(type_) if name is None or r.name == name]
     assert len(found) == 1, f"{rec.stack}: expected one {type_} {name or ''}, found {[r.name for r in found]}"
     return found[0]
@@ -354,7 +359,12 @@ def test_load_balancer_admits_only_allowed_cidrs(stack: str) -> None:
     lb_sg = one(rec, "aws:ec2/securityGroup:SecurityGroup", "lb-sg").id
     rules = [r for r in rec.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")]
     admitted = {r.inputs.get("cidrIpv4") for r in rules if r.inputs["securityGroupId"] == lb_sg}
-    assert admitted == set(s.network.allowed_cidrs)
+    # Besides the ranges, only the scanner's workers and database mirror (by security group, on 443).
+    groups = [r for r in rules if r.inputs["securityGroupId"] == lb_sg and "cidrIpv4" not in r.inputs]
+    scanners = {one(rec, "aws:ec2/securityGroup:SecurityGroup", f"scanning-{n}-sg").id for n in ("worker", "mirror")}
+    assert admitted - {None} == set(s.network.allowed_cidrs)
+    assert {r.inputs["referencedSecurityGroupId"] for r in groups} == scanners
+    assert {(r.inputs["fromPort"], r.inputs["toPort"]) for r in groups} == {(443, 443)}
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -17,6 +17,7 @@ import yaml
 from fleet.maintenance import SSM_DOCUMENT, SUSPENDED_PROCESSES, AwsFleet, MaintenanceError, read_only_window
 from host.maintenance import maintenance_commands, read_only_environment_line, render_maintenance_script
 from host.registry_config import READ_ONLY_ENV, RegistryConfig, render_registry_config
+from host.scanner_host import ROLE_TAG
 from tests.helpers.aws_fake import FakeClient
 
 CONFIG = RegistryConfig(environment="dev", public_url="https://registry.example.com", bucket="b", region="eu-west-1")
@@ -224,9 +225,14 @@ def test_the_gc_window_targets_the_stacks_hosts_and_runs_the_host_script_in_orde
     target = rec.named("maintenance-gc-hosts")
     wanted = {t["key"]: t["values"] for t in prop(target, "targets")}
     # Every host carries the tags the window targets (the launch template's instance tags).
-    (template,) = rec.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    template = rec.named("fleet-lt")
     (instance,) = [s for s in prop(template, "tagSpecifications") if s["resourceType"] == "instance"]
-    assert wanted == {f"tag:{k}": [instance["tags"][k]] for k in ("managed-by", "stack")}
+    assert wanted == {f"tag:{k}": [instance["tags"][k]] for k in ("managed-by", "stack", ROLE_TAG)}
+    # ...and no scanner worker does: GC runs on registry hosts only (a worker would fail the task).
+    (worker,) = [
+        s for s in prop(rec.named("scanning-worker-lt"), "tagSpecifications") if s["resourceType"] == "instance"
+    ]
+    assert not all(worker["tags"].get(k.removeprefix("tag:")) in v for k, v in wanted.items())
     for action, priority in (("read-only", 1.0), ("gc", 2.0), ("read-write", 3.0)):
         task = rec.named(f"maintenance-gc-{action}")
         assert prop(task, "priority") == priority

@@ -32,6 +32,12 @@ def of_type(stack: str, type_: str) -> list[Any]:
     return [r for r in recording(stack).resources if r.type == type_]
 
 
+def stack_alarms(stack: str) -> list[Any]:
+    """The alarms of the alarms component (the scanning's own are checked in tests/test_scanning_graph.py)."""
+    parent = named(stack, "alarms").urn
+    return [a for a in of_type(stack, "aws:cloudwatch/metricAlarm:MetricAlarm") if a.parent == parent]
+
+
 @pytest.mark.parametrize(("stack", "action", "override"), [("dev", "count", "count"), ("prod", "block", "none")])
 def test_waf_mode_decides_whether_rules_block_or_count(stack: str, action: str, override: str) -> None:
     rules = {r["name"]: r for r in named(stack, "waf-acl").inputs["rules"]}
@@ -54,7 +60,7 @@ def test_alarms_reach_the_settings_addresses_through_an_encrypted_topic(stack: s
     services = [s for s in json.loads(key.inputs["policy"])["Statement"] if "Service" in s["Principal"]]
     assert services and set(services[0]["Principal"]["Service"]) == {"cloudwatch.amazonaws.com", "backup.amazonaws.com"}
     assert "kms:*" not in services[0]["Action"], "services only encrypt to the topic"
-    for alarm in of_type(stack, "aws:cloudwatch/metricAlarm:MetricAlarm"):
+    for alarm in stack_alarms(stack):
         assert alarm.inputs["alarmActions"] == alarm.inputs["okActions"] == [topic.outputs["arn"]], alarm.name
         assert alarm.inputs["treatMissingData"] == "notBreaching"
 
@@ -62,7 +68,7 @@ def test_alarms_reach_the_settings_addresses_through_an_encrypted_topic(stack: s
 @pytest.mark.parametrize("stack", STACKS)
 def test_the_dashboard_shows_every_alarm_metric(stack: str) -> None:
     body = json.loads(named(stack, "alarms-dashboard").inputs["dashboardBody"])
-    alarms = of_type(stack, "aws:cloudwatch/metricAlarm:MetricAlarm")
+    alarms = stack_alarms(stack)
     alarm_widgets = body["widgets"][: len(alarms)]
     shown = {(w["properties"]["metrics"][0][0], w["properties"]["metrics"][0][1]) for w in alarm_widgets}
     assert shown == {(a.inputs["namespace"], a.inputs["metricName"]) for a in alarms}

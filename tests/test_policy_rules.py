@@ -1,7 +1,6 @@
 """The policy pack (policy/): its rules over every stack's recorded graph, the CrossGuard policies, waivers.
 
-- Every stack passes every rule except practice 5's (scanning is not built yet: its rule fails
-  everywhere, and stacks waive it).
+- Every stack passes every rule, practice 5's (scanning) included, with no waiver.
 - For every rule, a broken variant of a recorded stack (one resource's inputs changed, or one
   resource dropped or added) makes exactly that rule fail, naming the resource and the bad value.
 - Each CrossGuard policy from `policies()` is called with hand-built `StackValidationArgs` shaped
@@ -65,7 +64,6 @@ from tests.helpers import STACKS, recording
 
 # What a distribution without an alias had (and what CloudFront serves TLS 1.0 with, whatever it says).
 DEFAULT_CLOUDFRONT_CERTIFICATE = {"cloudfrontDefaultCertificate": True, "minimumProtocolVersion": "TLSv1.2_2021"}
-BASELINE = {r.id for r in RULES if r.practice == 5}  # fails on every stack until scanning lands
 TODAY = datetime.date(2026, 6, 1)
 UNKNOWN = policy_proxy.UNKNOWN_STRING_VALUE
 Change = Callable[[list[Res]], list[Res]]
@@ -150,10 +148,9 @@ def test_unknown_sentinels_are_the_policy_sdks() -> None:
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_stack_fails_only_the_practice_5_rule(stack: str) -> None:
+def test_every_stack_passes_every_rule(stack: str) -> None:
     found = evaluate(stack_resources(stack))
-    assert {v.rule for v in found} == BASELINE, found
-    assert {(v.rule, v.resource) for v in found} == {("scan-notifications", "fleet-lt")}
+    assert found == [], found
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -200,8 +197,8 @@ def same_provider_as(name: str, other: str) -> Change:
     return run
 
 
-def user_data(change: Callable[[dict[str, Any]], Any]) -> Change:
-    """Change the launch template's cloud-init document."""
+def user_data(change: Callable[[dict[str, Any]], Any], template: str = "fleet-lt") -> Change:
+    """Change a launch template's cloud-init document (the registry hosts' by default)."""
 
     def rewrite(props: dict[str, Any]) -> None:
         doc = yaml.safe_load(user_data_text(props["userData"]))
@@ -209,7 +206,7 @@ def user_data(change: Callable[[dict[str, Any]], Any]) -> Change:
         text = "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
         props["userData"] = base64.b64encode(text.encode()).decode()
 
-    return edit("fleet-lt", rewrite)
+    return edit(template, rewrite)
 
 
 def agent_document(change: Callable[[dict[str, Any]], Any]) -> Change:
@@ -274,6 +271,44 @@ def host_rule_from_anywhere(resources: list[Res]) -> Res:
         parent=fleet.urn,
         provider=sg.provider,
     )
+
+
+def forwarder_endpoint(change: Callable[[dict[str, Any]], Any]) -> Change:
+    """Change the registry's notification endpoint to the scan events forwarder."""
+    return registry_config(lambda c: change(c["notifications"]["endpoints"][0]))
+
+
+def worker_config(change: Callable[[dict[str, Any]], Any]) -> Change:
+    """Change the scanner worker's config inside its launch template's cloud-init."""
+
+    def rewrite(doc: dict[str, Any]) -> None:
+        (entry,) = [f for f in doc["write_files"] if f["path"] == "/etc/registry-fleet/scanner.yml"]
+        config = yaml.safe_load(entry["content"])
+        change(config)
+        entry["content"] = yaml.safe_dump(config, sort_keys=False)
+
+    return user_data(rewrite, "scanning-worker-lt")
+
+
+def worker_with_the_hosts_profile(resources: list[Res]) -> list[Res]:
+    arn = named(resources, "fleet-profile").outputs["arn"]
+    return edit("scanning-worker-lt", lambda p: p.update(iamInstanceProfile={"arn": arn}))(resources)
+
+
+def worker_ingress(resources: list[Res]) -> Res:
+    parent, sg = named(resources, "scanning"), named(resources, "scanning-worker-sg")
+    return Res(
+        type="aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        name="scanning-worker-in-ssh",
+        urn=f"{sg.urn}-in-ssh",
+        inputs={"securityGroupId": sg.id, "cidrIpv4": "10.0.0.0/8", "fromPort": 22.0, "toPort": 22.0},
+        parent=parent.urn,
+        provider=sg.provider,
+    )
+
+
+def without_tls_only(statements: list[dict[str, Any]]) -> None:
+    statements[:] = [s for s in statements if s.get("Sid") != "DenyInsecureTransport"]
 
 
 def public_read(statements: list[dict[str, Any]]) -> None:
@@ -953,6 +988,130 @@ VARIANTS: list[tuple[str, str, Change, str, str]] = [
         STACK,
         "the gate's target group for 'base' is in no Auto Scaling group's targetGroupArns",
     ),
+    (
+        "scan-notifications",
+        "dev",
+        registry_config(lambda c: c.pop("notifications")),
+        "fleet-lt",
+        "notifications.endpoints urls are []",
+    ),
+    (
+        "scan-notifications",
+        "prod",
+        forwarder_endpoint(lambda e: e.update(url="http://127.0.0.1:5004/events")),
+        "fleet-lt",
+        "urls are ['http://127.0.0.1:5004/events']",
+    ),
+    (
+        "scan-notifications",
+        "staging",
+        forwarder_endpoint(lambda e: e["ignore"]["actions"].append("push")),
+        "fleet-lt",
+        "ignores push events",
+    ),
+    (
+        "scan-notifications",
+        "payments-prod",
+        user_data(lambda d: d["runcmd"].remove(["systemctl", "enable", "--now", "registry-scan-events"])),
+        "fleet-lt",
+        "runcmd does not enable registry-scan-events",
+    ),
+    (
+        "scan-queue",
+        "dev",
+        edit("scan-queue-queue", lambda p: p.pop("redrivePolicy")),
+        "scan-queue-dlq",  # without the redrive the dead-letter queue is a scan queue of its own, with none
+        "no dead-letter queue of the stack",
+    ),
+    (
+        "scan-queue",
+        "prod",
+        edit("scan-queue-queue", lambda p: p.update(kmsMasterKeyId="alias/aws/sqs")),
+        "scan-queue-queue",
+        "kmsMasterKeyId is 'alias/aws/sqs'",
+    ),
+    (
+        "scan-queue",
+        "staging",
+        drop("scanning-dlq-alarm"),
+        "scan-queue-dlq",
+        "no alarm on ApproximateNumberOfMessagesVisible",
+    ),
+    (
+        "scan-queue",
+        "dev",
+        edit_policy("scanning-queue-policy", without_tls_only),
+        "scan-queue-queue",
+        "aws:SecureTransport",
+    ),
+    (
+        "scan-queue",
+        "payments-prod",
+        edit(
+            "scan-queue-queue",
+            lambda p: p.update(
+                redrivePolicy=p["redrivePolicy"].replace('"maxReceiveCount": 5', '"maxReceiveCount": 0')
+            ),
+        ),
+        "scan-queue-queue",
+        "maxReceiveCount is 0",
+    ),
+    (
+        "scan-workers",
+        "dev",
+        worker_with_the_hosts_profile,
+        "scanning-worker-lt",
+        "is the registry hosts'",
+    ),
+    ("scan-workers", "prod", add(worker_ingress), "scanning-worker-lt", "admits ['scanning-worker-in-ssh']"),
+    (
+        "scan-workers",
+        "staging",
+        edit("scanning-worker-asg", lambda p: p.update(targetGroupArns=["arn:aws:elasticloadbalancing:tg"])),
+        "scanning-worker-asg",
+        "targetGroupArns is set",
+    ),
+    (
+        "scan-workers",
+        "dev",
+        user_data(
+            lambda d: d["runcmd"].remove(["systemctl", "enable", "--now", "registry-scanner"]), "scanning-worker-lt"
+        ),
+        "scanning-worker-lt",
+        "does not enable registry-scanner",
+    ),
+    ("scan-workers", "payments-prod", drop("scanning-worker-lt"), STACK, "no scanner workers"),
+    ("scan-nightly", "dev", drop("scanning-rescan-target"), STACK, "to the scan queue on a schedule"),
+    (
+        "scan-nightly",
+        "prod",
+        edit("scanning-rescan-rule", lambda p: p.update(scheduleExpression="cron(0 2 ? * SUN *)")),
+        "scanning-rescan-target",
+        "must run every day",
+    ),
+    (
+        "scan-nightly",
+        "staging",
+        edit("scanning-rescan-target", lambda p: p.update(input='{"kind": "scan"}')),
+        STACK,
+        "rescan-all",
+    ),
+    ("scan-db-mirror", "dev", drop("scanning-mirror"), STACK, "no function mirrors the Trivy database"),
+    ("scan-db-mirror", "prod", drop("scanning-mirror-target"), "scanning-mirror", "runs the mirror every day"),
+    (
+        "scan-db-mirror",
+        "staging",
+        edit("scanning-mirror", lambda p: p.pop("vpcConfig")),
+        "scanning-mirror",
+        "vpcConfig has no subnets",
+    ),
+    (
+        "scan-db-mirror",
+        "payments-prod",
+        worker_config(lambda c: c.update(db_repository="ghcr.io/aquasecurity/trivy-db:2")),
+        "scanning-worker-lt",
+        "db_repository is 'ghcr.io/aquasecurity/trivy-db:2'",
+    ),
 ]
 
 
@@ -962,7 +1121,7 @@ def variant_ids(variants: Sequence[tuple[str, str, Change, str, str]]) -> list[s
 
 
 def test_every_rule_has_a_broken_variant() -> None:
-    assert {v[0] for v in VARIANTS} == {r.id for r in RULES} - BASELINE
+    assert {v[0] for v in VARIANTS} == {r.id for r in RULES}
 
 
 @pytest.mark.parametrize(("rule_id", "stack", "change", "resource", "says"), VARIANTS, ids=variant_ids(VARIANTS))
@@ -970,35 +1129,9 @@ def test_broken_variant_fails_exactly_its_rule(
     rule_id: str, stack: str, change: Change, resource: str, says: str
 ) -> None:
     found = evaluate(change(list(stack_resources(stack))))
-    assert {v.rule for v in found} - BASELINE == {rule_id}, found
+    assert {v.rule for v in found} == {rule_id}, found
     mine = [v for v in found if v.rule == rule_id]
     assert any(v.resource == resource and says in v.message for v in mine), mine
-
-
-# Practice 5 fails on every stack: its variants fix the practice, then break it again.
-
-NOTIFY = {"name": "scanner", "url": "https://scanner.internal/events", "headers": {}, "timeout": "5s"}
-
-
-def notifications(*endpoints: dict[str, Any]) -> Change:
-    return registry_config(lambda c: c.update(notifications={"endpoints": list(endpoints)}))
-
-
-@pytest.mark.parametrize(
-    ("rule_id", "fixed", "broken", "says"),
-    [
-        ("scan-notifications", notifications(NOTIFY), notifications({**NOTIFY, "url": "http://x/"}), "['http://x/']"),
-        ("scan-notifications", notifications(NOTIFY), notifications({**NOTIFY, "disabled": True}), "urls are"),
-    ],
-    ids=["scan-http", "scan-disabled"],
-)
-def test_practice_5_rules_pass_once_built_and_catch_a_weak_build(
-    rule_id: str, fixed: Change, broken: Change, says: str
-) -> None:
-    for stack in STACKS:
-        assert {v.rule for v in evaluate(fixed(list(stack_resources(stack))))} == BASELINE - {rule_id}
-    found = rule_by_id(rule_id).check(broken(list(stack_resources("prod"))))
-    assert found and all(says in v.message for v in found), found
 
 
 # --- what a preview sees: computed values not known yet -------------------------------------------
@@ -1117,7 +1250,7 @@ def waiver(rule_id: str, expires: str = "2026-12-31", reason: str = "scanning la
 
 @functools.cache
 def unwaived(stack: str) -> tuple[Res, ...]:
-    """The stack without its waivers (stack files waive the practice 5 and 6 rules)."""
+    """The stack without its waivers (a stack file may waive a rule)."""
     return tuple(with_waivers()(list(stack_resources(stack))))
 
 
@@ -1129,7 +1262,7 @@ def urn_in(resources: Sequence[Res], name: str) -> str | None:
     return None if name == STACK else named(resources, name).urn
 
 
-@pytest.mark.parametrize("rule_id", [r.id for r in RULES if r.id not in BASELINE])
+@pytest.mark.parametrize("rule_id", [r.id for r in RULES])
 def test_policy_passes_a_stack_and_reports_its_broken_variant(rule_id: str) -> None:
     _, stack, change, resource, says = first_variant(rule_id)
     policy = policy_named(rule_id)
@@ -1139,39 +1272,26 @@ def test_policy_passes_a_stack_and_reports_its_broken_variant(rule_id: str) -> N
     assert (urn_in(broken, resource), True) in {(urn, says in message) for message, urn in calls}, calls
 
 
-@pytest.mark.parametrize(
-    ("rule_id", "fixed", "resource"),
-    [("scan-notifications", notifications(NOTIFY), "fleet-lt")],
-    ids=["scan-notifications"],
-)
-def test_practice_5_policies_report_today_and_pass_once_built(rule_id: str, fixed: Change, resource: str) -> None:
-    policy = policy_named(rule_id)
-    resources = list(unwaived("staging"))
-    assert [urn for _, urn in run_policy(policy, crossguard_view(resources))] == [urn_in(resources, resource)]
-    assert run_policy(policy, crossguard_view(fixed(resources))) == []
-
-
 def test_policies_honour_valid_waivers() -> None:
     broken = edit("signing-key", lambda p: p.update(keyUsage="ENCRYPT_DECRYPT"))(list(unwaived("dev")))
     assert run_policy(policy_named("signing-key"), crossguard_view(broken))  # what the waiver below waives
-    waived = with_waivers(waiver("scan-notifications"), waiver("signing-key"))(broken)
+    waived = with_waivers(waiver("scan-queue"), waiver("signing-key"))(broken)
     view = crossguard_view(waived)
     assert [p.name for p in policies() if run_policy(policy_named(p.name), view)] == []
 
 
 def test_waivers_valid_policy_reports_expired_and_unknown_waivers() -> None:
-    resources = with_waivers(waiver("scan-notifications", "2026-01-01"), waiver("hosts-dedicate"))(
-        list(stack_resources("dev"))
-    )
+    broken = edit("signing-key", lambda p: p.update(keyUsage="ENCRYPT_DECRYPT"))(list(stack_resources("dev")))
+    resources = with_waivers(waiver("signing-key", "2026-01-01"), waiver("hosts-dedicate"))(broken)
     view = crossguard_view(resources)
     urn = named(resources, "policy-waivers").urn
     errors = run_policy(policy_named("waivers-valid"), view)
     assert len(errors) == 2, errors
-    assert errors[0][0] == "waiver for scan-notifications expired on 2026-01-01"
+    assert errors[0][0] == "waiver for signing-key expired on 2026-01-01"
     assert "waiver for unknown rule 'hosts-dedicate'" in errors[1][0]
     assert {u for _, u in errors} == {urn}
     # An expired waiver waives nothing.
-    assert run_policy(policy_named("scan-notifications"), view)
+    assert run_policy(policy_named("signing-key"), view)
 
 
 def test_to_res_reads_crossguard_proxies_keeps_unknowns_and_rewraps_secret_outputs() -> None:
@@ -1249,8 +1369,10 @@ def analyze(resources: Sequence[Res], preview: bool = False) -> list[Any]:
 def test_the_pack_through_the_analyzer_service(stack: str) -> None:
     resources = unwaived(stack)
     found = analyze(resources)
-    assert {(d.policyName, d.urn) for d in found} == {("scan-notifications", named(resources, "fleet-lt").urn)}
-    assert {d.enforcementLevel for d in found} == {proto.MANDATORY}
+    assert found == []
+    broken = analyze(edit("signing-key", lambda p: p.update(keyUsage="ENCRYPT_DECRYPT"))(list(resources)))
+    assert {d.policyName for d in broken} == {"signing-key"}
+    assert {d.enforcementLevel for d in broken} == {proto.MANDATORY}
     preview = analyze(resources, preview=True)
     assert [d.policyName for d in preview] == [], [d.message for d in preview]
 

@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from auth.certificates import Usage, certificate, certificate_pem, distinguished_name
 from gate.config import ConfigError, load_config
-from host.boot import GateBoot, HostBoot, SecretFile, TokenServiceBoot, render_host
+from host.boot import (
+    BEARER_MARK,
+    GateBoot,
+    HostBoot,
+    HostFile,
+    ScanEventsBoot,
+    SecretFile,
+    TokenServiceBoot,
+    render_host,
+)
 from host.contract import (
     CA_CERT_FILE,
     DROPIN_PATH,
@@ -41,9 +50,12 @@ from host.registry_config import (
     NotificationEndpoint,
     RegistryConfig,
     TokenAuth,
+    notification_endpoints_env,
     registry_config_dict,
     render_registry_config,
 )
+from host.scan_config import WorkerConfig, render_events_config, render_worker_config
+from host.scanner_host import SCANNER_PASSWORD_FILE, ScannerBoot, render_scanner_host
 from host.template import PLACEHOLDER, render_file, template_text
 from host.user_data import compress_user_data, decode_user_data, encode_user_data
 from policy.rules.hosts import service_account_problems
@@ -897,12 +909,54 @@ def test_a_rendered_host_holds_no_placeholder() -> None:
         assert not PLACEHOLDER.search(f.content), f"{f.path} holds {PLACEHOLDER.search(f.content)}"
 
 
+def every_rendered_file() -> list[HostFile]:
+    """The files of the host with the most of them (token mode, the gate, the scan events forwarder) and of a
+    scanner worker."""
+    queue = "https://sqs.eu-west-1.amazonaws.com/111122223333/reg-dev-scan"
+    endpoint = NotificationEndpoint("scan-events", "https://127.0.0.1:5004/events", None, ignore_actions=("pull",))
+    events = ScanEventsBoot(
+        config_yaml=render_events_config(queue, "eu-west-1"),
+        token_secret_arn=arn("scan-events-token"),
+        tls_key_secret_arn=arn("tls-key"),
+        tls_cert_file="/etc/docker/registry/tls/host.crt",
+        ca_cert_pem=CERT,
+        endpoints_template=notification_endpoints_env((endpoint,), BEARER_MARK),
+    )
+    worker = WorkerConfig(
+        queue_url=queue,
+        region="eu-west-1",
+        bucket="reg-dev-blobs-1234",
+        registry="registry.dev.example.com",
+        username="registry-scanner",
+        password_file=SCANNER_PASSWORD_FILE,
+        trivy="/usr/local/bin/trivy",
+        findings_topic_arn="arn:aws:sns:eu-west-1:111122223333:reg-dev-scan-findings",
+        findings_threshold="HIGH",
+        visibility_timeout_seconds=900,
+        cache_dir="/var/cache/registry-scanner",
+    )
+    scanner = ScannerBoot(
+        region="eu-west-1",
+        architecture="arm64",
+        worker_config_yaml=render_worker_config(worker),
+        robot_secret_arn=arn("robots/registry-scanner"),
+        artifact_bucket="reg-dev-blobs-1234",
+        artifact_key="registry-fleet/token-service/auth-" + "a" * 64 + ".tar.gz",
+        artifact_sha256="a" * 64,
+        pip_index_url="https://pypi.org/simple",
+        trivy_version="0.59.1",
+        trivy_sha256="b" * 64,
+    )
+    host = render_host(dataclasses.replace(gated_boot(), scan_events=events))
+    return [*host.files, *render_scanner_host(scanner).files]
+
+
 @pytest.mark.parametrize("name", TEMPLATES)
-def test_every_template_is_rendered_into_a_gated_host(name: str) -> None:
+def test_every_template_is_rendered_into_a_host(name: str) -> None:
     """A template that no renderer uses is dead text: its first line without a placeholder is in some file
-    (of a token-mode host that runs the gate, the host with the most files)."""
+    (of a token-mode host that runs the gate and the scan events forwarder, or of a scanner worker)."""
     line = next(line for line in template_text(name).splitlines() if line and not PLACEHOLDER.search(line))
-    assert any(line in f.content.splitlines() for f in render_host(gated_boot()).files), f"{name}: {line!r}"
+    assert any(line in f.content.splitlines() for f in every_rendered_file()), f"{name}: {line!r}"
 
 
 # --- host boot: the signature gate (token mode, a protected namespace) ----------------------------

@@ -490,9 +490,9 @@ def test_refresh_token_settings_reach_the_token_service_and_are_checked() -> Non
     s = settings_with("dev", {"access": {"refreshTokens": {"lifetimeSeconds": 86400, "revoked": [revoked]}}})
     assert isinstance(s.access, TokenAccess)
     hashes = {n: "$2b$10$" + "a" * 53 for n in s.access.users}
-    robots = {n: "$2b$10$" + "b" * 53 for n in s.access.robots}
     spec = token_service_spec(s, AccessSecrets(hashes, "password"), ["10.40.0.0/20"])
     assert spec is not None
+    robots = {n: "$2b$10$" + "b" * 53 for n in spec.robots}  # the stack's and the scanner's
     config = token_service_config(spec, signing_key_file="/k", signing_cert_file="/c", robot_token_hashes=robots)
     assert config["refresh_tokens"] == {"enabled": True, "lifetime_seconds": 86400, "revoked": [revoked]}
     found = problems("dev", {"access": {"refreshTokens": {"lifetimeSeconds": 10, "revoked": ["x"]}}})

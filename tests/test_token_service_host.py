@@ -496,7 +496,7 @@ def test_service_starts_as_the_unit_says_and_issues_a_token(installed: Installed
         spec,
         signing_key_file=str(signing_key),
         signing_cert_file=str(signing_cert),
-        robot_token_hashes={name: robot_token_hash(new_robot_token()) for name in access.robots},  # as on hosts
+        robot_token_hashes={name: robot_token_hash(new_robot_token()) for name in spec.robots},  # as on hosts
     )
     config = files / "config.json"
     write_owned(config, config_text.encode(), 0o640, gid)

@@ -35,3 +35,16 @@ write_http_secret() {
   mv -f "$tmp" ${ENV_FILE}
   tmp=""
 }
+write_notifications() {
+  local token
+  token=$(fetch "$1")
+  case "$token" in
+    '' | None | *[!A-Za-z0-9]*) fail "secret $1 must hold a token of [A-Za-z0-9]" ;;
+  esac
+  tmp=$(mktemp ${ENV_DIR}/.registry.env.XXXXXX)
+  cat ${ENV_FILE} >"$tmp"
+  printf "%s='%s'\n" "$2" "${3//@BEARER@/$token}" >>"$tmp"
+  chmod 0600 "$tmp"
+  mv -f "$tmp" ${ENV_FILE}
+  tmp=""
+}

@@ -11,6 +11,7 @@ from typing import Any
 
 from auth.access import covers, ownership_problems
 from auth.config import check_account_name
+from host.scan_config import SCAN_ROBOTS
 from infra.settings.errors import MISSING, Problem
 from infra.settings.model import (
     MAX_PROTECTED_NAMESPACES,
@@ -198,6 +199,9 @@ def _token_access_problems(a: TokenAccess) -> list[Problem]:
         problem = check_account_name(name)
         if problem:
             out.append(Problem(key, name, problem))
+    for key, name in accounts:
+        if name in SCAN_ROBOTS:
+            out.append(Problem(key, name, "is the name of one of the scanner's robots (scanning): choose another"))
     for name in sorted(set(a.users) & set(a.robots)):
         out.append(Problem(f"access.robots.{name}", name, "is also in access.users: an account is a user or a robot"))
     if len(set(a.users)) != len(a.users):

