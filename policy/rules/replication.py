@@ -239,7 +239,7 @@ def find_host_metrics_collected(resources: Sequence[Res]) -> Iterator[Finding]:
     parsed = [statements(unwrap(prop(p, "policy"))) for p in of_type(resources, ROLE_POLICY)]
     grants = None if any(x is None for x in parsed) else [g for x in parsed for g in x or []]
     group_arns = {known_str(prop(g, "name")): arn_of(g) for g in of_type(resources, LOG_GROUP)}
-    for group in of_type(resources, AUTOSCALING_GROUP):
+    for group in registry_groups(resources):  # the scanner workers run no registry nor token service
         name = known_str(unwrap(group.outputs.get("name")))  # None in a preview: any association on the tag counts
         covering = [
             a
