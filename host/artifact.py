@@ -23,8 +23,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTH_DIR = REPO_ROOT / "auth"
 LOCK_NAME = "requirements.lock"
-# Packages shipped beside auth/ when present (whole trees of *.py): the gate and the code it verifies with.
-OPTIONAL_PACKAGES = ("gate", "signing")
+# Packages shipped beside auth/ when present (whole trees of *.py): the gate, the code it verifies with and
+# the scan report contract it reads (scanner/report.py).
+OPTIONAL_PACKAGES = ("gate", "signing", "scanner")
 KEY_PREFIX = "registry-fleet/token-service"  # in the registry bucket, outside the registry's docker/ root
 
 
