@@ -555,3 +555,25 @@ def test_scan_report_and_gate_user_mistakes_exit_2(tmp_path: Path, monkeypatch: 
         assert code == 2 and expected in text, (argv, code, text)
         assert "Traceback" not in text
     assert stack_config("dev")  # the stacks were read, not faked
+
+
+def test_the_hosts_role_can_read_the_reports_and_list_the_bucket() -> None:
+    """The gate runs as the host's instance role: it needs s3:GetObject on the reports' keys and s3:ListBucket
+    (without it a missing report is a 403, which the gate answers 503, never `not scanned yet`)."""
+    import fnmatch
+
+    rec = recording("dev")
+    bucket = rec.named("storage-primary").outputs["arn"]
+    policy = json.loads(rec.named("fleet-role-policy").inputs["policy"])
+    key = f"{bucket}/{latest_key(DIGEST)}"
+
+    def allows(action: str, resource: str) -> bool:
+        for st in policy["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            if st["Effect"] == "Allow" and action in actions and any(fnmatch.fnmatch(resource, r) for r in resources):
+                return True
+        return False
+
+    assert allows("s3:GetObject", key) and allows("s3:ListBucket", bucket)
+    assert not allows("s3:GetObject", f"{bucket}x/{latest_key(DIGEST)}")  # the twin: another bucket's keys
