@@ -320,6 +320,7 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
     import signal
     import time
 
+    from infra.settings import signed_namespaces
     from lab import supervisor
     from lab.demo import demo_protected_repository, push_and_pull, signed_pull
     from lab.lab import Lab, LabError
@@ -346,7 +347,8 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
     if state.signing:
         signing = f"""
   signing    key {state.signing["alias"]} in the lab's KMS, public key {state.signing["public_key_file"]}
-             pulls need a signature in: {", ".join(state.signing["namespaces"])} (nginx sends them to the gates)"""
+             pulls need a signature in: {", ".join(signed_namespaces(settings)) or "none"}
+             nginx sends the gates the manifest reads of: {", ".join(state.signing["namespaces"])}"""
     if gated is not None:
         image = gated.image.removeprefix(host + "/")
         signing += f"""

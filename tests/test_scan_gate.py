@@ -577,3 +577,18 @@ def test_the_hosts_role_can_read_the_reports_and_list_the_bucket() -> None:
 
     assert allows("s3:GetObject", key) and allows("s3:ListBucket", bucket)
     assert not allows("s3:GetObject", f"{bucket}x/{latest_key(DIGEST)}")  # the twin: another bucket's keys
+
+
+def test_the_lab_demo_signs_in_a_namespace_that_requires_signatures_not_a_scan_blocking_one(tmp_path: Path) -> None:
+    """`make lab`'s signing demo: team-a/a-scan (scan-blocking) sorts before team-a/release; the demo skips it."""
+    from types import SimpleNamespace
+
+    from lab.demo import demo_protected_repository
+
+    s = settings_with("dev", policies({"team-a/a-scan": {"blockSeverity": "HIGH"}}))
+    (tmp_path / "settings.json").write_text(s.model_dump_json())
+    state = SimpleNamespace(
+        state_dir=str(tmp_path), namespace="team-a", signing={"namespaces": list(protected_namespaces(s))}
+    )
+    assert state.signing["namespaces"][0] == "team-a/a-scan"
+    assert demo_protected_repository(state) == "team-a/release/sample"  # type: ignore[arg-type]
