@@ -35,7 +35,7 @@ resolved, non-secret outputs; the ports and paths are the host contract's (`host
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ from host.contract import (
     TOKEN_SERVICE_PORT,
     TOKEN_TRUST_BUNDLE_FILE,
 )
-from host.gate_config import render_gate_config
+from host.gate_config import GatePolicy, ReportsLocation, render_gate_config
 from host.registry_config import (
     CloudFrontSettings,
     NotificationEndpoint,
@@ -144,6 +144,9 @@ class FleetGate:
     namespaces: tuple[str, ...]  # the protected namespaces (infra.settings.protected_namespaces)
     public_key_pem: pulumi.Input[str]  # the stack's signing key's public key (components.signing)
     target_group_arn: pulumi.Input[str]  # the load balancer's gate target group
+    # Each namespace's policy (infra/gate_spec.py); None: every namespace requires signatures only. A policy
+    # that reads scan reports points the gate at the registry bucket (the instance role reads it already).
+    policies: Mapping[str, GatePolicy] | None = None
 
 
 @dataclass
@@ -630,7 +633,11 @@ class RegistryFleet(pulumi.ComponentResource):
         gate = None
         if args.gate is not None:
             gate = GateBoot(
-                config_yaml=render_gate_config(args.gate.namespaces, [v["gate_public_key"]]),
+                config_yaml=render_gate_config(
+                    args.gate.policies if args.gate.policies is not None else args.gate.namespaces,
+                    [v["gate_public_key"]],
+                    reports=ReportsLocation(v["bucket"], args.region),
+                ),
                 # The gate terminates the load balancer's HTTPS with the host's own certificate, as the service does.
                 tls_key_secret_arn=arns["tls-key"],
                 tls_cert_file=HOST_CERT_FILE,

@@ -5,7 +5,8 @@ register), runs every rule of the policy pack (policy/rules/, the same functions
 CrossGuard pack runs, over the same `policy.graph.Res` model), applies the stack's waivers, and
 scores each practice in the order of docs/design.md: `fail` if a mandatory rule has an unwaived
 violation, `waived` if every violation is waived, else `pass`. An unknown or expired waiver is an
-error and fails the audit.
+error and fails the audit, and so is an expired entry of a namespace's vulnerability allow-list
+(`access.pullPolicies.*.allowVulnerabilities`): it no longer excuses anything, so it must go.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fleet.engine import record
-from infra.settings import STACKS_DIR, load_stack_settings
+from infra.settings import STACKS_DIR, Settings, TokenAccess, load_stack_settings
 from policy.graph import Res
 from policy.registry import PRACTICES, Violation
 from policy.rules import RULES
@@ -89,9 +90,26 @@ def today() -> datetime.date:
     return datetime.date.today()
 
 
+def expired_allow_entries(settings: Settings, on: datetime.date) -> list[str]:
+    """An error per allow-list entry whose last day is before `on` (it counts through its expiry day, UTC)."""
+    access = settings.access
+    if not isinstance(access, TokenAccess):
+        return []
+    return [
+        f"access.pullPolicies.{ns}.allowVulnerabilities[{i}] ({entry.id}) expired on {entry.expires.isoformat()}: "
+        "it no longer excuses the finding; remove it (or fix the image)"
+        for ns, policy in sorted(access.pull_policies.items())
+        for i, entry in enumerate(policy.allow_vulnerabilities)
+        if on > entry.expires
+    ]
+
+
 def audit_stack(stack: str, on: datetime.date | None = None, stacks_dir: Path = STACKS_DIR) -> Scorecard:
     settings = load_stack_settings(stack, stacks_dir=stacks_dir)
-    return score(stack, record(settings).in_urn_order(), on or today())
+    day = on or today()
+    card = score(stack, record(settings).in_urn_order(), day)
+    card.waiver_errors += expired_allow_entries(settings, day)
+    return card
 
 
 # --- presentation ---------------------------------------------------------------------------

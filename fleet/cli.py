@@ -52,15 +52,23 @@ def validate(stack: str, out: TextIO, stacks_dir: Path = STACKS_DIR) -> None:
         )
     else:
         print("  access: htpasswd mode (one admin account that may do everything)", file=out)
-    from infra.settings import protected_namespaces
+    from infra.settings import protected_namespaces, signed_namespaces
 
     signing = settings.signing
-    protected = ", ".join(protected_namespaces(settings)) or "none (no gate)"
+    protected = ", ".join(signed_namespaces(settings)) or (
+        "none" if protected_namespaces(settings) else "none (no gate)"
+    )
     print(
         f"  signing: {len(signing.signer_roles)} signer role(s)"
         f"{', a break-glass role' if signing.break_glass_role else ''}; pulls need a signature in: {protected}",
         file=out,
     )
+    scanned = sorted(set(protected_namespaces(settings)) - set(signed_namespaces(settings)))
+    if scanned:
+        print(
+            f"  scanning: pulls need a scan report (and no finding over the threshold) in: {', '.join(scanned)}",
+            file=out,
+        )
 
 
 # --- plan -------------------------------------------------------------------------------
@@ -240,14 +248,14 @@ def trust_policy(args: argparse.Namespace, out: TextIO, stacks_dir: Path, runner
         render,
         write_containers,
     )
-    from infra.settings import protected_namespaces
+    from infra.settings import signed_namespaces
 
     settings = load_stack_settings(args.stack, stacks_dir=stacks_dir)
     if args.lab and args.public_key:
         raise UserError("trust-policy: --lab reads the lab's public key; leave out --public-key")
     if args.output_dir and args.format != "containers":
         raise UserError("trust-policy: --output-dir writes the containers files; the other formats print one document")
-    namespaces = tuple(args.namespace) or protected_namespaces(settings)
+    namespaces = tuple(args.namespace) or signed_namespaces(settings)
     access = settings.access
     owned = [ns for team in access.teams.values() for ns in team.namespaces] if isinstance(access, TokenAccess) else []
     for ns in args.namespace:
@@ -312,6 +320,7 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
     import signal
     import time
 
+    from infra.settings import signed_namespaces
     from lab import supervisor
     from lab.demo import demo_protected_repository, push_and_pull, scanned_push, signed_pull
     from lab.lab import Lab, LabError
@@ -339,7 +348,8 @@ def lab_up(stack: str, detach: bool, state_dir: str | None, out: TextIO, stacks_
     if state.signing:
         signing = f"""
   signing    key {state.signing["alias"]} in the lab's KMS, public key {state.signing["public_key_file"]}
-             pulls need a signature in: {", ".join(state.signing["namespaces"])} (nginx sends them to the gates)"""
+             pulls need a signature in: {", ".join(signed_namespaces(settings)) or "none"}
+             nginx sends the gates the manifest reads of: {", ".join(state.signing["namespaces"])}"""
     if gated is not None:
         image = gated.image.removeprefix(host + "/")
         signing += f"""
@@ -488,6 +498,19 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def image_arguments(p: argparse.ArgumentParser, stacks: str, lab_help: str) -> None:
+    """STACK IMAGE [--lab] [--state-dir] [--username]: the commands that act on one image of a stack."""
+    p.add_argument("stack", help=f"stack name ({stacks})")
+    p.add_argument("image", help="[REGISTRY/]REPO[:TAG|@DIGEST] in the stack's registry (no tag: latest)")
+    p.add_argument("--lab", action="store_true", help=lab_help)
+    p.add_argument("--state-dir", help="with --lab: the lab's state directory (default .lab/STACK)")
+    p.add_argument(
+        "--username",
+        help="registry account (password from $REGISTRY_PASSWORD; with --lab a lab account, default "
+        "the demo account); none: anonymous",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m fleet", description="registry-fleet operator commands")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -534,15 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", "exit 0 when the image's digest carries a valid signature by the stack's key, else 1"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("stack", help=f"stack name ({stacks})")
-        p.add_argument("image", help="REPO[:TAG|@DIGEST] in the stack's registry (no tag: latest)")
-        p.add_argument("--lab", action="store_true", help="the running lab of the stack (its registry and KMS)")
-        p.add_argument("--state-dir", help="with --lab: the lab's state directory (default .lab/STACK)")
-        p.add_argument(
-            "--username",
-            help="registry account (password from $REGISTRY_PASSWORD; with --lab a lab account, default "
-            "the demo account); none: anonymous",
-        )
+        image_arguments(p, stacks, "the running lab of the stack (its registry and KMS)")
         if name == "sign":
             p.add_argument("--recursive", action="store_true", help="an index: sign each platform manifest too")
             p.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE",
@@ -584,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fleet.operations import add_parsers
 
     add_parsers(sub, stacks)
+    from fleet import scanning
+
+    scanning.add_parsers(sub, stacks)
     return parser
 
 
@@ -634,6 +652,13 @@ def main(
             from fleet.operations import run_operation
 
             return run_operation(args, out, err, stacks_dir)
+        elif args.command in ("scan-report", "gate"):  # fleet/scanning.py
+            from fleet import scanning
+
+            try:
+                return scanning.run(args, out, stacks_dir, runner)
+            except scanning.ScanCommandError as e:
+                raise UserError(str(e)) from None
     except SettingsError as e:
         print(f"error: {e}", file=err)
         return EXIT_USER_ERROR

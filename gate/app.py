@@ -1,23 +1,29 @@
 """The gate's decisions, as a WSGI application in front of the local registry.
 
-GET or HEAD of `/v2/<repo>/manifests/<ref>` where <repo> is protected (gate/config.py):
+GET or HEAD of `/v2/<repo>/manifests/<ref>` where <repo> is gated (gate/config.py: a namespace covering it
+requires a signature, or blocks on scan reports):
   1. the request goes to the registry ONCE, with the client's own Authorization and Accept headers; an
      answer other than 200 (401 with the registry's challenge, 404...) goes back unchanged;
   2. the digest served is computed, not trusted: for GET, the sha256 of the exact bytes the registry
      returned (a digest reference must equal it, else 502 and nothing served); for HEAD, the registry's
      Docker-Content-Digest;
-  3. that digest is checked (signing/verify.py): the `sha256-<hex>.sig` manifest and its payload blobs
-     are read from the registry with the client's own Authorization (blob redirects to the CDN are
-     followed without it). A valid signature is remembered per (repository, digest) for
+  3. where a signature is required, that digest is checked (signing/verify.py): the `sha256-<hex>.sig`
+     manifest and its payload blobs are read from the registry with the client's own Authorization (blob
+     redirects to the CDN are followed without it). A valid signature is remembered per (repository, digest) for
      `cache_seconds` (bounded, oldest out first); a missing or invalid one is never remembered;
-  4. valid: the registry's answer is served, byte for byte (GET: the bytes just checked, so a tag moved
-     meanwhile cannot slip another manifest in). Otherwise 403 with an OCI error
-     `{"errors":[{"code":"DENIED","message":"<repo>@<digest>: no valid signature ...","detail":{...}}]}`
-     (also when the registry refuses the client's token for the `.sig` reads). When the signatures
-     cannot be read for another reason (the registry or the CDN failing), 503 UNAVAILABLE: retryable,
-     and nothing served either way.
+  4. where a covering namespace blocks on scans, the digest's newest scan report (gate/reports.py, cached
+     for at most `reports.cache_seconds`) is judged by gate/scan.py: findings at or above the threshold
+     that no unexpired allow-list entry excuses, no report under `unscanned: deny`, or a corrupt report
+     refuse it;
+  5. nothing refused: the registry's answer is served, byte for byte (GET: the bytes just checked, so a
+     tag moved meanwhile cannot slip another manifest in). Otherwise 403 with an OCI error
+     `{"errors":[{"code":"DENIED","message":"<repo>@<digest>: <reason>; <reason>","detail":{...}}]}` listing
+     every reason (no valid signature, also when the registry refuses the client's token for the `.sig`
+     reads; `vulnerabilities at or above HIGH: CRITICAL CVE-..., ... (n more)`; `not scanned yet`; an
+     unreadable report). When the signatures or the reports cannot be read for another reason (the
+     registry, the CDN or S3 failing), 503 UNAVAILABLE: retryable, and nothing served either way.
   A cosign signature manifest itself (an image manifest whose every layer is a simple-signing payload:
-  nothing to run) is served unsigned: verifiers (cosign, policy-controller, Kyverno) must read it.
+  nothing to run) is served unsigned and unscanned: verifiers (cosign, policy-controller, Kyverno) must read it.
 Malformed names or references get 400 before anything reaches the registry. Other paths, methods and
 unprotected repositories pass through unchanged (the load balancer sends only protected manifest
 reads here). Every refusal writes one JSON line to the `registry_fleet.gate.audit` logger.
@@ -26,6 +32,7 @@ reads here). Every refusal writes one JSON line to the `registry_fleet.gate.audi
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import logging
 import re
@@ -39,6 +46,8 @@ from typing import Any
 import urllib3
 
 from gate.config import GateConfig
+from gate.reports import ReportStore, ReportsUnavailable
+from gate.scan import Refusal, reads_reports, scan_refusals
 from signing.cosign import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
@@ -72,6 +81,10 @@ STATUS_TEXT = {
 }  # fmt: skip
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 class VerifiedCache:
@@ -144,8 +157,21 @@ def _forwarded_for(environ: dict[str, Any]) -> str:
 class Gate:
     """One per worker process: a keep-alive pool to the registry, the keys, the cache."""
 
-    def __init__(self, config: GateConfig, pool_size: int = 16, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: GateConfig,
+        pool_size: int = 16,
+        now: Callable[[], float] = time.monotonic,
+        clock: Callable[[], datetime.datetime] = utc_now,
+        reports: ReportStore | None = None,
+    ) -> None:
+        """`now` (monotonic, for caches) and `clock` (UTC, for allow-list expiry) are for tests to fix;
+        `reports`: a store to read scan reports from (default: the config's bucket, when it has one)."""
         self.config = config
+        self.clock = clock
+        if reports is None and config.reports is not None:
+            reports = ReportStore.from_config(config.reports)
+        self.reports = reports
         self.keys: list[PublicKey] = config.keys()
         self.transport = Transport(
             config.upstream,
@@ -219,22 +245,49 @@ class Gate:
             log.error("upstream served %s for %s@%s", digest, name, reference)
             return oci_error(502, "UNAVAILABLE", "the registry served another digest than the one asked for")
         served = self._headers(resp.headers, resp.body, method, digest)
-        if (name, digest) in self.cache or (method == "GET" and is_signature_manifest(resp.body)):
+        if method == "GET" and is_signature_manifest(resp.body):
             return Answer(200, served, resp.body)
-        authorization = environ.get("HTTP_AUTHORIZATION")
-        try:
-            result = self.verify(name, digest, authorization)
-        except Unauthorized as err:
-            return self.refuse(environ, name, digest, "unverifiable", f"its signatures could not be read ({err})")
-        except (urllib3.exceptions.HTTPError, OSError, RegistryError) as err:
-            log.error("verifying %s@%s: %s", name, digest, err)
-            return oci_error(503, "UNAVAILABLE", f"{name}@{digest}: its signatures could not be read now; try again")
-        if result.valid:
-            self.cache.add((name, digest))
+        policies = self.config.policies(name)
+        refusals: list[Refusal] = []
+        if any(p.require_signed for p in policies) and (name, digest) not in self.cache:
+            authorization = environ.get("HTTP_AUTHORIZATION")
+            try:
+                result = self.verify(name, digest, authorization)
+            except Unauthorized as err:
+                refusals.append(
+                    Refusal("unverifiable", self.unsigned(f"unverifiable: its signatures could not be read ({err})"))
+                )
+            except (urllib3.exceptions.HTTPError, OSError, RegistryError) as err:
+                log.error("verifying %s@%s: %s", name, digest, err)
+                return oci_error(
+                    503, "UNAVAILABLE", f"{name}@{digest}: its signatures could not be read now; try again"
+                )
+            else:
+                if result.valid:
+                    self.cache.add((name, digest))
+                else:
+                    reason = result.reason or NO_SIGNATURE
+                    refusals.append(Refusal(reason, self.unsigned(f"{reason}: {result.explanation}")))
+        if reads_reports(policies):
+            if self.reports is None:  # the config refuses this; kept closed anyway
+                return oci_error(503, "UNAVAILABLE", f"{name}@{digest}: the gate has no scan reports to read")
+            try:
+                report = self.reports.latest(digest)
+            except ReportsUnavailable as err:
+                log.error("scan report of %s@%s: %s", name, digest, err)
+                return oci_error(
+                    503, "UNAVAILABLE", f"{name}@{digest}: its scan report could not be read now; try again"
+                )
+            refusals += scan_refusals(policies, report, self.clock())
+        if not refusals:
             return Answer(200, served, resp.body)
         if method == "HEAD" and is_signature_manifest(self._body(path, headers, digest) or b""):
             return Answer(200, served, resp.body)
-        return self.refuse(environ, name, digest, result.reason or NO_SIGNATURE, result.explanation)
+        return self.refuse(environ, name, digest, refusals)
+
+    @staticmethod
+    def unsigned(why: str) -> str:
+        return f"no valid signature by this registry's signing key ({why})"
 
     def verify(self, name: str, digest: str, authorization: str | None) -> Result:
         client = RegistryClient(self.transport, fixed_authorization=True, authorization=authorization)
@@ -263,21 +316,25 @@ class Gate:
             return None
         return resp.body if resp.status == 200 and sha256_digest(resp.body) == digest else None
 
-    def refuse(self, environ: dict[str, Any], name: str, digest: str, reason: str, message: str) -> Answer:
+    def refuse(self, environ: dict[str, Any], name: str, digest: str, refusals: list[Refusal]) -> Answer:
+        """403 DENIED naming the digest and every reason; one audit line with the same."""
+        codes = [r.code for r in refusals]
+        text = f"{name}@{digest}: " + "; ".join(r.message for r in refusals)
         audit_log.info(
             json.dumps(
                 {
                     "event": "pull_refused",
                     "repository": name,
                     "digest": digest,
-                    "reason": reason,
+                    "reason": codes[0],
+                    "reasons": codes,
                     "client": _client(environ),
-                    "message": message,
+                    "message": text,
                 }
             )
         )
-        text = f"{name}@{digest}: no valid signature by this registry's signing key ({reason}: {message})"
-        return oci_error(403, "DENIED", text, {"repository": name, "digest": digest, "reason": reason})
+        detail = {"repository": name, "digest": digest, "reason": codes[0], "reasons": codes}
+        return oci_error(403, "DENIED", text, detail)
 
     @staticmethod
     def _headers(upstream: Any, body: bytes, method: str, digest: str | None = None) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = server_parser("python -m gate", "The registry's pull-time signature gate.")
+    parser = server_parser("python -m gate", "The registry's pull-time gate: signatures and scan reports.")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
     parser.add_argument("--threads", type=int, default=16, help="threads per worker (default 16)")
     return parser.parse_args(argv)

@@ -44,6 +44,7 @@ from host.artifact import build_artifact
 from host.contract import HOST_INTERNAL_NAME
 from host.scan_config import MIRROR_ROBOT, SCAN_ROBOTS, SCANNER_ROBOT
 from host.scanner_host import REGISTRY_HOST_ROLE, ROLE_TAG
+from infra.gate_spec import gate_policies
 from infra.retention import retention_policy_json
 from infra.secrets import AccessSecrets
 from infra.settings import Settings, protected_namespaces
@@ -76,7 +77,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
     # Before anything is registered: a config the service would refuse, or no artifact, stops here.
     token_spec = token_service_spec(s, secrets, lb_cidrs, lockout_table_name(prefix))  # None in htpasswd mode
     token_mode = token_spec is not None
-    # The namespaces whose pulls need a signature: the gate runs only where there is one (token mode).
+    # The namespaces whose pulls need a signature or a scan: the gate runs only where there is one (token mode).
     gated = protected_namespaces(s)
     artifact = build_artifact() if token_mode else None
 
@@ -320,6 +321,7 @@ def build(settings: Settings, secrets: AccessSecrets) -> dict[str, Any]:
                     namespaces=gated,
                     public_key_pem=signing.public_key_pem,
                     target_group_arn=lb.gate_target_group_arn,
+                    policies=gate_policies(s),
                 )
                 if gated and lb.gate_target_group_arn is not None
                 else None

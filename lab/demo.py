@@ -71,10 +71,14 @@ class SignedPullResult:
 
 
 def demo_protected_repository(state: LabState) -> str | None:
-    """`<ns>/sample` in the first protected namespace the demo account may push to (its namespace or under
-    it); None when the lab protects none of those."""
+    """`<ns>/sample` in the first namespace requiring signatures the demo account may push to (its namespace or
+    under it); None when the lab protects none of those."""
+    from infra.settings import Settings, signed_namespaces
+
+    settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
+    signed = signed_namespaces(settings)
     for ns in state.signing.get("namespaces", []) if state.signing else []:
-        if ns == state.namespace or ns.startswith(state.namespace + "/"):
+        if ns in signed and (ns == state.namespace or ns.startswith(state.namespace + "/")):
             return f"{ns}/sample"
     return None
 

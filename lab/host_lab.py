@@ -63,6 +63,7 @@ from host.contract import (
     TOKEN_SIGNING_CERT_FILE,
     TOKEN_SIGNING_KEY_FILE,
 )
+from infra.gate_spec import gate_policies
 from infra.settings import Settings, TokenAccess
 from lab import nspawn, supervisor
 from lab.accounts import LabAccount, secret_hashes
@@ -217,7 +218,9 @@ class HostLab:
         gate = None
         if lab.signing:  # the lab made the stack's signing key: the stack protects namespaces
             public_key = Path(lab.signing["public_key_file"]).read_text()
-            gate = FleetGate(tuple(lab.signing["namespaces"]), public_key, target_group_arn="lab")
+            gate = FleetGate(
+                tuple(lab.signing["namespaces"]), public_key, target_group_arn="lab", policies=gate_policies(s)
+            )
         scan_events = None
         if token is not None:
             # The forwarder needs the queue only when events arrive: a queue URL of the stack's shape is enough to

@@ -438,7 +438,7 @@ class Lab:
             public_key = Path(signing["public_key_file"]).read_text()
             for name, port_key in zip(GATES, ("a", "b"), strict=True):
                 config_file = d / f"{name}.yml"
-                config_file.write_text(lab_gate_config(s, ports[port_key], pki.ca_cert, public_key))
+                config_file.write_text(lab_gate_config(s, ports[port_key], pki.ca_cert, public_key, s3_url))
                 gates.append(
                     launch(
                         name,
@@ -447,7 +447,7 @@ class Lab:
                             f"127.0.0.1:{ports[name]}", "--certfile", str(pki.server_cert),
                             "--keyfile", str(pki.server_key),
                         ],
-                        {},
+                        creds,  # the scan reports in the lab's moto S3
                         {"https": ports[name]},
                     )
                 )  # fmt: skip
@@ -734,7 +734,9 @@ class Lab:
                 state.save()
                 for gate, instance in zip(GATES, INSTANCES, strict=True):
                     upstream = state.services[instance]["ports"]["https"]
-                    config = lab_gate_config(settings, upstream, Path(state.ca_file), key_file.read_text())
+                    config = lab_gate_config(
+                        settings, upstream, Path(state.ca_file), key_file.read_text(), state.s3_endpoint
+                    )
                     (Path(state.state_dir) / f"{gate}.yml").write_text(config)
                     Lab.restart(state_dir, gate)
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from auth.ldap import LdapSettings
 from host.contract import TOKEN_PATH
-from host.gate_config import dump_gate_config, gate_config
+from host.gate_config import ReportsLocation, dump_gate_config, gate_config
 from host.registry_config import CloudFrontSettings, NotificationEndpoint, RegistryConfig, TokenAuth
 from host.token_config import render_token_service_config
+from infra.gate_spec import gate_policies
 from infra.secrets import AccessSecrets
-from infra.settings import DirectorySettings, Settings, TokenAccess, protected_namespaces
+from infra.settings import DirectorySettings, Settings, TokenAccess
 from infra.token_service import token_service_spec
 from lab.slapd import SlapdHandle
 
@@ -147,14 +148,19 @@ def lab_token_service_config(
     )
 
 
-def lab_gate_config(settings: Settings, upstream_port: int, ca_file: Path, public_key_pem: str) -> str:
+def lab_gate_config(
+    settings: Settings, upstream_port: int, ca_file: Path, public_key_pem: str, s3_endpoint: str
+) -> str:
     """A lab gate's config file, rendered as the fleet renders a host's (host/gate_config.py: the stack's
-    protected namespaces, the stack's public key, the cache); only where its registry is differs: the lab
-    instance on `upstream_port`, verified with the lab CA under the lab certificate's name `localhost`."""
-    data = gate_config(protected_namespaces(settings), [public_key_pem])
+    protected namespaces and their policies, the stack's public key, the cache); only where its registry and
+    its reports are differ: the lab instance on `upstream_port`, verified with the lab CA under the lab
+    certificate's name `localhost`, and the lab bucket in the lab's moto S3 (`s3_endpoint`, the lab CA)."""
+    data = gate_config(gate_policies(settings), [public_key_pem], reports=ReportsLocation(LAB_BUCKET, settings.region))
     data.update(
         upstream=f"https://127.0.0.1:{upstream_port}", upstream_ca_file=str(ca_file), upstream_server_name="localhost"
     )
+    if "reports" in data:
+        data["reports"].update(endpoint_url=s3_endpoint, ca_bundle=str(ca_file))
     return dump_gate_config(data)
 
 

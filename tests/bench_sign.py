@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fleet.signing import lab_target, sign  # noqa: E402
-from infra.settings import load_stack_settings, protected_namespaces  # noqa: E402
+from infra.settings import load_stack_settings, signed_namespaces  # noqa: E402
 from lab.accounts import registry_token  # noqa: E402
 from lab.image import build_image  # noqa: E402
 from lab.lab import Lab, LabState  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=100, help="image size for push/pull")
     args = parser.parse_args()
     settings = load_stack_settings(args.stack)
-    namespaces = protected_namespaces(settings)
+    namespaces = signed_namespaces(settings)
     if not namespaces:
         raise SystemExit(f"stack {args.stack} protects no namespace: no gate to measure")
     print(f"machine: {os.cpu_count()} CPUs, load average {load()} (1, 5, 15 min) before the lab starts")

@@ -29,12 +29,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet import cli
 from fleet.signing import lab_target
 from gate.config import load_config
-from host.gate_config import gate_config
+from host.gate_config import ReportsLocation, gate_config
+from infra.gate_spec import gate_policies
 from lab import supervisor
 from lab.accounts import registry_token
 from lab.debian_tools import foreign_program
 from lab.image import build_image, skopeo_digest
 from lab.lab import GATES, INSTANCES, Lab, LabState
+from lab.overrides import LAB_BUCKET
 from signing import cosign
 from signing.kms import KmsSigner
 from tests.helpers import settings_with
@@ -147,7 +149,7 @@ def registry_addresses(lab: LabState) -> set[str]:
 def test_status_names_the_signing_key_and_the_gates_are_healthy(lab: LabState) -> None:
     status = Lab.status(Path(lab.state_dir))
     signing = status["signing"]
-    assert signing["protectedNamespaces"] == [PROTECTED]
+    assert signing["protectedNamespaces"] == [PROTECTED, "team-a/scanned"]  # signed, and scan-blocking
     assert signing["alias"] == "alias/registry-fleet-dev-signing" and signing["keyId"].startswith("arn:aws:kms:")
     key_file = Path(signing["publicKeyFile"])
     assert key_file.stat().st_mode & 0o777 == 0o644
@@ -160,11 +162,16 @@ def test_status_names_the_signing_key_and_the_gates_are_healthy(lab: LabState) -
 
 def test_each_gate_has_the_fleets_config_with_its_own_instance_as_upstream(lab: LabState) -> None:
     public_key = Path(lab.signing["public_key_file"]).read_text()
-    fleet_config = gate_config([PROTECTED], [public_key])
+    settings = settings_with("dev", {})
+    reports = ReportsLocation(LAB_BUCKET, settings.region)
+    fleet_config = gate_config(gate_policies(settings), [public_key], reports=reports)
     for gate, instance in zip(GATES, INSTANCES, strict=True):
         path = Path(lab.state_dir) / f"{gate}.yml"
         config = yaml.safe_load(path.read_text())
-        departures = {"upstream", "upstream_ca_file", "upstream_server_name"}
+        # The lab's reports live in its moto S3: the endpoint and its CA are the lab's own.
+        assert config["reports"] == {**fleet_config["reports"], "endpoint_url": lab.s3_endpoint,
+                                     "ca_bundle": lab.ca_file}  # fmt: skip
+        departures = {"upstream", "upstream_ca_file", "upstream_server_name", "reports"}
         assert {k: v for k, v in config.items() if k not in departures} == {
             k: v for k, v in fleet_config.items() if k not in departures
         }

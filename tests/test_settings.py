@@ -19,6 +19,7 @@ from infra.settings import (
     project_defaults,
     protected_namespaces,
     settings_from_config,
+    signed_namespaces,
     stack_overrides,
 )
 from tests.helpers import STACKS, settings_with, stack_config
@@ -591,8 +592,11 @@ def test_protected_namespaces_are_the_sorted_require_signed_ones() -> None:
         {"access": {"pullPolicies": {"team-b": {"requireSigned": True}, "base": {"requireSigned": True},
                                      "team-a": {"requireSigned": False}}}},
     )  # fmt: skip
-    assert protected_namespaces(settings) == ("base", "team-a/release", "team-b")  # dev's own: team-a/release
-    assert protected_namespaces(settings_with("dev", {})) == ("team-a/release",)
+    # dev's own: team-a/release (signed) and team-a/scanned (blockSeverity: the gate sees it too)
+    assert protected_namespaces(settings) == ("base", "team-a/release", "team-a/scanned", "team-b")
+    assert protected_namespaces(settings_with("dev", {})) == ("team-a/release", "team-a/scanned")
+    assert signed_namespaces(settings) == ("base", "team-a/release", "team-b")
+    assert signed_namespaces(settings_with("dev", {})) == ("team-a/release",)
     assert protected_namespaces(settings_with("prod", {})) == ("base",)
     assert protected_namespaces(settings_with("payments-prod", {})) == ("payments",)
     htpasswd = settings_from_config("dev", {**stack_config("dev"), "access": {"mode": "htpasswd"}})
@@ -607,7 +611,7 @@ def test_a_pull_policy_names_a_namespace_some_team_owns() -> None:
     # Under a team's namespace is fine.
     assert protected_namespaces(
         settings_with("dev", {"access": {"pullPolicies": {"team-a/ci": {"requireSigned": True}}}})
-    ) == ("team-a/ci", "team-a/release")
+    ) == ("team-a/ci", "team-a/release", "team-a/scanned")
 
 
 def test_a_pull_policy_cannot_lift_a_parents_protection() -> None:
@@ -634,10 +638,11 @@ def test_pull_policies_exist_in_token_mode_only() -> None:
 
 def test_at_most_forty_namespaces_are_protected() -> None:
     teams = {"many": {"namespaces": ["many"]}}
-    policies = {f"many/n{i:02d}": {"requireSigned": True} for i in range(40)}  # and dev's team-a/release
+    policies = {f"many/n{i:02d}": {"requireSigned": True} for i in range(39)}  # and dev's team-a/release, /scanned
     found = problems("dev", {"access": {"teams": teams, "pullPolicies": policies}})
     assert (
         len(found) == 1
         and found[0].startswith("access.pullPolicies: [")
         and "protects 41 namespaces; at most 40" in found[0]
+        and "team-a/scanned" in found[0]  # a scan-blocking namespace takes a listener rule too
     )

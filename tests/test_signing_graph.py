@@ -25,7 +25,15 @@ from components.loadbalancer import ODD_PATH_REGEX, gate_routes, gate_rule_prior
 from components.signing import ADMIN_ACTIONS, signing_key_policy
 from fleet.engine import ACCOUNT_ID, Recording, record
 from host.contract import GATE_CONFIG_FILE, GATE_HEALTH_PATH, GATE_PORT, GATE_UNIT
-from infra.settings import PROJECT, Settings, load_stack_settings, protected_namespaces, settings_from_config
+from infra.gate_spec import gate_policies
+from infra.settings import (
+    PROJECT,
+    Settings,
+    load_stack_settings,
+    protected_namespaces,
+    settings_from_config,
+    signed_namespaces,
+)
 from policy.graph import Res, unwrap, user_data_text
 from policy.rules.signing import sign_policy_problems
 from tests.helpers import STACKS, recording, stack_config
@@ -162,7 +170,10 @@ def test_the_hosts_gate_config_holds_the_stacks_public_key_and_protected_namespa
     rec, s = recording(stack), load_stack_settings(stack)
     config = yaml.safe_load(written(rec)[GATE_CONFIG_FILE])
     assert config["public_keys"] == [rec.outputs["signingPublicKeyPem"]]
-    assert config["namespaces"] == {ns: {"require_signed": True} for ns in protected_namespaces(s)}
+    assert config["namespaces"] == {ns: p.entry() for ns, p in gate_policies(s).items()}
+    assert set(config["namespaces"]) == set(protected_namespaces(s))
+    signed = {ns for ns, entry in config["namespaces"].items() if entry.get("require_signed")}
+    assert signed == set(signed_namespaces(s))
     assert config["upstream"] == "https://127.0.0.1:5000"
     assert ["systemctl", "enable", "--now", GATE_UNIT] in cloud_init(rec)["runcmd"]
 

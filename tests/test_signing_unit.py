@@ -28,6 +28,7 @@ from moto import mock_aws
 from fleet import cli
 from gate.app import Gate, VerifiedCache
 from gate.config import ConfigError, parse_config
+from gate.scan import Refusal
 from signing import cosign
 from signing.kms import KmsSigner, SigningError
 from signing.references import ImageReferenceError, parse_image
@@ -769,7 +770,7 @@ def test_the_gates_refusal_names_the_digest_a_signer_needs(tmp_path: Path) -> No
 
     digest = "sha256:" + "b" * 64
     gate = Gate(parse_config(gate_config(), tmp_path))
-    refusal = gate.refuse({"REMOTE_ADDR": "127.0.0.1"}, "team-a/app", digest, "no-signature", "none")
+    refusal = gate.refuse({"REMOTE_ADDR": "127.0.0.1"}, "team-a/app", digest, [Refusal("no-signature", "none")])
     answer = Response(refusal.status, {}, refusal.body)
     assert gate_refusal(answer, "team-a/app") == digest
     # Anything else is no refusal by the gate: another repository's, the registry's own DENIED, a 401.

@@ -185,7 +185,7 @@ def test_workflow_tokens_are_read_only_by_default() -> None:
 
 def test_deploy_jobs_run_one_at_a_time_per_stack() -> None:
     deploy = jobs(WORKFLOWS / "deploy.yml")
-    assert set(deploy) == {"dev", "promote", "test", "sign"}
+    assert set(deploy) == {"dev", "promote", "test", "sign", "gate"}
     assert deploy["dev"]["concurrency"] == {"group": "deploy-dev", "cancel-in-progress": False}
     assert deploy["promote"]["concurrency"] == {
         "group": "deploy-${{ inputs.stack || inputs.environment }}",
@@ -342,14 +342,59 @@ def test_sign_step_signs_each_image_with_the_target_stack(checkout: Path) -> Non
     check, sign = sign_steps()
     digest = "registry.example.com/base/debian@sha256:" + "c" * 64
     env = env_for(
-        checkout, ENVIRONMENT="prod", STACK="payments-prod", IMAGES=f"{digest}  registry.example.com/base/x:1"
+        checkout,
+        ENVIRONMENT="prod",
+        STACK="payments-prod",
+        IMAGES=f"{digest}  registry.example.com/base/x:1",
+        REGISTRY_USERNAME="ci-robot",
     )
     assert run_step(check, checkout, env).returncode == 0
     result = run_step(sign, checkout, env)
     assert result.returncode == 0, result.stderr
     args = [line.removeprefix("arg:") for line in logged(checkout)]
-    assert args == ["-m", "fleet", "sign", "payments-prod", digest, "-m", "fleet", "sign", "payments-prod",
-                    "registry.example.com/base/x:1"]  # fmt: skip
+    robot = ["--username", "ci-robot"]
+    assert args == ["-m", "fleet", "sign", "payments-prod", digest, *robot,
+                    "-m", "fleet", "sign", "payments-prod", "registry.example.com/base/x:1", *robot]  # fmt: skip
+
+
+def test_gate_job_runs_fleet_gate_on_every_signed_image_before_it_counts_as_moved() -> None:
+    deploy = jobs(WORKFLOWS / "deploy.yml")
+    gate = deploy["gate"]
+    assert gate["needs"] == "sign" and gate["if"] == deploy["sign"]["if"]
+    assert gate["environment"] == "${{ inputs.environment }}"
+    (configure,) = uses(gate, "aws-actions/configure-aws-credentials")
+    assert configure["with"]["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"  # outputs and reports
+    assert "AWS_SIGNER_ROLE_ARN" not in json.dumps(gate)  # the gate signs nothing
+    assert "python -m fleet gate" in str(steps(gate)[-1]["run"])
+
+
+def gate_step() -> str:
+    return str(steps(jobs(WORKFLOWS / "deploy.yml")["gate"])[-1]["run"])
+
+
+def test_gate_step_checks_each_image_against_the_target_stack(checkout: Path) -> None:
+    digest = "registry.example.com/base/debian@sha256:" + "c" * 64
+    env = env_for(checkout, ENVIRONMENT="prod", STACK="", IMAGES=f"{digest} registry.example.com/base/x:1",
+                  REGISTRY_USERNAME="ci-robot")  # fmt: skip
+    result = run_step(gate_step(), checkout, env)
+    assert result.returncode == 0, result.stderr
+    args = [line.removeprefix("arg:") for line in logged(checkout) if line.startswith("arg:")]
+    robot = ["--username", "ci-robot"]
+    assert args == ["-m", "fleet", "gate", "prod", digest, *robot,
+                    "-m", "fleet", "gate", "prod", "registry.example.com/base/x:1", *robot]  # fmt: skip
+    assert "pulumi login s3://state" in logged(checkout)
+
+
+def test_gate_step_fails_when_any_image_is_refused_and_still_checks_the_rest(checkout: Path) -> None:
+    """The broken twin: `fleet gate` exits 1 for the first image; the step fails after checking both."""
+    python = checkout / ".venv" / "bin" / "python"
+    python.write_text('#!/bin/bash\nfor a in "$@"; do echo "arg:$a" >> "$LOG"; done\n[[ "$5" != *bad* ]]\n')
+    env = env_for(checkout, ENVIRONMENT="staging", STACK="", IMAGES="r.example.com/a/bad:1 r.example.com/a/good:1",
+                  REGISTRY_USERNAME="ci-robot")  # fmt: skip
+    result = run_step(gate_step(), checkout, env)
+    assert result.returncode == 1
+    assert "r.example.com/a/bad:1 may not move to staging" in result.stdout
+    assert "arg:r.example.com/a/good:1" in logged(checkout)
 
 
 @pytest.mark.parametrize("image", ["registry.example.com/base/x", "Registry.example.com/base/x:1", "x;rm -rf /:1"])

@@ -54,6 +54,7 @@ from infra.settings.model import (
     Waiver,
     protected_namespaces,
     role_arn_problem,
+    signed_namespaces,
 )
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "protected_namespaces",
     "role_arn_problem",
     "settings_from_config",
+    "signed_namespaces",
     "stack_file",
     "stack_overrides",
 ]

@@ -20,6 +20,7 @@ from infra.settings.model import (
     TokenAccess,
     role_account,
 )
+from scanner.report import SEVERITIES
 
 
 def cross_field_problems(s: Settings) -> list[Problem]:
@@ -141,18 +142,21 @@ def _retention_problems(s: Settings) -> list[Problem]:
 
 def _pull_policy_problems(a: TokenAccess) -> list[Problem]:
     """Each pullPolicies namespace is a team's or under one; a policy under a protected namespace cannot
-    lift its protection; at most MAX_PROTECTED_NAMESPACES are protected (a listener rule each)."""
+    lift its protection (every covering policy applies: a weaker value under a stronger one has no effect);
+    an allow-list needs a threshold and names each id once; at most MAX_PROTECTED_NAMESPACES are protected
+    (a listener rule each)."""
     out: list[Problem] = []
     owned = [ns for team in a.teams.values() for ns in team.namespaces]
-    protected = [ns for ns, policy in a.pull_policies.items() if policy.require_signed]
+    protected = [ns for ns, policy in a.pull_policies.items() if policy.gated]
     for ns, policy in a.pull_policies.items():
         key = f"access.pullPolicies.{ns}"
         if not any(ns == team_ns or covers(team_ns, ns) for team_ns in owned):
             out.append(
                 Problem(key, ns, "is not owned by any team (a pull policy names a team namespace or one under it)")
             )
-        if not policy.require_signed:
-            above = [p for p in protected if covers(p, ns)]
+        parents = [(p, a.pull_policies[p]) for p in a.pull_policies if p != ns and covers(p, ns)]
+        if not policy.require_signed and "require_signed" in policy.model_fields_set:
+            above = [p for p, pp in parents if pp.require_signed]
             if above:
                 out.append(
                     Problem(
@@ -161,6 +165,45 @@ def _pull_policy_problems(a: TokenAccess) -> list[Problem]:
                         f"has no effect: {ns} lies under the protected namespace {above[0]}, which covers it",
                     )
                 )
+        if policy.unscanned == "allow":
+            denying = [p for p, pp in parents if pp.effective_unscanned == "deny"]
+            if denying:
+                out.append(
+                    Problem(
+                        f"{key}.unscanned",
+                        "allow",
+                        f"has no effect: {ns} lies under {denying[0]}, which denies unscanned images and covers it",
+                    )
+                )
+        if policy.block_severity is not None:
+            stricter = [
+                (p, pp.block_severity)
+                for p, pp in parents
+                if pp.block_severity is not None
+                and SEVERITIES.index(pp.block_severity) < SEVERITIES.index(policy.block_severity)
+            ]
+            if stricter:
+                out.append(
+                    Problem(
+                        f"{key}.blockSeverity",
+                        policy.block_severity,
+                        f"has no effect: {ns} lies under {stricter[0][0]}, which blocks from {stricter[0][1]} "
+                        "and covers it",
+                    )
+                )
+        if policy.allow_vulnerabilities and policy.block_severity is None:
+            out.append(
+                Problem(
+                    f"{key}.allowVulnerabilities",
+                    [v.id for v in policy.allow_vulnerabilities],
+                    "has no effect without blockSeverity: set the threshold the entries are exceptions to",
+                )
+            )
+        seen: set[str] = set()
+        for i, entry in enumerate(policy.allow_vulnerabilities):
+            if entry.id in seen:
+                out.append(Problem(f"{key}.allowVulnerabilities[{i}].id", entry.id, "is listed twice"))
+            seen.add(entry.id)
     if len(protected) > MAX_PROTECTED_NAMESPACES:
         out.append(
             Problem(

@@ -35,6 +35,7 @@ from auth.access import AccessRule, Action, Team
 from auth.ldap import DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER, LdapSettings
 from auth.refresh import RefreshTokenSettings
 from host.contract import DEBIAN_SUITES
+from scanner.report import CVE_ID
 
 # ALB security policies that allow TLS 1.2 and 1.3 only (no TLS 1.0/1.1, no CBC-only suites).
 TLS_POLICIES = (
@@ -71,6 +72,9 @@ ROLE_ARN = re.compile(
 # The load balancer sends each protected namespace's manifest requests to the gate with a listener rule;
 # a listener holds at most 100 rules (the token route, the gate's odd-path rule and the rest share them).
 MAX_PROTECTED_NAMESPACES = 40
+# An allow-list entry (access.pullPolicies.*.allowVulnerabilities) ends at most this many days ahead: a
+# vulnerability is excused while it is fixed, not forever.
+MAX_ALLOW_DAYS = 365
 
 
 def _rule(message: str) -> PydanticCustomError:
@@ -601,8 +605,41 @@ class TokenSigningSettings(SettingsModel):
         return v
 
 
+class AllowedVulnerability(SettingsModel):
+    """A vulnerability a namespace accepts for a while: it does not count against `blockSeverity`."""
+
+    id: str = Field(description="The vulnerability id as the scan report names it (`CVE-2024-1234`, `GHSA-...`).")
+    reason: str = Field(description="Why it is accepted and what ends it (at least 10 characters).")
+    expires: datetime.date = Field(
+        description=f"The last day (UTC) the entry counts; from the next day the finding blocks again. At most "
+        f"{MAX_ALLOW_DAYS} days ahead; `python -m fleet audit` fails on an expired entry (remove it)."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not CVE_ID.match(v):
+            raise _rule("not a vulnerability id like CVE-2024-1234 (the id the scan report names)")
+        return v
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        if len(v) < 10:
+            raise _rule("say why the vulnerability is accepted and what ends it (at least 10 characters)")
+        return v
+
+    @field_validator("expires")
+    @classmethod
+    def _expires(cls, v: datetime.date) -> datetime.date:
+        today = datetime.datetime.now(datetime.UTC).date()
+        if v > today + datetime.timedelta(days=MAX_ALLOW_DAYS):
+            raise _rule(f"is more than {MAX_ALLOW_DAYS} days ahead: accept a vulnerability for a year at most")
+        return v
+
+
 class PullPolicy(SettingsModel):
-    """What a pull in one namespace needs (issue 14 adds vulnerability keys to the same object)."""
+    """What a pull in one namespace needs: a signature, a scan under a severity, or both."""
 
     require_signed: bool = Field(
         default=False,
@@ -610,6 +647,39 @@ class PullPolicy(SettingsModel):
         "carries a valid signature by the stack's signing key (the gate on every host checks it); other "
         "clients get `DENIED`.",
     )
+    block_severity: Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"] | None = Field(
+        default=None,
+        description="A manifest GET/HEAD of a digest whose newest scan report has a finding at or above this "
+        "severity (one of UNKNOWN, LOW, MEDIUM, HIGH, CRITICAL) is refused with `DENIED` naming the highest "
+        "severity and up to five ids, unless `allowVulnerabilities` excuses it. `null`: no blocking.",
+    )
+    unscanned: Literal["allow", "deny"] | None = Field(
+        default=None,
+        description="A digest the scanner has not reported on yet: `deny` refuses it (`not scanned yet`), `allow` "
+        "serves it. Default: `deny` where `blockSeverity` is set (a pull right after the push must not skip the "
+        "scan), else `allow`.",
+    )
+    allow_vulnerabilities: tuple[AllowedVulnerability, ...] = Field(
+        default=(),
+        description="`[{id, reason, expires}]`: findings that do not count against `blockSeverity` through "
+        f"`expires` (UTC), at most {MAX_ALLOW_DAYS} days ahead. Needs `blockSeverity`.",
+    )
+
+    @property
+    def effective_unscanned(self) -> Literal["allow", "deny"]:
+        if self.unscanned is not None:
+            return self.unscanned
+        return "deny" if self.block_severity is not None else "allow"
+
+    @property
+    def reads_reports(self) -> bool:
+        """True when a pull depends on the digest's scan report (blockSeverity, or unscanned deny)."""
+        return self.block_severity is not None or self.effective_unscanned == "deny"
+
+    @property
+    def gated(self) -> bool:
+        """True when the gate must see the namespace's manifest reads."""
+        return self.require_signed or self.reads_reports
 
 
 class TokenAccess(SettingsModel):
@@ -670,9 +740,10 @@ class TokenAccess(SettingsModel):
     )
     pull_policies: dict[str, PullPolicy] = Field(
         default_factory=dict,
-        description="`{NAMESPACE: {requireSigned: true}}`: what a pull needs, per namespace. A namespace is a team's "
-        "namespace or under one, and covers everything under it (`payments` covers `payments/app`). Protected "
-        "namespaces (`requireSigned: true`) run the gate on every host; at most "
+        description="`{NAMESPACE: {requireSigned: true, blockSeverity: HIGH, unscanned: deny, allowVulnerabilities: "
+        "[...]}}`: what a pull needs, per namespace. A namespace is a team's namespace or under one, and covers "
+        "everything under it (`payments` covers `payments/app`); every policy covering a repository applies. "
+        "Protected namespaces (a signature or a scan report required) run the gate on every host; at most "
         f"{MAX_PROTECTED_NAMESPACES} of them.",
     )
     pip_index_url: str = Field(
@@ -1057,8 +1128,18 @@ class Settings(SettingsModel):
 
 
 def protected_namespaces(settings: Settings) -> tuple[str, ...]:
-    """The namespaces whose pulls need a signature (`access.pullPolicies.*.requireSigned`), sorted; none in
-    htpasswd mode."""
+    """The namespaces the gate must see, sorted: their pulls need a signature (`requireSigned`) or a scan
+    report (`blockSeverity`, or `unscanned: deny`); none in htpasswd mode. The load balancer routes their
+    manifest reads to the gate."""
+    access = settings.access
+    if not isinstance(access, TokenAccess):
+        return ()
+    return tuple(sorted(ns for ns, policy in access.pull_policies.items() if policy.gated))
+
+
+def signed_namespaces(settings: Settings) -> tuple[str, ...]:
+    """The namespaces whose pulls need a signature (`access.pullPolicies.*.requireSigned`), sorted: what
+    consumers' trust policies require signatures for."""
     access = settings.access
     if not isinstance(access, TokenAccess):
         return ()

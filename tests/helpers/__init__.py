@@ -26,7 +26,12 @@ from infra.settings import (
 )
 
 STACKS = available_stacks()
-DEV_PULL_POLICIES = "    pullPolicies:\n      team-a/release: {requireSigned: true}\n"
+DEV_PULL_POLICIES = (
+    "    pullPolicies:\n      team-a/release: {requireSigned: true}\n"
+    "      # Pulls from team-a/scanned are refused for images with a HIGH or CRITICAL finding, and for images\n"
+    "      # not scanned yet (unscanned defaults to deny where blockSeverity is set): docs/scanning.md.\n"
+    "      team-a/scanned: {blockSeverity: HIGH}\n"
+)
 
 
 def stacks_with_unprotected_dev(tmp_path: Path) -> Path:
