@@ -252,4 +252,3 @@ def test_fleet_gate_lab_checks_the_signature_where_the_namespace_requires_it(
     # Unscanned does not matter there (team-a/release reads no reports); in team-a/app nothing is required.
     code, text = fleet(lab, "gate", "team-a/app:vulnerable")
     assert code == 0 and "lies in no protected namespace" in text, text
-
