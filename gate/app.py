@@ -31,6 +31,7 @@ reads here). Every refusal writes one JSON line to the `registry_fleet.gate.audi
 
 from __future__ import annotations
 
+import base64
 import collections
 import datetime
 import json
@@ -142,6 +143,21 @@ def oci_error(status: int, code: str, message: str, detail: dict[str, Any] | Non
     return Answer(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body)
 
 
+def token_subject(authorization: str | None) -> str | None:
+    """The `sub` claim of a `Bearer` JWT, read without verifying it: only for a request the registry has just
+    answered 200 with this very header (the registry verified it). None for anything else."""
+    scheme, _, token = (authorization or "").partition(" ")
+    parts = token.split(".")
+    if scheme.lower() != "bearer" or len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    subject = claims.get("sub") if isinstance(claims, dict) else None
+    return subject if isinstance(subject, str) and subject else None
+
+
 def _client(environ: dict[str, Any]) -> str:
     """Who asked, for the audit line: the load balancer's X-Forwarded-For (it appends the client), else the peer."""
     return str(environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR") or "")
@@ -246,6 +262,13 @@ class Gate:
             return oci_error(502, "UNAVAILABLE", "the registry served another digest than the one asked for")
         served = self._headers(resp.headers, resp.body, method, digest)
         if method == "GET" and is_signature_manifest(resp.body):
+            return Answer(200, served, resp.body)
+        account = token_subject(environ.get("HTTP_AUTHORIZATION"))
+        if account is not None and account in self.config.scanner_accounts:
+            # The registry answered 200 to this very request with this token: it verified the token's signature
+            # and scope, so its subject is the scanner's robot, which must read images nothing has checked yet.
+            audit_log.info(json.dumps({"event": "pull_by_scanner", "repository": name, "digest": digest,
+                                       "account": account, "client": _client(environ)}))  # fmt: skip
             return Answer(200, served, resp.body)
         policies = self.config.policies(name)
         refusals: list[Refusal] = []

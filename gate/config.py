@@ -122,6 +122,9 @@ class GateConfig(_Frozen):
     public_keys: tuple[str, ...] = Field(min_length=1)
     namespaces: dict[str, NamespacePolicy] = Field(default_factory=dict)
     reports: ReportsConfig | None = None
+    # The scanner's robot: it must read an image to scan it, before any report or signature exists, so its
+    # pulls are served without either check (only with a token the registry accepted for that very request).
+    scanner_accounts: tuple[str, ...] = ()
     cache_seconds: float = Field(default=300.0, ge=0, le=86_400)
     cache_entries: int = Field(default=10_000, ge=1, le=10_000_000)
 

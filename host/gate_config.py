@@ -16,6 +16,7 @@ The format is the shared contract of issue 13 (gate/config.py owns the model tha
     namespaces: {NAMESPACE: {require_signed: true, block_severity: HIGH, unscanned: deny,
                              allow_vulnerabilities: [{id: CVE-..., expires: "YYYY-MM-DD"}]}}
     reports: {bucket: BUCKET, region: REGION}      # only when a namespace reads scan reports
+    scanner_accounts: [registry-scanner]           # served unchecked: the scanner reads images before any check
     cache_seconds: 300
 
 Optional keys are written only when set: a namespace that only requires signatures is `{require_signed:
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from host.boot import BlockStyleDumper
 from host.contract import CA_CERT_FILE, GATE_CACHE_SECONDS, HOST_INTERNAL_NAME, REGISTRY_PORT
+from host.scan_config import SCANNER_ROBOT
 
 _PUBLIC_KEY = re.compile(r"^-----BEGIN PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END PUBLIC KEY-----\s*$")
 _NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
@@ -111,6 +113,7 @@ def gate_config(
     public_key_pems: Sequence[str],
     cache_seconds: int = GATE_CACHE_SECONDS,
     reports: ReportsLocation | None = None,
+    scanner_accounts: Sequence[str] = (SCANNER_ROBOT,),
 ) -> dict[str, Any]:
     """The gate's config as a mapping (contract keys). `namespaces`: each namespace's policy, or names only
     (each requires signatures). `reports`: needed when a policy reads scan reports, and written only then.
@@ -151,6 +154,7 @@ def gate_config(
     }
     if reading and reports is not None:
         data["reports"] = {"bucket": reports.bucket, "region": reports.region}
+    data["scanner_accounts"] = list(scanner_accounts)
     data["cache_seconds"] = cache_seconds
     return data
 

@@ -10,7 +10,9 @@ it as `python -m fleet sign STACK IMAGE --lab` does (the lab's KMS key) and show
 
 `scanned_push` pushes a sample whose package database holds a vulnerable openssl (lab/scan_images.py) to
 `<namespace>/vulnerable:1` and waits for the scanner's report (the registry's notification, the queue, the
-worker's Trivy and the fixture database): what `make lab` shows of practice 5.
+worker's Trivy and the fixture database). Where the demo account may push to a namespace with a
+`blockSeverity` (dev: `team-a/scanned`, HIGH), it pushes there and shows skopeo's pull of the image refused
+by the gate (DENIED, naming the digest, HIGH and the CVE): what `make lab` shows of practice 5.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class ScanResult:
     report_uri: str
     highest: str
     findings: list[str]  # "CVE-... SEVERITY package installed -> fixed"
+    refused: str | None = None  # skopeo's error for the pull from a blocking namespace (the gate's DENIED)
 
     def describe(self) -> str:
         lines = [
@@ -131,7 +134,45 @@ class ScanResult:
             f"             highest severity {self.highest}:",
             *(f"               {f}" for f in self.findings),
         ]
+        if self.refused:
+            lines.append(f"             pull refused by the gate: {self.refused}")
         return "\n".join(lines)
+
+
+def demo_blocking_namespace(state: LabState) -> str | None:
+    """The first namespace with a `blockSeverity` the demo account may push to (its namespace or under it);
+    None when the stack blocks none of those (or has no pull policies: htpasswd mode)."""
+    from infra.settings import Settings
+
+    settings = Settings.model_validate_json((Path(state.state_dir) / "settings.json").read_text())
+    policies = getattr(settings.access, "pull_policies", {})
+    for ns, policy in sorted(policies.items()):
+        if policy.block_severity is not None and (ns == state.namespace or ns.startswith(state.namespace + "/")):
+            return str(ns)
+    return None
+
+
+def refused_pull(state: LabState, image: str, must_name: tuple[str, ...], timeout: float = 15.0) -> str:
+    """skopeo's pull of `image` (HOST/REPO:TAG) refused by the gate with a DENIED naming every `must_name`: the
+    refusal. RuntimeError when it is served (after `timeout`: the gates cache a report's absence for 5 s)."""
+    import time
+
+    creds = f"{state.username}:{state.password}"
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryDirectory(prefix="registry-lab-") as tmp:
+        while True:
+            try:
+                skopeo_copy(f"docker://{image}", f"oci:{Path(tmp) / 'pulled'}:1", state.cert_dir, creds)
+            except RuntimeError as err:
+                refused = str(err)
+                if "denied" not in refused.lower() or not all(n in refused for n in must_name):
+                    raise RuntimeError(
+                        f"the pull of {image} failed, but not with the gate's DENIED: {refused}"
+                    ) from None
+                return refused[refused.lower().find("denied") :].strip().rstrip('"')
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{image} has findings at or above its namespace's threshold, yet it was served")
+            time.sleep(1)
 
 
 def scanned_push(state: LabState, tag: str = "1", timeout: float = 120.0) -> ScanResult:
@@ -141,7 +182,8 @@ def scanned_push(state: LabState, tag: str = "1", timeout: float = 120.0) -> Sca
     from scanner.report import latest_key, parse_report
     from signing.registry import RegistryClient, Transport
 
-    repository = f"{state.namespace}/vulnerable"
+    blocking = demo_blocking_namespace(state)
+    repository = f"{blocking or state.namespace}/vulnerable"
     client = RegistryClient(Transport(state.registry_url, ca_file=state.ca_file), (state.username, state.password))
     with tempfile.TemporaryDirectory(prefix="registry-lab-") as tmp:
         layout = Path(tmp) / "vulnerable"
@@ -170,9 +212,11 @@ def scanned_push(state: LabState, tag: str = "1", timeout: float = 120.0) -> Sca
         f"{f.id} {f.severity} {f.package} {f.installed_version} -> {f.fixed_version or 'no fix'}"
         for f in report.findings
     ]
-    # Hook (issue 14, pull-time blocking): the lead adds here the refused pull of this digest from a namespace
-    # with `blockSeverity: HIGH` (the gate's DENIED naming the digest, HIGH and CVE-2099-1001).
+    seconds = time.monotonic() - pushed
+    image = f"{host}/{repository}:{tag}"
+    refused = None
+    if blocking is not None:  # the gate refuses it: the digest, the highest severity and the CVE named
+        refused = refused_pull(state, image, (digest, report.highest_severity, *(f.id for f in report.findings[:1])))
     return ScanResult(
-        f"{host}/{repository}:{tag}", digest, time.monotonic() - pushed, f"s3://{state.bucket}/{key}",
-        report.highest_severity, findings,
+        image, digest, seconds, f"s3://{state.bucket}/{key}", report.highest_severity, findings, refused
     )  # fmt: skip

@@ -22,6 +22,7 @@ from infra.gate_spec import gate_policies
 from infra.secrets import AccessSecrets
 from infra.settings import DirectorySettings, Settings, TokenAccess
 from infra.token_service import token_service_spec
+from lab.scanning import SCANNER_ACCOUNT
 from lab.slapd import SlapdHandle
 
 # Lab-only credentials: moto accepts any; the registry reads them from its environment, as it
@@ -154,8 +155,10 @@ def lab_gate_config(
     """A lab gate's config file, rendered as the fleet renders a host's (host/gate_config.py: the stack's
     protected namespaces and their policies, the stack's public key, the cache); only where its registry and
     its reports are differ: the lab instance on `upstream_port`, verified with the lab CA under the lab
-    certificate's name `localhost`, and the lab bucket in the lab's moto S3 (`s3_endpoint`, the lab CA)."""
-    data = gate_config(gate_policies(settings), [public_key_pem], reports=ReportsLocation(LAB_BUCKET, settings.region))
+    certificate's name `localhost`, the lab bucket in the lab's moto S3 (`s3_endpoint`, the lab CA), and the
+    lab's stand-in for the scanner's robot (lab/scanning.py SCANNER_ACCOUNT)."""
+    reports = ReportsLocation(LAB_BUCKET, settings.region)
+    data = gate_config(gate_policies(settings), [public_key_pem], reports=reports, scanner_accounts=(SCANNER_ACCOUNT,))
     data.update(
         upstream=f"https://127.0.0.1:{upstream_port}", upstream_ca_file=str(ca_file), upstream_server_name="localhost"
     )

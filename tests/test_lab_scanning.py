@@ -37,13 +37,18 @@ from scanner.mirror import LayoutSource, Reference, copy_artifact
 from scanner.report import Report, latest_key, parse_report, report_key, scan_body
 from signing.registry import RegistryClient, Transport
 from tests.helpers import settings_with
+from tests.helpers.registry import Response, call
 from tests.helpers.waiting import wait_for
+from tests.test_lab_signing import ACCEPT, bearer
 
 pytestmark = pytest.mark.lab
 
 OPTIONS = ScanOptions(visibility_timeout_seconds=10, max_receive_count=3, retry_delay_seconds=1, db_check_seconds=3600)
 REPORT_BOUND_SECONDS = 60  # push to stored report, one worker, on a busy 2-core machine
 NEW_DB_TIME = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
+SCANNED = "team-a/scanned"  # the dev stack's pullPolicies: blockSeverity HIGH (and so unscanned: deny)
+ZLIB_ONLY: tuple[Package, ...] = (*CLEAN, ("zlib1g", "1:1.2.13.dfsg-1", "zlib"))  # nothing known until the new DB
+GATE_SEES_REPORT_SECONDS = 15  # the gates cache a report (or its absence) for 5 s; margin for a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +125,35 @@ def vulnerable(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> dict[
     seconds = time.monotonic() - started
     print(f"push to report: {seconds:.1f} s")
     return {"digest": digest, "report": report, "seconds": seconds}
+
+
+@pytest.fixture(scope="module")
+def scanned(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Three images pushed under the blocking namespace, each scanned by the pipeline: their digests."""
+    tmp = tmp_path_factory.mktemp("scanned")
+    digests = {}
+    for name, packages in (("vulnerable", VULNERABLE), ("clean", CLEAN), ("zlib", ZLIB_ONLY)):
+        digests[name] = push_image(lab, tmp, f"{SCANNED}/{name}", packages)
+    for digest in digests.values():
+        wait_report(lab, digest, REPORT_BOUND_SECONDS)
+    return digests
+
+
+def pull(state: LabState, repository: str, digest: str) -> Response:
+    """A manifest GET through the lab's load balancer (and so its gates), as the team's reader."""
+    url = f"{state.registry_url}/v2/{repository}/manifests/{digest}"
+    return call(state.ca_file, "GET", url, {"Accept": ACCEPT}, bearer=bearer(state, repository))
+
+
+def refusal(response: Response) -> str | None:
+    """The DENIED error's message of a refused pull; None when the manifest was served."""
+    status, _, body = response
+    if status == 200:
+        return None
+    assert status == 403, (status, body[:300])
+    (error,) = json.loads(body)["errors"]
+    assert error["code"] == "DENIED", error
+    return str(error["message"])
 
 
 def test_status_lists_the_queue_the_dead_letter_queue_and_the_reports(lab: LabState) -> None:
@@ -267,9 +301,35 @@ def test_a_worker_killed_mid_scan_gets_the_message_back_and_scans_once(lab: LabS
     assert worker_log(lab).count(f"scanned team-a/killed@{digest}") == 1
 
 
-def test_rescan_all_flags_a_cve_published_after_the_push(lab: LabState, vulnerable: dict[str, Any]) -> None:
-    """A newer database adds a CRITICAL zlib CVE; the nightly rescan (run on demand) finds it in the image
-    pushed before, writes a new dated report and moves latest.json to it."""
+def test_push_scan_then_pull_end_to_end_a_high_finding_is_refused_a_clean_image_served(
+    lab: LabState, scanned: dict[str, str]
+) -> None:
+    """The whole pipeline and the gate together: the registry's notification, the queue, the worker's report,
+    then the gates refuse the vulnerable image with the CVE named and serve the others."""
+    message = refusal(pull(lab, f"{SCANNED}/vulnerable", scanned["vulnerable"]))
+    assert message is not None and scanned["vulnerable"] in message, message
+    assert "HIGH" in message and "CVE-2099-1001" in message, message
+    assert "CVE-2099-1002" not in message, "a LOW finding is below the namespace's threshold"
+    assert refusal(pull(lab, f"{SCANNED}/clean", scanned["clean"])) is None
+    assert refusal(pull(lab, f"{SCANNED}/zlib", scanned["zlib"])) is None, "nothing known about zlib yet"
+
+
+def test_make_labs_scan_demo_shows_the_pull_from_the_blocking_namespace_refused(lab: LabState) -> None:
+    """What `make lab` prints of practice 5 (lab/demo.py scanned_push): the report, then skopeo's refused pull."""
+    from lab.demo import scanned_push
+
+    result = scanned_push(lab, tag="demo")
+    assert result.image.endswith(f"/{SCANNED}/vulnerable:demo") and result.highest == "HIGH"
+    assert result.refused is not None and result.digest in result.refused and "CVE-2099-1001" in result.refused
+    assert "pull refused by the gate" in result.describe()
+
+
+def test_rescan_all_flags_a_cve_published_after_the_push(
+    lab: LabState, vulnerable: dict[str, Any], scanned: dict[str, str]
+) -> None:
+    """A newer database adds a CRITICAL zlib CVE; the nightly rescan (run on demand) finds it in the images
+    pushed before, writes a new dated report and moves latest.json to it, and blocking follows: the zlib image
+    the gates served before is refused."""
     digest = vulnerable["digest"]
     assert all(f.package != "zlib1g" for f in vulnerable["report"].findings)
     mirror = lab.account(MIRROR_ACCOUNT)
@@ -289,3 +349,14 @@ def test_rescan_all_flags_a_cve_published_after_the_push(lab: LabState, vulnerab
     old = stored(lab, report_key(digest, "2026-12-01"))
     assert old is not None and old.highest_severity == "HIGH", "the earlier dated report stays"
     assert "rescan-all:" in worker_log(lab)
+    zlib = wait_report(lab, scanned["zlib"], 2 * REPORT_BOUND_SECONDS, database=NEW_DB_TIME)
+    assert zlib.highest_severity == "CRITICAL"
+    messages: list[str] = []
+
+    def refused() -> bool:
+        message = refusal(pull(lab, f"{SCANNED}/zlib", scanned["zlib"]))
+        messages.extend([message] if message else [])
+        return message is not None
+
+    wait_for(refused, GATE_SEES_REPORT_SECONDS, "the gates refusing the zlib image after the rescan", interval=0.5)
+    assert "CRITICAL" in messages[0] and "CVE-2099-2001" in messages[0], messages[0]

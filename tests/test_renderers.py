@@ -995,6 +995,7 @@ def test_the_gate_config_is_the_contracts_format() -> None:
         "upstream_server_name": "registry.internal",
         "public_keys": [PUBLIC_KEY],
         "namespaces": {"base": {"require_signed": True}, "payments": {"require_signed": True}},
+        "scanner_accounts": ["registry-scanner"],  # the scanner's robot reads images before any check
         "cache_seconds": 300,
     }
     assert list(config["namespaces"]) == ["base", "payments"]  # sorted: the same settings, the same bytes

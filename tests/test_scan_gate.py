@@ -7,6 +7,7 @@ real lab.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import io
 import json
@@ -244,11 +245,16 @@ def test_s3_unreachable_is_reports_unavailable() -> None:
 
 
 def scan_gate(
-    tmp_path: Path, s3: Any, namespaces: dict[str, Any], clock: datetime.datetime = NOW, signed: bool = False
+    tmp_path: Path,
+    s3: Any,
+    namespaces: dict[str, Any],
+    clock: datetime.datetime = NOW,
+    signed: bool = False,
+    **changes: Any,
 ) -> Gate:
     """A gate whose registry holds IMAGE as team-a/app:1 (and by digest), with its signature when `signed`."""
     key = new_key()
-    parsed = parse_config(config(public_keys=[pem(key)], namespaces=namespaces), tmp_path)
+    parsed = parse_config(config(public_keys=[pem(key)], namespaces=namespaces, **changes), tmp_path)
     gate = Gate(parsed, clock=lambda: clock, reports=ReportStore(s3, BUCKET))
     answers = signed_answers(key)
     answers[f"/v2/team-a/app/manifests/{IMAGE_DIGEST}"] = answers["/v2/team-a/app/manifests/1"]
@@ -312,6 +318,36 @@ def test_the_gate_refuses_an_unscanned_image_where_denied_and_serves_it_where_al
     assert status.startswith("403") and denied(body)["message"] == f"team-a/app@{IMAGE_DIGEST}: not scanned yet"
     allowing = scan_gate(tmp_path, s3, {"team-a": {"block_severity": "HIGH", "unscanned": "allow"}})
     assert call(allowing, "GET", "/v2/team-a/app/manifests/1")[0].startswith("200")
+
+
+def jwt_with_subject(subject: str) -> str:
+    """A JWT-shaped bearer with `sub` (the scripted registry accepts any; the real one verifies it)."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"Bearer {part({'alg': 'RS256'})}.{part({'sub': subject, 'access': []})}.c2lnbmF0dXJl"
+
+
+def test_the_scanners_robot_reads_an_unsigned_unscanned_image_others_are_refused(
+    tmp_path: Path, s3: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scanner must pull an image before any report or signature exists (a blocking namespace would
+    otherwise never get its images scanned); only the configured account, only with a token the registry
+    accepted for the request, and every such pull leaves an audit line."""
+    policy = {"team-a": {"require_signed": True, "block_severity": "HIGH", "unscanned": "deny"}}
+    gate = scan_gate(tmp_path, s3, policy, scanner_accounts=["registry-scanner"])
+    scanner = {"Authorization": jwt_with_subject("registry-scanner")}
+    with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER):
+        status, body = call(gate, "GET", "/v2/team-a/app/manifests/1", scanner)
+    assert status.startswith("200") and body == IMAGE
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == AUDIT_LOGGER]
+    assert (line["event"], line["account"]) == ("pull_by_scanner", "registry-scanner")
+    for authorization in (jwt_with_subject("team-a-reader"), "Bearer not.a.jwt", "Basic cmVnaXN0cnktc2Nhbm5lcg=="):
+        status, body = call(gate, "GET", "/v2/team-a/app/manifests/1", {"Authorization": authorization})
+        assert status.startswith("403"), authorization
+    unexempt = scan_gate(tmp_path, s3, policy)  # no scanner account configured: the robot is checked like anyone
+    assert call(unexempt, "GET", "/v2/team-a/app/manifests/1", scanner)[0].startswith("403")
 
 
 def test_the_gate_refuses_a_corrupt_report_fail_closed(tmp_path: Path, s3: Any) -> None:
