@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,9 @@ from fleet import cli
 from gate.app import Gate
 from gate.config import parse_config
 from gate.reports import ReportStore
+from lab import supervisor
 from lab.image import build_image, skopeo_digest
-from lab.lab import GATES, INSTANCES, Lab, LabState, s3_client
+from lab.lab import GATES, INSTANCES, SCANNER_SERVICE, Lab, LabState, s3_client
 from lab.overrides import LAB_BUCKET, lab_gate_config
 from scanner.report import Finding, Report, latest_key, report_key
 from tests.helpers import settings_with
@@ -48,6 +51,11 @@ NOW = datetime.datetime.now(datetime.UTC)
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
     directory = tmp_path_factory.mktemp("lab-scan-gate")
     state = Lab(settings_with("dev", {}), directory).up()  # the dev stack: team-a/scanned blocks from HIGH
+    # Here the tests write the reports, as the worker writes them: the lab's own worker is stopped, so it
+    # cannot scan the images pushed here first (tests/test_lab_scanning.py tests the worker and the whole path).
+    worker = state.service(SCANNER_SERVICE)
+    os.killpg(worker.pid, signal.SIGTERM)
+    wait_for(lambda: not supervisor.pid_alive(worker.pid), 15, "the lab's scan worker stopped")
     try:
         yield state
     finally:

@@ -30,6 +30,7 @@ from fleet import cli
 from fleet.signing import lab_target
 from gate.config import load_config
 from host.gate_config import ReportsLocation, gate_config
+from host.scan_config import SCANNER_ROBOT
 from infra.gate_spec import gate_policies
 from lab import supervisor
 from lab.accounts import registry_token
@@ -37,6 +38,7 @@ from lab.debian_tools import foreign_program
 from lab.image import build_image, skopeo_digest
 from lab.lab import GATES, INSTANCES, Lab, LabState
 from lab.overrides import LAB_BUCKET
+from lab.scanning import SCANNER_ACCOUNT
 from signing import cosign
 from signing.kms import KmsSigner
 from tests.helpers import settings_with
@@ -171,7 +173,9 @@ def test_each_gate_has_the_fleets_config_with_its_own_instance_as_upstream(lab: 
         # The lab's reports live in its moto S3: the endpoint and its CA are the lab's own.
         assert config["reports"] == {**fleet_config["reports"], "endpoint_url": lab.s3_endpoint,
                                      "ca_bundle": lab.ca_file}  # fmt: skip
-        departures = {"upstream", "upstream_ca_file", "upstream_server_name", "reports"}
+        # The scanner's robot is the lab's stand-in account for it (lab/scanning.py).
+        assert config["scanner_accounts"] == [SCANNER_ACCOUNT] and fleet_config["scanner_accounts"] == [SCANNER_ROBOT]
+        departures = {"upstream", "upstream_ca_file", "upstream_server_name", "reports", "scanner_accounts"}
         assert {k: v for k, v in config.items() if k not in departures} == {
             k: v for k, v in fleet_config.items() if k not in departures
         }
