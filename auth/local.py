@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 import bcrypt
 
 from auth.access import SHA256_PREFIX, Robot, bcrypt_cost, is_sha256_token_hash
-from auth.identity import Identity
+from auth.identity import Identity, account_key
 
 log = logging.getLogger("registry_fleet.auth.local")
 
@@ -77,6 +77,7 @@ class LocalAuthenticator:
             raise ValueError(f"accounts both user and robot: {', '.join(sorted(overlap))}")
         self._users = {name: h.encode() for name, h in users.items()}
         self._robots = dict(robots)
+        self._robot_keys = frozenset(account_key(name) for name in robots)
         self._now = now
         # The dummy hash has the cost most configured hashes have, so an unknown account takes
         # as long as a known one.
@@ -101,6 +102,10 @@ class LocalAuthenticator:
         if robot is not None:
             return self._robot_identity(username, robot)
         return Identity(name=username, kind="user", credential=credential_digest(stored.decode()))
+
+    def is_robot_name(self, name: str) -> bool:
+        """True when `name`, under any spelling with the same account key, is one of the robots."""
+        return account_key(name) in self._robot_keys
 
     def _robot_identity(self, username: str, robot: Robot) -> Identity | None:
         if self._expired(robot):

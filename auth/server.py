@@ -51,6 +51,7 @@ from werkzeug.exceptions import HTTPException
 from auth.cache import CredentialCache
 from auth.config import MAX_ACCOUNT_CHARS, ServiceConfig
 from auth.identity import Authenticator, BackendUnavailable, Identity, account_key
+from auth.local import LocalAuthenticator
 from auth.lockout import Attempt, Locked, Lockout
 from auth.metrics import TokenMetrics, scrape_allowed
 from auth.refresh import InvalidRefreshToken, RefreshTokens
@@ -580,10 +581,20 @@ def _authenticate(authenticators: Sequence[Authenticator], user: str, password: 
             unavailable = err
             continue
         if identity is not None:
+            if identity.kind != "robot" and _robot_name(authenticators, user, identity.name):
+                log.warning("%s %r refused: the name of a robot signs in with the robot's token only",
+                            identity.kind, identity.name)  # fmt: skip
+                return None
             return identity
     if unavailable is not None:
         raise unavailable
     return None
+
+
+def _robot_name(authenticators: Sequence[Authenticator], *names: str) -> bool:
+    """True when any of `names` is a robot's name (any spelling): a token's `sub` that names a robot is always
+    that robot (the gates serve the scanner's robot unchecked), never a user or a directory account."""
+    return any(isinstance(b, LocalAuthenticator) and b.is_robot_name(n) for b in authenticators for n in names)
 
 
 def _lookup(authenticators: Sequence[Authenticator], name: str, kind: str) -> Identity | None:
@@ -596,6 +607,8 @@ def _lookup(authenticators: Sequence[Authenticator], name: str, kind: str) -> Id
             unavailable = err
             continue
         if identity is not None and identity.kind == kind:
+            if kind != "robot" and _robot_name(authenticators, name, identity.name):
+                return None
             return identity
     if unavailable is not None:
         raise unavailable

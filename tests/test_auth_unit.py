@@ -595,6 +595,22 @@ def test_expired_robot_fails_like_a_wrong_password_and_is_logged(caplog: pytest.
 # --- the app ------------------------------------------------------------------------------------------
 
 
+def test_a_robots_name_signs_in_with_the_robots_token_only(tmp_path: Path, clock: Clock) -> None:
+    """A directory account named like a robot (in any spelling) never gets a token, with its own password or a
+    refresh: a token's subject that names a robot is always that robot (the gates serve the scanner's robot
+    without checks, docs/scanning.md)."""
+    directory = Directory()
+    directory.entries["robot-a"] = ("dir-pw", frozenset({"a-devs"}))
+    client = make_app(tmp_path, clock, directory).test_client()
+    for name in ("robot-a", "ROBOT-A", " Robot-A "):
+        assert get_token(client, "repository:team-a/app:pull", who=(name, "dir-pw")).status_code == 401, name
+    robot = get_token(client, "repository:team-a/app:pull", who=("robot-a", ROBOT_TOKEN))
+    assert robot.status_code == 200
+    assert claims_of(robot)["sub"] == "robot-a"
+    zoe = get_token(client, "repository:team-a/app:pull", who=("zoe", "zoe-pw"))
+    assert zoe.status_code == 200, "other directory accounts are unaffected"
+
+
 @pytest.fixture
 def client(tmp_path: Path, clock: Clock) -> FlaskClient:
     return make_app(tmp_path, clock, Directory()).test_client()
