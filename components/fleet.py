@@ -101,6 +101,39 @@ def token_realm(public_url: str) -> str:
     return f"{public_url.rstrip('/')}{TOKEN_PATH}"
 
 
+def hardened_host_template(root_volume_gib: int, security_group_id: pulumi.Input[str]) -> dict[str, Any]:
+    """The launch template inputs every host of the stack shares (registry hosts and scanner workers): IMDSv2
+    only (one hop, no instance tags), an encrypted gp3 root volume, no public address, detailed monitoring."""
+    return {
+        "ebs_optimized": "true",
+        "metadata_options": {
+            "http_endpoint": "enabled",
+            "http_tokens": "required",
+            "http_put_response_hop_limit": 1,
+            "instance_metadata_tags": "disabled",
+        },
+        "block_device_mappings": [
+            {
+                "device_name": "/dev/xvda",
+                "ebs": {
+                    "volume_size": root_volume_gib,
+                    "volume_type": "gp3",
+                    "encrypted": "true",
+                    "delete_on_termination": "true",
+                },
+            }
+        ],
+        "network_interfaces": [
+            {
+                "associate_public_ip_address": "false",
+                "security_groups": [security_group_id],
+                "delete_on_termination": "true",
+            }
+        ],
+        "monitoring": {"enabled": True},
+    }
+
+
 @dataclass
 class FleetCdn:
     base_url: pulumi.Input[str]
@@ -479,32 +512,7 @@ class RegistryFleet(pulumi.ComponentResource):
             image_id=image_id,
             instance_type=args.instance_type,
             iam_instance_profile={"arn": profile.arn},
-            ebs_optimized="true",
-            metadata_options={
-                "http_endpoint": "enabled",
-                "http_tokens": "required",
-                "http_put_response_hop_limit": 1,
-                "instance_metadata_tags": "disabled",
-            },
-            block_device_mappings=[
-                {
-                    "device_name": "/dev/xvda",
-                    "ebs": {
-                        "volume_size": args.root_volume_gib,
-                        "volume_type": "gp3",
-                        "encrypted": "true",
-                        "delete_on_termination": "true",
-                    },
-                }
-            ],
-            network_interfaces=[
-                {
-                    "associate_public_ip_address": "false",
-                    "security_groups": [sg.id],
-                    "delete_on_termination": "true",
-                }
-            ],
-            monitoring={"enabled": True},
+            **hardened_host_template(args.root_volume_gib, sg.id),
             # gzipped: cloud-init unpacks it, and the 16 KB limit applies to what EC2 receives.
             user_data=self.user_data.apply(encode_user_data),
             update_default_version=True,

@@ -41,6 +41,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components.errors import ComponentInputError
+from components.fleet import hardened_host_template
 from components.iam import assume_role_policy, policy_document
 from components.stored_secret import stored_secret
 from host.contract import DEBIAN_AMI_NAME, DEBIAN_AMI_OWNER, DEBIAN_SUITES
@@ -537,28 +538,7 @@ class RegistryScanning(pulumi.ComponentResource):
             image_id=image_id,
             instance_type=args.instance_type,
             iam_instance_profile={"arn": profile.arn},
-            ebs_optimized="true",
-            metadata_options={
-                "http_endpoint": "enabled",
-                "http_tokens": "required",
-                "http_put_response_hop_limit": 1,
-                "instance_metadata_tags": "disabled",
-            },
-            block_device_mappings=[
-                {
-                    "device_name": "/dev/xvda",
-                    "ebs": {
-                        "volume_size": args.root_volume_gib,
-                        "volume_type": "gp3",
-                        "encrypted": "true",
-                        "delete_on_termination": "true",
-                    },
-                }
-            ],
-            network_interfaces=[
-                {"associate_public_ip_address": "false", "security_groups": [sg.id], "delete_on_termination": "true"}
-            ],
-            monitoring={"enabled": True},
+            **hardened_host_template(args.root_volume_gib, sg.id),
             user_data=user_data,
             update_default_version=True,
             tag_specifications=[
