@@ -127,7 +127,12 @@ def write_nginx_conf(site: NginxSite) -> Path:
 
 
 def _servers(ports: tuple[int, ...]) -> str:
-    return "\n".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in ports)
+    # max_fails=0: nginx never takes an instance out of rotation for a failed request; a request that meets a
+    # restarting instance is passed to the next one (proxy_next_upstream below). With passive marking (the
+    # default max_fails=1, fail_timeout=10s), a rolling restart of both instances (a maintenance window)
+    # could mark both down within the timeout, and every request answered 502 for those seconds although
+    # an instance was serving: the ALB's health checks need several failures before they take a host out.
+    return "\n".join(f"    server 127.0.0.1:{port} max_fails=0;" for port in ports)
 
 
 def render_nginx_conf(site: NginxSite) -> str:
@@ -185,8 +190,8 @@ http {{
     location / {{
 {_proxy_to(target, site)}
       # A dead instance: try the other one (before a request is sent, also for PATCH/POST). As the ALB's
-      # health check (host.contract.REGISTRY_HEALTH_CODES): no answer takes an instance out, a 503 does not
-      # (every instance answers 503 UNAVAILABLE while S3 is unreachable: the client gets it as it is).
+      # health check (host.contract.REGISTRY_HEALTH_CODES): no answer sends the request elsewhere, a 503
+      # does not (every instance answers 503 UNAVAILABLE while S3 is unreachable: the client gets it as it is).
       proxy_next_upstream error timeout http_502;
       proxy_connect_timeout 2s;
     }}

@@ -115,7 +115,7 @@ def test_nginx_routes_to_the_gates_exactly_what_the_alb_rules_route_to_the_gate(
     assert not alb_routes_to_gate(NAMESPACES, "GET", "/v2/team-a/release/app/blobs/" + DIGEST)
     assert not alb_routes_to_gate(NAMESPACES, "GET", "/v2/team-a/releases/app/manifests/1")
     assert "proxy_pass https://$lb_upstream;" in conf
-    assert "upstream gate {\n    server 127.0.0.1:5003 max_fails=1 fail_timeout=5s;\n    server 127.0.0.1:5013" in conf
+    assert "upstream gate {\n    server 127.0.0.1:5003 max_fails=0;\n    server 127.0.0.1:5013" in conf
 
 
 def test_the_comparison_catches_a_map_without_the_odd_path_rule_or_matching_the_query_string() -> None:
