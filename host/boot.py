@@ -40,6 +40,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import yaml
@@ -58,6 +59,7 @@ from host.contract import (
     GATE_UNIT,
     GATE_UNIT_PATH,
     GATE_USER,
+    LOG_REDACT_SCRIPT_PATH,
     REGISTRY_GROUP,
     REGISTRY_PACKAGES,
     REGISTRY_TRUST_CA_FILE,
@@ -277,7 +279,7 @@ def validate_host_boot(boot: HostBoot) -> None:
             )
         _validate_scan_events(boot.scan_events, [path for path, _ in boot.public_files])
         paths += [SCAN_EVENTS_CONFIG_FILE, SCAN_EVENTS_SYSUSERS_PATH, SCAN_EVENTS_UNIT_PATH]
-        paths += [SCAN_EVENTS_DROPIN_PATH, REGISTRY_TRUST_CA_FILE]
+        paths += [SCAN_EVENTS_DROPIN_PATH, LOG_REDACT_SCRIPT_PATH, REGISTRY_TRUST_CA_FILE]
         paths += [f.path for f in scan_events_secret_files(boot.scan_events)]
     duplicates = sorted({p for p in paths if paths.count(p) > 1})
     if duplicates:
@@ -645,21 +647,25 @@ def _scan_events_dropin() -> str:
     endpoints have no CA option; Go reads SSL_CERT_DIR's directories besides the system bundle, so the registry
     trusts the system's CAs (S3) and, from REGISTRY_TRUST_DIR, the internal CA alone.
 
-    distribution logs every endpoint's headers at start (configureEvents, at info), the bearer among them:
-    LogFilterPatterns= (systemd 253+, Debian 13) keeps that line out of the journal. Debian 12's systemd 252
-    ignores the key (with a warning): there the line reaches the journal, readable by root and the adm group
-    only (docs/scanning.md).
+    distribution logs every endpoint's headers at start (configureEvents, at info), the bearer among them
+    (`headers=map[Authorization:[Bearer T]]`): the registry runs through host/log_redact.py (at
+    LOG_REDACT_SCRIPT_PATH), which masks the value of every Authorization header (Bearer or Basic, in the
+    forms logs print one) before the journal, on Debian 12 as on 13 (systemd 252 has no LogFilterPatterns=).
+    The lab runs its registries through it too, with the exact secrets it knows in REDACT_SECRETS. The
+    filter drains the registry's output after a stop signal (systemd signals the whole group), then ends as
+    the registry did (its status, or the same signal), so Restart= and a stop see the registry's own end.
     """
     return render_file(
         "docker-registry-scan-events.conf",
         CERT_DIRS=f"{SYSTEM_CERT_DIR}:{REGISTRY_TRUST_DIR}",
-        BEARER_LOG_PATTERN=BEARER_LOG_PATTERN,
+        REDACT_SCRIPT=LOG_REDACT_SCRIPT_PATH,
+        CONFIG_FILE=CONFIG_PATH,
     )
 
 
-# A journal line holding the bearer, as distribution prints the header (`headers=map[Authorization:[Bearer T]]`);
-# no backslash or bracket, so the unit file reads it as it is.
-BEARER_LOG_PATTERN = "Authorization:.Bearer.[A-Za-z0-9]"
+def _log_redact_script() -> str:
+    """host/log_redact.py as it is: the standard library only, run by the host's python3 (its `#!` line)."""
+    return resources.files("host").joinpath("log_redact.py").read_text(encoding="utf-8")
 
 
 def _scan_events_unit() -> str:
@@ -776,6 +782,7 @@ def render_host(boot: HostBoot) -> RenderedHost:
         files += [
             HostFile(REGISTRY_TRUST_CA_FILE, events.ca_cert_pem, "0644"),
             HostFile(SCAN_EVENTS_DROPIN_PATH, _scan_events_dropin(), "0644"),
+            HostFile(LOG_REDACT_SCRIPT_PATH, _log_redact_script(), "0755"),
             HostFile(SCAN_EVENTS_CONFIG_FILE, events.config_yaml, "0644"),  # public: the queue's URL, the listener
             HostFile(SCAN_EVENTS_SYSUSERS_PATH, _scan_events_sysusers(), "0644"),
             HostFile(SCAN_EVENTS_UNIT_PATH, _scan_events_unit(), "0644"),

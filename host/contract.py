@@ -126,6 +126,9 @@ SCAN_IGNORED_PREFIXES = ("mirror/",)  # platform repositories the scanner does n
 # 127.0.0.1): a drop-in adds a directory holding only the internal CA to the registry's trusted roots (Go reads
 # SSL_CERT_DIR besides the system bundle), so the rest of the host's trust is unchanged.
 SCAN_EVENTS_DROPIN_PATH = f"/etc/systemd/system/{REGISTRY_UNIT}.service.d/20-scan-events.conf"
+# The registry logs its notification endpoints' headers (the forwarder's bearer) at start: with the forwarder,
+# it runs through this filter (host/log_redact.py, as it is), which masks credentials in its output.
+LOG_REDACT_SCRIPT_PATH = "/usr/local/sbin/registry-fleet-log-redact"
 REGISTRY_TRUST_DIR = "/etc/registry-fleet/registry-trust"
 REGISTRY_TRUST_CA_FILE = f"{REGISTRY_TRUST_DIR}/internal-ca.crt"
 SYSTEM_CERT_DIR = "/etc/ssl/certs"

@@ -47,6 +47,7 @@ from pydantic import TypeAdapter
 from auth.tokens import create_signing_pair
 from fleet.private_bucket import harden_bucket
 from host.contract import GATE_HEALTH_PATH, TOKEN_HEALTH_PATH
+from host.log_redact import SECRETS_VAR
 from host.registry_config import RegistryConfig, render_registry_config
 from infra.settings import AccessSettings, Settings, TokenAccess, protected_namespaces
 from lab import supervisor
@@ -73,7 +74,6 @@ from lab.overrides import (
     lab_token_service_config,
 )
 from lab.pki import LabPki, create_pki
-from lab.redact import ENV_VAR
 from lab.scanning import (
     EVENTS_TOKEN,
     MIRROR_ACCOUNT,
@@ -423,11 +423,11 @@ class Lab:
             config = lab_registry_config(s, endpoints, ports[port_key], ports[f"{port_key}-debug"])
             config_file = write_registry_config(d, name, config)
             # The registry logs the events endpoint's headers (the bearer token) at start: filtered.
-            env = {**creds, **trust, "REGISTRY_HTTP_SECRET": http_secret, ENV_VAR: json.dumps([token, http_secret])}
+            env = {**creds, **trust, "REGISTRY_HTTP_SECRET": http_secret, SECRETS_VAR: json.dumps([token, http_secret])}
             registries.append(
                 launch(
                     name,
-                    [python, "-m", "lab.redact", "--", REGISTRY_BINARY, "serve", str(config_file)],
+                    [python, "-m", "host.log_redact", "--", REGISTRY_BINARY, "serve", str(config_file)],
                     env,
                     {"https": ports[port_key], "debug": ports[f"{port_key}-debug"]},
                 )

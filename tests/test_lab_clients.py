@@ -288,4 +288,4 @@ def test_lab_files_are_private_and_logs_hold_no_secret(lab: LabState, image: str
         assert events_token not in text, f"{log.name} holds the event receiver's token"
         assert lab.password not in text, f"{log.name} holds a password"
     registry_log = Path(lab.service("registry-a").log).read_text()
-    assert "configuring endpoint lab-events" in registry_log and "[redacted]" in registry_log
+    assert "configuring endpoint lab-events" in registry_log and "Bearer [masked]" in registry_log

@@ -39,7 +39,9 @@ from host.contract import (
     FETCH_SCRIPT_PATH,
     GATE_CACHE_SECONDS,
     HOST_INTERNAL_NAME,
+    LOG_REDACT_SCRIPT_PATH,
     REGISTRY_PORT,
+    SCAN_EVENTS_DROPIN_PATH,
     TOKEN_INSTALL_SCRIPT_PATH,
     TOKEN_SYSUSERS_PATH,
     TOKEN_UNIT_PATH,
@@ -949,6 +951,21 @@ def every_rendered_file() -> list[HostFile]:
     )
     host = render_host(dataclasses.replace(gated_boot(), scan_events=events))
     return [*host.files, *render_scanner_host(scanner).files]
+
+
+def test_with_the_forwarder_the_registry_runs_through_the_log_filter() -> None:
+    """The registry logs the forwarder's bearer at start: its drop-in replaces the package's ExecStart with the
+    same command behind host/log_redact.py, which the host gets byte for byte, executable."""
+    files = {f.path: f for f in every_rendered_file()}
+    dropin = files[SCAN_EVENTS_DROPIN_PATH].content.splitlines()
+    assert dropin[-2:] == [
+        "ExecStart=",
+        f"ExecStart={LOG_REDACT_SCRIPT_PATH} -- /usr/bin/docker-registry serve /etc/docker/registry/config.yml",
+    ]
+    script = files[LOG_REDACT_SCRIPT_PATH]
+    assert script.permissions == "0755" and script.content.startswith("#!/usr/bin/python3 -I\n")
+    assert script.content == (Path(__file__).resolve().parent.parent / "host" / "log_redact.py").read_text()
+    assert LOG_REDACT_SCRIPT_PATH not in {f.path for f in render_host(gated_boot()).files}, "only with the forwarder"
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
